@@ -1,0 +1,80 @@
+"""
+The idea of the paper on one screen: how the planner's logits z over K labels become the plan
+vector e (D-dim) that conditions the LM, given the codebook C [K, D] of label embeddings.
+
+    hard:     e = C[argmax z]                      the LM loss cannot reach the planner
+    st:       forward as hard, backward as soft    the LM loss reaches the planner, on a biased path
+    soft:     e = softmax(z / T) @ C               differentiable: planner and LM train jointly,
+                                                   and the LM sees the whole distribution
+    gumbel:   a Gumbel-softmax sample in training, soft at evaluation
+
+Controls that use no planner: oracle (the true label of the sentence being predicted: an upper bound),
+fixed (one learned vector for every sentence), uniform (the codebook's mean), none (no plan at all).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def hard(logits, codebook, temperature=1.0):
+    """The planner's single best guess; argmax has no gradient, so the planner must be trained alone."""
+    return codebook[logits.argmax(-1)]
+
+
+def soft(logits, codebook, temperature=1.0):
+    """The expected label embedding under the planner's distribution: smooth in the logits."""
+    return F.softmax(logits / temperature, dim=-1) @ codebook
+
+
+def straight_through(logits, codebook, temperature=1.0):
+    """Exactly hard's value, with soft's gradient: the soft term is zero forward but not backward."""
+    p = F.softmax(logits / temperature, dim=-1)
+    return hard(logits, codebook) + (p - p.detach()) @ codebook
+
+
+def gumbel(logits, codebook, temperature=1.0, training=True, generator=None):
+    """A relaxed sample from the planner's distribution while training; soft when evaluating."""
+    if not training:
+        return soft(logits, codebook, temperature)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-10, 1 - 1e-7)
+    return soft(logits - torch.log(-torch.log(u)), codebook, temperature)
+
+
+ESTIMATORS = {"hard": hard, "st": straight_through, "soft": soft, "gumbel": gumbel}
+CONTROLS = ("none", "fixed", "uniform", "oracle")
+MODES = CONTROLS + tuple(ESTIMATORS)
+
+
+class Plans(nn.Module):
+    """The trainable codebook (it starts as the k-means centroids) and one mode's way to plan vectors."""
+
+    def __init__(self, mode, codebook, temperature=1.0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        self.mode, self.temperature = mode, temperature
+        self.codebook = nn.Parameter(torch.as_tensor(codebook, dtype=torch.float32).clone())
+        # 'fixed' learns one vector that carries no information; it starts at a random centroid's scale.
+        g = torch.Generator().manual_seed(0)
+        self.fixed = nn.Parameter(F.normalize(torch.randn(self.codebook.shape[1], generator=g), dim=0)
+                                  * self.codebook.norm(dim=1).mean()) if mode == "fixed" else None
+
+    @property
+    def uses_planner(self):
+        return self.mode in ESTIMATORS
+
+    def forward(self, logits=None, labels=None, generator=None):
+        """logits [..., K] (estimators) or labels [...] (oracle; others use their shape) -> [..., D] or None."""
+        if self.mode == "none":
+            return None
+        shape = (logits.shape[:-1] if logits is not None else labels.shape) + self.codebook.shape[1:]
+        if self.mode == "fixed":
+            return self.fixed.expand(shape)
+        if self.mode == "uniform":
+            return self.codebook.mean(0).expand(shape)
+        if self.mode == "oracle":
+            return self.codebook[labels]
+        if self.mode == "gumbel":
+            return gumbel(logits, self.codebook, self.temperature, self.training, generator)
+        return ESTIMATORS[self.mode](logits, self.codebook, self.temperature)

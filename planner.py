@@ -1,0 +1,79 @@
+"""
+The planner: from a document's earlier sentences, a distribution over the K labels of the next one.
+
+Input is the sentence embeddings of a batch of documents, [B, S, D], right-padded; row s of the
+output logits [B, S, K] is computed from sentences 0..s-1 only: the inputs are shifted right by one
+behind a learned start vector, and a small causal transformer (model.py's Block) runs over them.
+Because padding sits at the end and attention is causal, padding never changes a real row; the mask
+only decides which rows the loss and accuracy count.
+
+Pretraining is self-supervised: cross-entropy against the k-means labels (see data.py).
+
+    from planner import Planner, PlannerConfig
+    logits = Planner(PlannerConfig(n_labels=64, embed_dim=128))(emb)  # [B, S, K]
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import Block, init_gpt2
+
+
+@dataclass
+class PlannerConfig:
+    n_labels: int = 64  # K
+    embed_dim: int = 128  # D of the sentence embeddings and the codebook
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    max_sentences: int = 64  # sentences past this share the last position embedding: any length works
+
+
+class Planner(nn.Module):
+    def __init__(self, config, codebook=None):
+        super().__init__()
+        self.config = c = config
+        self.start = nn.Parameter(torch.zeros(c.embed_dim))  # stands before sentence 0
+        self.inp = nn.Linear(c.embed_dim, c.n_embd)
+        self.pos = nn.Embedding(c.max_sentences, c.n_embd)
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.out = nn.Linear(c.n_embd, c.embed_dim)  # a guess at the next sentence's embedding ...
+        self.head = nn.Linear(c.embed_dim, c.n_labels)  # ... scored against every label
+        self.apply(init_gpt2)
+        nn.init.normal_(self.start, std=0.02)
+        if codebook is not None:
+            self.init_head_from_codebook(codebook)
+
+    @torch.no_grad()
+    def init_head_from_codebook(self, codebook):
+        """Start the head as similarity to each centroid, as the original work did."""
+        self.head.weight.copy_(torch.as_tensor(codebook, dtype=self.head.weight.dtype))
+        self.head.bias.zero_()
+
+    def forward(self, emb):
+        """emb: [B, S, D] sentence embeddings -> logits [B, S, K]; row s sees sentences < s only."""
+        B, S, _ = emb.shape
+        x = torch.cat([self.start.expand(B, 1, -1).to(emb.dtype), emb[:, :-1]], dim=1)
+        pos = torch.arange(S, device=emb.device).clamp_max(self.config.max_sentences - 1)
+        x = self.inp(x) + self.pos(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.out(self.ln_f(x)))
+
+
+def planner_loss(logits, labels, mask):
+    """Mean cross-entropy against the k-means labels over real (mask=True) sentences."""
+    return F.cross_entropy(logits[mask].float(), labels[mask])
+
+
+@torch.no_grad()
+def accuracy(logits, labels, mask, ks=(1, 5)):
+    """-> {'top1': ..., 'top5': ...}: how often the true label is among the k best, over real sentences."""
+    logits, labels = logits[mask], labels[mask]
+    top = logits.topk(max(ks), dim=-1).indices
+    return {f"top{k}": (top[:, :k] == labels[:, None]).any(-1).float().mean().item() for k in ks}

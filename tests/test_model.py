@@ -1,0 +1,119 @@
+"""Tests for model.py: the GPT and its plan adapter."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, plan_dim=8)
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **kw}))
+
+
+def _adapted(model, seed=1):
+    """Give the adapters non-zero weights, as fine-tuning would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.adapter.weight.copy_(torch.randn(b.adapter.weight.shape, generator=g))
+    return model
+
+
+def test_default_config_is_constructible():
+    model = GPT(GPTConfig())
+    logits, loss = model(torch.zeros(1, 5, dtype=torch.long))
+    assert logits.shape == (1, 5, 50257) and loss is None
+
+
+def test_without_plan_it_is_the_unconditioned_gpt():
+    cond, plain = _model(), _model(plan_dim=0)
+    plain.load_state_dict({k: v for k, v in cond.state_dict().items() if ".adapter." not in k})
+    _adapted(cond)
+    idx = torch.randint(0, 64, (3, 20))
+    torch.testing.assert_close(cond(idx)[0], plain(idx)[0], rtol=0, atol=0)
+
+
+def test_at_initialisation_any_plan_changes_nothing():
+    model = _model()
+    idx, plan = torch.randint(0, 64, (3, 20)), torch.randn(3, 20, 8)
+    torch.testing.assert_close(model(idx, plan=plan)[0], model(idx)[0], rtol=0, atol=0)
+    assert not torch.allclose(_adapted(model)(idx, plan=plan)[0], model(idx)[0])
+
+
+def test_loss_ignores_unscored_targets():
+    model = _model()
+    idx = torch.randint(0, 64, (2, 10))
+    targets = torch.randint(0, 64, (2, 10))
+    partial = targets.clone()
+    partial[:, :4] = -1
+    logits, loss = model(idx, partial)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 64), targets[:, 4:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_bad_shapes_are_clear():
+    model = _model()
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"plan must be \[B, T, plan_dim\]"):
+        model(torch.zeros(1, 4, dtype=torch.long), plan=torch.zeros(1, 4, 7))
+
+
+def test_parameter_and_flop_counts():
+    model = _model()
+    adapters = TINY["n_layer"] * TINY["plan_dim"] * TINY["n_embd"]
+    assert model.num_params() - model.num_params(adapters=False) == adapters
+    assert model.num_params() == sum(p.numel() for p in model.parameters())  # the tied head counted once
+    assert model.flops_per_token() - model.flops_per_token(adapters=False) == 6 * adapters
+
+
+def test_gpt_overfits_a_short_text():
+    model = _model()
+    seq = torch.randint(0, 64, (1, 33), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(seq[:, :-1], seq[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_conditioned_gpt_uses_an_informative_plan():
+    """Next token = the plan's label, inputs are noise: only the plan can tell the answer."""
+    g = torch.Generator().manual_seed(0)
+    codebook = torch.randn(16, 8, generator=g)
+    losses = {}
+    for conditioned in (False, True):
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for step in range(120):
+            idx = torch.randint(0, 64, (16, 24), generator=g)
+            labels = torch.randint(0, 16, (16, 24), generator=g)
+            _, loss = model(idx, labels, plan=codebook[labels] if conditioned else None)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[conditioned] = loss.item()
+    assert losses[False] > 2.5  # ln 16 = 2.77: nothing to learn without the plan
+    assert losses[True] < 0.3
+
+
+def test_generate_with_plans():
+    model = _adapted(_model())
+    calls = []
+
+    def plan_fn(idx):
+        calls.append(idx.shape[1])
+        return torch.ones(idx.shape[0], idx.shape[1], 8) * idx.shape[1]
+
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    out = model.generate(prompt, 40, plan_fn=plan_fn, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 43) and torch.equal(out[:, :3], prompt)
+    assert calls == list(range(3, 43))  # asked for plans before every new token, past block_size too
+    again = model.generate(prompt, 40, plan_fn=plan_fn, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    greedy = model.generate(prompt, 5, top_k=1)
+    assert torch.equal(greedy, model.generate(prompt, 5, top_k=1))
