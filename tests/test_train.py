@@ -1,0 +1,222 @@
+"""Tests for train.py and eval.py on the synthetic corpus: the method end to end, and the loop's guarantees."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import eval as evaluation
+import train
+from mix import Plans
+from model import GPT, GPTConfig
+from planner import Planner, PlannerConfig
+
+TINY = ["--dataset", "synthetic", "--synthetic-docs", "600", "--n-labels", "16", "--embed-dim", "32",
+        "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "64", "--batch-size", "8",
+        "--lm-iters", "150", "--planner-iters", "150", "--finetune-iters", "80", "--eval-interval", "40",
+        "--eval-iters", "4", "--lr", "3e-3", "--planner-lr", "3e-3", "--finetune-lr", "3e-3",
+        "--warmup-iters", "10", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """Runs none, oracle and soft (joint) once; the pretrained stages they share are reused by later tests."""
+    root = tmp_path_factory.mktemp("runs")
+    common = ["--out-dir", str(root / "out"), "--data-dir", str(root / "data")]
+    for mode in ("none", "oracle", "soft"):
+        run(TINY + common + ["--mode", mode])
+    return common, root
+
+
+def run(argv):
+    train.main([str(a) for a in argv])
+
+
+def test_plans_lower_perplexity_end_to_end(dirs):
+    """The synthetic corpus makes the next sentence's type predictable from earlier sentences only:
+    the oracle plan and the jointly trained soft planner must both beat no plan."""
+    _, root = dirs
+    ppl = {name: evaluation.evaluate(root / "out" / name)["perplexity"] for name in ("none", "oracle", "soft-joint")}
+    assert ppl["oracle"] < 0.85 * ppl["none"]
+    assert ppl["soft-joint"] < 0.95 * ppl["none"]
+    log = [json.loads(line) for line in (root / "out" / "soft-joint" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [40, 80] and all("planner_top1" in r for r in log)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_resume_equals_uninterrupted(dirs, monkeypatch):
+    common, root = dirs
+    argv = TINY + common + ["--mode", "gumbel", "--finetune-iters", "6", "--eval-interval", "2"]
+    run(argv + ["--run", "whole"])
+    real = train.step_rng
+
+    def ctrl_c_at_step_4(seed, stage, step):
+        if stage == "finetune" and step == 4:
+            raise KeyboardInterrupt
+        return real(seed, stage, step)
+    monkeypatch.setattr(train, "step_rng", ctrl_c_at_step_4)
+    with pytest.raises(SystemExit, match="interrupted at step 4 of finetune: saved .* --resume"):
+        run(argv + ["--run", "cut"])
+    assert torch.load(root / "out" / "cut" / "ckpt.pt", weights_only=False)["step"] == 4
+    monkeypatch.setattr(train, "step_rng", real)
+    run(argv + ["--run", "cut", "--resume"])
+    whole, cut = _weights(root / "out" / "whole" / "ckpt.pt"), _weights(root / "out" / "cut" / "ckpt.pt")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    w, c = (torch.load(root / "out" / r / "ckpt.pt", weights_only=False) for r in ("whole", "cut"))
+    assert all(torch.equal(w["planner"][k], c["planner"][k]) for k in w["planner"])
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
+    common, root = dirs
+    real, calls = train.PlannedLM.forward, []
+
+    def poisoned(self, *a, **k):
+        loss, aux = real(self, *a, **k)
+        calls.append(1)
+        return (loss * float("nan") if self.training and len(calls) > 3 else loss), aux
+    monkeypatch.setattr(train.PlannedLM, "forward", poisoned)
+    with pytest.raises(SystemExit, match="loss became nan at step 3; stopped. The last good checkpoint is kept"):
+        run(TINY + common + ["--mode", "oracle", "--run", "nan", "--finetune-iters", "6", "--eval-interval", "2",
+                             "--eval-iters", "1"])
+    ck = torch.load(root / "out" / "nan" / "ckpt.pt", weights_only=False)
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    train.save({"step": 1, "w": torch.ones(3)}, path)
+    real = torch.save
+
+    def dies_midway(obj, f):
+        real({"step": 2}, f)
+        with open(f, "r+b") as fh:
+            fh.truncate(10)
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError):
+        train.save({"step": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_eval_perplexity_is_exp_of_mean_nll_recomputed(dirs):
+    """Recompute the oracle run's val NLL window by window from the documented rule, in float64."""
+    common, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "oracle")
+    sp = corpus.splits["val"]
+    tokens, block = torch.as_tensor(sp.tokens.astype(np.int64)), net.lm.config.block_size
+    n = len(tokens) - 1
+    codebook = net.plans.codebook.detach()
+    total, scored = 0.0, 0
+    start = 0
+    while scored < n:
+        start = min(start, n - block)
+        idx, tgt = tokens[start:start + block], tokens[start + 1:start + block + 1]
+        sent = torch.as_tensor(sp.tok_sent[start + 1:start + block + 1].astype(np.int64))
+        plan = torch.where((sent >= 0)[:, None], codebook[torch.as_tensor(sp.labels)[sent.clamp_min(0)]], 0.0)
+        with torch.no_grad():
+            logits = net.lm(idx[None], plan=plan[None])[0][0].double()
+        nll = -torch.log_softmax(logits, -1)[torch.arange(block), tgt]
+        first_new = scored - start  # targets start+1 .. scored were scored already
+        total += nll[first_new:].sum().item()
+        scored = start + block
+        start += block // 2
+    result = evaluation.evaluate(root / "out" / "oracle")
+    assert result["tokens"] == n
+    assert math.isclose(result["nll"], total / n, rel_tol=1e-5)
+    assert math.isclose(result["perplexity"], math.exp(total / n), rel_tol=1e-5)
+
+
+def test_eval_json_and_table(dirs, capsys):
+    common, root = dirs
+    evaluation.main([str(root / "out" / "none"), str(root / "out" / "soft-joint"), "--json", "--split", "test"])
+    out = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in out] == ["none", "soft"] and out[0]["planner_top1"] is None
+    for r in out:
+        assert {"mode", "planner", "split", "tokens", "nll", "perplexity", "planner_top1", "planner_top5"} <= set(r)
+        assert r["split"] == "test" and math.isclose(r["perplexity"], math.exp(r["nll"]))
+    evaluation.main([str(root / "out" / "none"), str(root / "out" / "soft-joint")])
+    table = capsys.readouterr().out
+    assert "| none | none |  |" in table and "| soft-joint | soft | joint |" in table and "+0.0%" in table
+
+
+def test_eval_refuses_a_checkpoint_of_other_labels(dirs, tmp_path):
+    common, root = dirs
+    ck = torch.load(root / "out" / "none" / "ckpt.pt", weights_only=False)
+    ck["identity"]["labels"] = "0123456789abcdef"
+    torch.save(ck, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit, match="error: .* was trained with other labels than --dataset synthetic gives now"):
+        evaluation.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="error: no checkpoint at"):
+        evaluation.main([str(tmp_path / "nothing")])
+
+
+def _tiny_system(mode, frozen):
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(vocab_size=data.VOCAB_SIZE, block_size=32, n_layer=1, n_head=2, n_embd=16, plan_dim=8))
+    for b in lm.blocks:  # as after a few fine-tuning steps: the zero-initialised adapters have moved
+        torch.nn.init.normal_(b.adapter.weight, std=0.1)
+    planner = Planner(PlannerConfig(n_labels=4, embed_dim=8, n_layer=1, n_head=2, n_embd=16))
+    return train.PlannedLM(lm, planner, Plans(mode, torch.randn(4, 8)), planner_frozen=frozen)
+
+
+@pytest.mark.parametrize("mode, frozen, reaches", [
+    ("st", False, True), ("soft", False, True), ("gumbel", False, True),
+    ("hard", True, False), ("soft", True, False), ("st", True, False)])
+def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reaches, tmp_path):
+    corpus = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
+    sd = train.SplitData(corpus.splits["train"], "cpu")
+    net = _tiny_system(mode, frozen)
+    loss, _ = net(**sd.lm_batch(torch.tensor([0, 40]), 32), generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    grads = [p.grad for p in net.planner.parameters()]
+    if reaches:
+        assert sum(g.abs().sum() for g in grads if g is not None) > 0
+    else:
+        assert all(g is None for g in grads) and not any(p.requires_grad for p in net.planner.parameters())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mode", "hard", "--planner", "joint"], "--mode hard sends no gradient to the planner"),
+    (["--mode", "oracle", "--planner", "frozen"], "--mode oracle uses no planner: drop --planner frozen"),
+    (["--mode", "argmax"], "unknown --mode 'argmax': choose one of none, fixed"),
+    (["--temperature", "0"], "--temperature must be positive"),
+    (["--mode", "soft", "--planner", "frozen", "--planner-loss-weight", "0.5"], "only applies to a joint planner"),
+])
+def test_bad_flag_combinations(flags, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(flags)
+
+
+def test_resume_without_a_checkpoint(dirs, tmp_path):
+    common, _ = dirs
+    with pytest.raises(SystemExit, match="--resume: there is no checkpoint at"):
+        run(TINY + common + ["--mode", "none", "--run", "never", "--resume"])
+
+
+def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
+    small = TINY + ["--lm-iters", "4", "--planner-iters", "2", "--finetune-iters", "4", "--eval-interval", "2",
+                    "--mode", "soft", "--dtype", "float32", "--data-dir", str(tmp_path / "data")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "train.py", *small, "--batch-size", "4", "--out-dir", str(tmp_path / "one")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           *small, "--batch-size", "2", "--out-dir", str(tmp_path / "two")]
+    for cmd in (one, two):
+        subprocess.run(cmd, check=True, cwd=data.ROOT, env=env, capture_output=True, timeout=300)
+    logs = {}
+    for name in ("one", "two"):
+        lm_log = next((tmp_path / name / "pretrain").glob("lm-*/log.jsonl"))
+        ft_log = tmp_path / name / "soft-joint" / "log.jsonl"
+        logs[name] = [json.loads(line) for f in (lm_log, ft_log) for line in f.read_text().splitlines()]
+    assert len(logs["one"]) == len(logs["two"]) == 4
+    for a, b in zip(logs["one"], logs["two"]):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+        assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-4)

@@ -1,0 +1,546 @@
+"""
+Train the planner-conditioned GPT end to end, in the stages of the method:
+
+  (a) data: sentences, embeddings, k-means plan labels and the codebook (data.py, cached)
+  (b) pretrain the LM with no plans                                  \\ cached under <out-dir>/pretrain,
+  (c) pretrain the planner on the labels (cross-entropy)             / shared by every mode
+  (d) fine-tune the LM with plans from one estimator (mix.py), planner frozen or joint
+
+    python train.py                                  # wiki corpus, --mode soft --planner joint
+    python train.py --mode hard                      # planner frozen (the default for hard)
+    python train.py --mode st                        # straight-through, planner joint
+    python train.py --mode oracle                    # the true label of each sentence: an upper bound
+    python train.py --dataset synthetic --device cpu
+    torchrun --standalone --nproc_per_node 2 train.py   # DDP: the global batch is split across processes
+
+With the same --seed every mode starts from the same pretrained weights and sees the same batches, so
+differences come from the estimator alone. Then compare runs with `python eval.py out/*/`.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+from mix import ESTIMATORS, MODES, Plans
+from model import GPT, GPTConfig
+from planner import Planner, PlannerConfig, accuracy, planner_loss
+
+# Defaults that depend on the device: the CPU set finishes every stage in ~10 minutes on 2 cores;
+# the CUDA set is a model and schedule suited to one GPU. An explicit flag always wins.
+CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, grad_accum=1,
+                    lm_iters=1500, planner_iters=600, finetune_iters=500, eval_interval=250, eval_iters=20)
+CUDA_DEFAULTS = dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32, grad_accum=2,
+                     lm_iters=6000, planner_iters=3000, finetune_iters=2000, eval_interval=500, eval_iters=50)
+
+
+class TrainError(Exception):
+    """A bad flag combination or a run that cannot go on: shown as one line with the fix."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.add_data_args(p)
+    g = p.add_argument_group("method")
+    g.add_argument("--mode", default="soft", help=f"how plans reach the LM: {', '.join(MODES)}")
+    g.add_argument("--planner", choices=("frozen", "joint"), help="hard: frozen; st, soft, gumbel: joint")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of st/soft/gumbel")
+    g.add_argument("--planner-loss-weight", type=float, default=0.0,
+                   help="keep the planner's own cross-entropy during joint training (0: pure end-to-end)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", default="out", help="runs go to <out-dir>/<run>/, pretrained stages to <out-dir>/pretrain/")
+    g.add_argument("--run", help="run name (default: the mode, plus -frozen/-joint)")
+    g.add_argument("--seed", type=int, default=0, help="data split, labels, initial weights, batches")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="autocast dtype; auto: bfloat16 where the device computes it natively")
+    g.add_argument("--compile", action="store_true", help="torch.compile the LM")
+    g.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its checkpoint")
+    g = p.add_argument_group("model (defaults depend on the device, see CPU_DEFAULTS / CUDA_DEFAULTS)")
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        g.add_argument("--" + name.replace("_", "-"), type=int)
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--planner-layers", type=int, default=2)
+    g.add_argument("--planner-embd", type=int, default=128)
+    g = p.add_argument_group("schedule")
+    for name in ("lm_iters", "planner_iters", "finetune_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters"):
+        g.add_argument("--" + name.replace("_", "-"), type=int)
+    g.add_argument("--planner-batch", type=int, default=64, help="documents per planner pretraining step")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of LM pretraining")
+    g.add_argument("--planner-lr", type=float, default=2e-3, help="peak learning rate of planner pretraining")
+    g.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate of fine-tuning")
+    g.add_argument("--planner-finetune-lr", type=float, default=1e-4,
+                   help="peak learning rate of a joint planner during fine-tuning")
+    g.add_argument("--warmup-iters", type=int, default=100)
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    args = p.parse_args(argv)
+    args.device = resolve_device(args.device)
+    for k, v in (CUDA_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    check_method(args)
+    return args
+
+
+def check_method(args):
+    if args.mode not in MODES:
+        raise TrainError(f"unknown --mode {args.mode!r}: choose one of {', '.join(MODES)}")
+    if args.mode not in ESTIMATORS:
+        if args.planner:
+            raise TrainError(f"--mode {args.mode} uses no planner: drop --planner {args.planner}")
+    else:
+        args.planner = args.planner or ("frozen" if args.mode == "hard" else "joint")
+        if args.mode == "hard" and args.planner == "joint" and args.planner_loss_weight == 0:
+            raise TrainError("--mode hard sends no gradient to the planner: --planner joint needs "
+                             "--planner-loss-weight > 0 (or use --planner frozen)")
+    if args.planner_loss_weight and args.planner != "joint":
+        raise TrainError("--planner-loss-weight only applies to a joint planner: add --planner joint")
+    if args.temperature <= 0:
+        raise TrainError(f"--temperature must be positive, got {args.temperature}")
+    args.run = args.run or args.mode + (f"-{args.planner}" if args.planner else "")
+
+
+def resolve_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
+        raise TrainError(f"--device {name} is not available on this machine: use --device cpu or auto")
+    return name
+
+
+def autocast_dtype(args):
+    if args.dtype != "auto":
+        return getattr(torch, args.dtype)
+    if args.device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    native = args.device == "cpu" and any(f in Path("/proc/cpuinfo").read_text() for f in (" avx512_bf16", " amx_bf16")) \
+        if Path("/proc/cpuinfo").exists() else False
+    return torch.bfloat16 if native else torch.float32
+
+
+def gpt_config(args):
+    return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                     dropout=args.dropout, plan_dim=args.embed_dim)
+
+
+def planner_config(args):
+    return PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim, n_layer=args.planner_layers,
+                         n_embd=args.planner_embd, dropout=args.dropout)
+
+
+# ----------------------------------------------------------------------------- batches with plans
+
+class SplitData:
+    """One split of the corpus as tensors, and the batches cut from it."""
+
+    def __init__(self, split, device):
+        t = lambda a, dtype=torch.long: torch.as_tensor(a.astype(np.int64) if dtype == torch.long else a, dtype=dtype, device=device)
+        self.tokens, self.tok_sent = t(split.tokens), t(split.tok_sent)
+        self.emb, self.labels = t(split.emb, torch.float32), t(split.labels)
+        self.doc_sent = t(split.doc_sent)
+        self.sent_doc = torch.repeat_interleave(torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
+        self.device = device
+
+    def documents(self, docs, n_sent):
+        """Sentence embeddings and labels of documents docs, their first n_sent sentences, zero-padded."""
+        first = self.doc_sent[docs]
+        grid = first[:, None] + torch.arange(n_sent, device=self.device)
+        mask = grid < self.doc_sent[docs + 1][:, None]
+        grid = grid.clamp_max(len(self.labels) - 1)
+        return self.emb[grid] * mask[..., None], self.labels[grid], mask
+
+    def lm_batch(self, starts, block_size):
+        """Windows at starts. Position t is conditioned on the plan of the sentence of target t.
+
+        The planner input holds the documents the targets belong to, from their first sentence on, so
+        sentence s is planned from sentences < s of its own document, even those before the window.
+        """
+        pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
+        window, tsent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
+        sents, which = torch.unique(tsent[tsent >= 0], return_inverse=True)
+        plan_index = torch.full_like(tsent, -1)  # into sents; -1: the target is <|endoftext|>, no plan
+        plan_index[tsent >= 0] = which
+        docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
+        sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
+        emb, _, _ = self.documents(docs, int(sent_pos.max()) + 1 if len(sents) else 1)
+        return dict(idx=window[:, :-1], targets=window[:, 1:], plan_index=plan_index, emb=emb,
+                    doc_row=doc_row, sent_pos=sent_pos, labels=self.labels[sents])
+
+    def planner_batch(self, docs):
+        n = int((self.doc_sent[docs + 1] - self.doc_sent[docs]).max())
+        emb, labels, mask = self.documents(docs, n)
+        return dict(emb=emb, labels=labels, mask=mask)
+
+
+def step_rng(seed, stage, step):
+    """Batches depend on (seed, stage, step) alone: every mode sees the same ones, and a resumed run too."""
+    return np.random.default_rng([seed, ["lm", "planner", "finetune"].index(stage), step])
+
+
+# ----------------------------------------------------------------------------- what is trained
+
+class PlannedLM(nn.Module):
+    """The LM, the planner and the estimator, as one module: batch in, losses out."""
+
+    def __init__(self, lm, planner, plans, planner_frozen=True):
+        super().__init__()
+        self.lm, self.planner, self.plans, self.planner_frozen = lm, planner, plans, planner_frozen
+        # What this mode leaves unused is frozen, so that neither the optimizer nor DDP sees it.
+        if planner is not None:
+            planner.requires_grad_(not planner_frozen)
+        plans.codebook.requires_grad_(plans.mode not in ("none", "fixed"))
+        for b in lm.blocks:
+            b.adapter.requires_grad_(plans.mode != "none")
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.planner is not None and self.planner_frozen:
+            self.planner.eval()  # a frozen planner has no dropout noise either
+        return self
+
+    def sentence_logits(self, emb, doc_row, sent_pos):
+        if not self.plans.uses_planner:
+            return None
+        with torch.no_grad() if self.planner_frozen else contextlib.nullcontext():
+            return self.planner(emb)[doc_row, sent_pos].float()
+
+    def forward(self, idx, targets, plan_index, emb, doc_row, sent_pos, labels, generator=None):
+        """-> (LM loss, the planner's cross-entropy on these sentences or None)."""
+        logits = self.sentence_logits(emb, doc_row, sent_pos)
+        vectors = self.plans(logits=logits, labels=labels, generator=generator)  # [n_sentences, D] or None
+        plan = None
+        if vectors is not None:
+            vectors = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])  # row 0: no plan
+            plan = vectors[plan_index + 1].to(self.lm.wte.weight.dtype)
+        _, loss = self.lm(idx, targets, plan)
+        return loss, (nn.functional.cross_entropy(logits, labels) if logits is not None else None)
+
+
+class PlannerObjective(nn.Module):
+    """Stage (c): the planner alone, learning to predict the k-means label of the next sentence."""
+
+    def __init__(self, planner):
+        super().__init__()
+        self.planner = planner
+
+    def forward(self, emb, labels, mask):
+        return planner_loss(self.planner(emb), labels, mask), None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def lr_at(step, iters, peak, warmup):
+    """Linear warmup, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, iters - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(net, lr, weight_decay, planner_lr_scale=1.0):
+    """AdamW; no decay on gains, biases and vectors. A joint planner can learn at its own, slower pace."""
+    planner = {id(p) for p in net.planner.parameters()} if isinstance(net, PlannedLM) and net.planner else set()
+    groups = []
+    for scale, params in ((1.0, [p for p in net.parameters() if id(p) not in planner]),
+                          (planner_lr_scale, [p for p in net.parameters() if id(p) in planner])):
+        params = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+
+
+def identity(corpus):
+    """What a checkpoint must agree with to be used on a corpus."""
+    return {"tokenizer": data.GPT2_RANKS_SHA256, "labels": corpus.meta["key"]}
+
+
+def checkpoint(net, args, corpus, stage, step, opt, done):
+    ck = dict(stage=stage, step=step, done=done, config=vars(args), identity=identity(corpus),
+              optimizer=opt.state_dict())
+    if isinstance(net, PlannedLM):
+        ck.update(model_args=dataclasses.asdict(net.lm.config), model=net.lm.state_dict(),
+                  mode=net.plans.mode, plans=net.plans.state_dict())
+    if net.planner is not None:
+        ck.update(planner_args=dataclasses.asdict(net.planner.config), planner=net.planner.state_dict())
+    return ck
+
+
+def save(ck, path):
+    with data.atomic_write(path) as tmp:
+        torch.save(ck, tmp)
+
+
+def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resume):
+    """The loop shared by every stage. batch_fn(step, micro) -> dict of tensors for net.forward."""
+    ctx = Context.get()
+    opt = make_optimizer(net, lr, args.weight_decay, args.planner_finetune_lr / args.finetune_lr)
+    step, log_path = 0, ckpt_path.parent / "log.jsonl"
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+        load_state(net, ck)
+        opt.load_state_dict(ck["optimizer"])
+        step = ck["step"]
+    elif ctx.master:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+    model = DDP(net) if ctx.world > 1 else net
+    model = torch.compile(model) if args.compile else model
+    autocast = torch.autocast(args.device, dtype=autocast_dtype(args), enabled=autocast_dtype(args) != torch.float32)
+    tokens_per_step = args.batch_size * args.grad_accum * ctx.world * (args.block_size if stage != "planner" else 1)
+    bar = tqdm(range(step, iters), initial=step, total=iters, desc=f"{stage} [{args.run if stage == 'finetune' else 'shared'}]",
+               disable=None if ctx.master else True, dynamic_ncols=True)
+    t0, done, first = time.time(), step, step
+    try:
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, iters, lr, args.warmup_iters) * group["lr_scale"]
+            torch.manual_seed(args.seed * 1_000_003 + step)  # dropout noise: also a function of the step
+            total = torch.zeros((), device=args.device)
+            for micro in range(args.grad_accum):
+                sync = micro == args.grad_accum - 1 or ctx.world == 1
+                with autocast, (contextlib.nullcontext() if sync else model.no_sync()):
+                    loss, aux = model(**batch_fn(step, micro))
+                    if aux is not None and args.planner_loss_weight:
+                        loss = loss + args.planner_loss_weight * aux
+                (loss / args.grad_accum).backward()
+                total += loss.detach() / args.grad_accum
+            if ctx.world > 1:
+                dist.all_reduce(total, op=dist.ReduceOp.AVG)
+            if not torch.isfinite(total):
+                raise TrainError(f"{stage}: the loss became {total.item()} at step {step + 1}; stopped. The last good "
+                                 f"checkpoint is kept at {ckpt_path}: lower the learning rate and rerun")
+            if args.grad_clip:
+                nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], args.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            rate = (done - first) * tokens_per_step / (time.time() - t0)
+            bar.set_postfix(loss=f"{total.item():.3f}", ppl=f"{math.exp(min(total.item(), 50)):.1f}",
+                            **{"tok/s" if stage != "planner" else "docs/s": f"{rate:,.0f}"})
+            if done % args.eval_interval == 0 or done == iters:
+                record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"], per_s=round(rate, 1),
+                              seconds=round(time.time() - t0, 1), **val_fn())
+                if ctx.master:
+                    bar.write(f"{stage} step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    save(checkpoint(net, args, corpus, stage, done, opt, done == iters), ckpt_path)
+    except KeyboardInterrupt:
+        if ctx.master:
+            save(checkpoint(net, args, corpus, stage, done, opt, False), ckpt_path)
+        raise TrainError(f"interrupted at step {done} of {stage}: saved {ckpt_path}; "
+                         f"continue with the same command{' and --resume' if stage == 'finetune' else ''}")
+    finally:
+        bar.close()
+    return net
+
+
+def load_state(net, ck):
+    if isinstance(net, PlannedLM):
+        net.lm.load_state_dict(ck["model"])
+        if "plans" in ck and ck.get("mode") == net.plans.mode:
+            net.plans.load_state_dict(ck["plans"])
+    if net.planner is not None and "planner" in ck:
+        net.planner.load_state_dict(ck["planner"])
+
+
+@dataclasses.dataclass
+class Context:
+    """Where this process stands: alone, or rank `rank` of `world` under torchrun."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @staticmethod
+    def get():
+        return Context(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else Context()
+
+
+# ----------------------------------------------------------------------------- the stages
+
+def stage_dir(args, name, corpus, *settings):
+    """Pretrained stages are keyed by everything that changes their result, so modes share them."""
+    key = json.dumps([identity(corpus), args.seed, autocast_dtype(args).__repr__(), Context.get().world,
+                      *settings], sort_keys=True, default=str)
+    return Path(args.out_dir) / "pretrain" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def fixed_windows(sd, args, ctx):
+    """The same val windows at every evaluation, evenly spaced over the stream; this process's share."""
+    n = args.eval_iters * ctx.world * args.batch_size
+    starts = np.linspace(0, len(sd.tokens) - args.block_size - 2, n).astype(np.int64)
+    return [sd.lm_batch(torch.as_tensor(s, device=args.device), args.block_size)
+            for s in starts.reshape(args.eval_iters, ctx.world, args.batch_size)[:, ctx.rank]]
+
+
+@torch.no_grad()
+def val_loss(net, batches, args):
+    net.eval()
+    autocast = torch.autocast(args.device, dtype=autocast_dtype(args), enabled=autocast_dtype(args) != torch.float32)
+    with autocast:
+        loss = torch.stack([net(**b)[0].float() for b in batches]).mean()
+    if dist.is_initialized():
+        dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # every window has the same number of targets
+    net.train()
+    return {"val_loss": loss.item()}
+
+
+def lm_batches(sd, args, stage):
+    ctx = Context.get()
+
+    def batch(step, micro):
+        rng = step_rng(args.seed, stage, step)
+        n = args.batch_size * args.grad_accum * ctx.world  # the global batch; this process takes its share
+        starts = rng.integers(0, len(sd.tokens) - args.block_size - 1, n)
+        mine = starts.reshape(args.grad_accum, ctx.world, args.batch_size)[micro, ctx.rank]
+        b = sd.lm_batch(torch.as_tensor(mine, device=args.device), args.block_size)
+        share = ctx.rank * args.grad_accum + micro  # gumbel noise: a function of (seed, step, share) too
+        b["generator"] = torch.Generator(args.device).manual_seed(int(rng.integers(2**62)) + share)
+        return b
+    return batch
+
+
+def pretrain_lm(args, corpus, splits):
+    cfg = gpt_config(args)
+    out = stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr, args.batch_size,
+                    args.grad_accum, args.warmup_iters, args.weight_decay, args.grad_clip)
+    torch.manual_seed(args.seed)
+    net = PlannedLM(GPT(cfg), None, Plans("none", corpus.codebook)).to(args.device)
+    ck = out / "ckpt.pt"
+    if ck.exists() and torch.load(ck, map_location="cpu", weights_only=False)["done"]:
+        load_state(net, torch.load(ck, map_location=args.device, weights_only=False))
+        return net.lm, out
+    val = fixed_windows(splits["val"], args, Context.get())
+    train(net, "lm", args.lm_iters, args.lr, args, corpus, ck, lm_batches(splits["train"], args, "lm"),
+          lambda: val_loss(net, val, args), resume=True)
+    return net.lm, out
+
+
+def pretrain_planner(args, corpus, splits):
+    cfg = planner_config(args)
+    out = stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters, args.planner_lr,
+                    args.planner_batch, args.warmup_iters, args.weight_decay, args.grad_clip)
+    torch.manual_seed(args.seed)
+    net = PlannerObjective(Planner(cfg, corpus.codebook)).to(args.device)
+    ck = out / "ckpt.pt"
+    if ck.exists() and torch.load(ck, map_location="cpu", weights_only=False)["done"]:
+        load_state(net, torch.load(ck, map_location=args.device, weights_only=False))
+        return net.planner, out
+    train_sd, val_sd = splits["train"], splits["val"]
+    n_docs, ctx = len(train_sd.doc_sent) - 1, Context.get()
+
+    def batch(step, micro):
+        docs = step_rng(args.seed, "planner", step).integers(0, n_docs, (args.grad_accum, ctx.world, args.planner_batch))
+        return train_sd.planner_batch(torch.as_tensor(docs[micro, ctx.rank], device=args.device))
+
+    train(net, "planner", args.planner_iters, args.planner_lr, args, corpus, ck, batch,
+          lambda: planner_metrics(net.planner, val_sd), resume=True)
+    return net.planner, out
+
+
+@torch.no_grad()
+def planner_metrics(planner, sd, chunk=256):
+    """Planner loss and top-1/top-5 accuracy over every sentence of a split."""
+    was_training, n_docs, logits, labels = planner.training, len(sd.doc_sent) - 1, [], []
+    planner.eval()
+    for lo in range(0, n_docs, chunk):
+        b = sd.planner_batch(torch.arange(lo, min(lo + chunk, n_docs), device=sd.device))
+        logits.append(planner(b["emb"]).float()[b["mask"]])
+        labels.append(b["labels"][b["mask"]])
+    planner.train(was_training)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    acc = accuracy(logits, labels, torch.ones_like(labels, dtype=torch.bool))
+    return {"planner_val_loss": planner_loss(logits, labels, torch.ones_like(labels, dtype=torch.bool)).item(),
+            **{f"planner_{k}": v for k, v in acc.items()}}
+
+
+def finetune(args, corpus, splits, lm, planner):
+    plans = Plans(args.mode, corpus.codebook, args.temperature)
+    net = PlannedLM(lm, planner if plans.uses_planner else None, plans, args.planner != "joint").to(args.device)
+    out = Path(args.out_dir) / args.run
+    if args.resume and not (out / "ckpt.pt").exists():
+        raise TrainError(f"--resume: there is no checkpoint at {out / 'ckpt.pt'}: drop --resume to start the run")
+    val = fixed_windows(splits["val"], args, Context.get())
+
+    def metrics():
+        m = val_loss(net, val, args)
+        return {**m, **planner_metrics(net.planner, splits["val"])} if net.planner is not None else m
+
+    train(net, "finetune", args.finetune_iters, args.finetune_lr, args, corpus, out / "ckpt.pt",
+          lm_batches(splits["train"], args, "finetune"), metrics, resume=args.resume)
+    return net, out, metrics()
+
+
+def unigram_loss(corpus, batches):
+    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows."""
+    counts = np.bincount(corpus.splits["train"].tokens, minlength=data.VOCAB_SIZE) + 1.0
+    logp = torch.as_tensor(np.log(counts / counts.sum()))
+    return float(np.mean([-logp[b["targets"].cpu()].mean().item() for b in batches]))
+
+
+def setup_distributed(args):
+    if "RANK" not in os.environ:
+        return
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+
+
+def main(argv=None):
+    try:
+        args = get_args(argv)
+        setup_distributed(args)
+        ctx = Context.get()
+        if ctx.world > 1 and not ctx.master:
+            dist.barrier()  # rank 0 builds the data cache first
+        corpus = data.load_from_args(args)
+        if ctx.world > 1 and ctx.master:
+            dist.barrier()
+        splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
+        t0 = time.time()
+        lm, lm_dir = pretrain_lm(args, corpus, splits)
+        planner, planner_dir = pretrain_planner(args, corpus, splits)
+        net, out, final = finetune(args, corpus, splits, lm, planner)
+        if ctx.master:
+            report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
+    except (TrainError, data.DataError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):
+    world = Context.get().world
+    uni = unigram_loss(corpus, [b for r in range(world) for b in fixed_windows(splits["val"], args, Context(r, world))])
+    print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in {seconds:.0f} s; "
+          f"pretrained LM {lm_dir}, planner {planner_dir}")
+    print(f"val perplexity {math.exp(final['val_loss']):.1f} vs unigram {math.exp(uni):.1f} "
+          f"(on {args.eval_iters * args.batch_size * world} fixed val windows; `python eval.py {out}` gives the exact figure)")
+    if "planner_top1" in final:
+        print(f"planner val accuracy: top-1 {final['planner_top1']:.3f}, top-5 {final['planner_top5']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
