@@ -19,6 +19,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import data
@@ -102,16 +103,29 @@ def evaluate(run, split="val", device="cpu"):
 
 
 def table(results):
-    """Markdown comparison; 'vs none' is relative to the run of mode none among them, if any."""
-    base = next((r["perplexity"] for r in results if r["mode"] == "none"), None)
-    pct = lambda x: "" if x is None else f"{x:.1%}"
-    rows = ["| run | mode | planner | perplexity | vs none | planner top-1 | planner top-5 |", "|---" * 7 + "|"]
+    """Markdown comparison, one row per (mode, planner); runs of several seeds give mean ± std.
+
+    'vs none' is relative to the row of mode none, if there is one.
+    """
+    groups = {}
     for r in results:
-        vs = f"{r['perplexity'] / base - 1:+.1%}" if base else ""
-        name = Path(r["run"]).parent.name if r["run"].endswith(".pt") else Path(r["run"]).name
-        rows.append(f"| {name} | {r['mode']} | {r['planner'] or ''} | {r['perplexity']:.2f} | {vs} | "
-                    f"{pct(r['planner_top1'])} | {pct(r['planner_top5'])} |")
+        groups.setdefault((r["mode"], r["planner"]), []).append(r)
+    stat = lambda rs, k: (np.mean([r[k] for r in rs]), np.std([r[k] for r in rs], ddof=1) if len(rs) > 1 else None)
+    show = lambda m, s, fmt: "" if m is None or np.isnan(m) else f"{m:{fmt}}" + ("" if s is None else f" ± {s:{fmt}}")
+    base = stat(groups[("none", None)], "perplexity")[0] if ("none", None) in groups else None
+    rows = ["| run | mode | planner | perplexity | vs none | planner top-1 | planner top-5 |", "|---" * 7 + "|"]
+    for (mode, planner), rs in groups.items():
+        ppl = stat(rs, "perplexity")
+        acc = [stat(rs, k) if rs[0][k] is not None else (None, None) for k in ("planner_top1", "planner_top5")]
+        name = run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
+        rows.append(f"| {name} | {mode} | {planner or ''} | {show(*ppl, '.2f')} | "
+                    f"{'' if base is None else f'{ppl[0] / base - 1:+.1%}'} | {show(*acc[0], '.3f')} | {show(*acc[1], '.3f')} |")
     return "\n".join(rows)
+
+
+def run_name(run):
+    p = Path(run)
+    return p.parent.name if p.suffix == ".pt" else p.name
 
 
 def main(argv=None):

@@ -42,8 +42,8 @@ from planner import Planner, PlannerConfig, accuracy, planner_loss
 
 # Defaults that depend on the device: the CPU set finishes every stage in ~10 minutes on 2 cores;
 # the CUDA set is a model and schedule suited to one GPU. An explicit flag always wins.
-CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, grad_accum=1,
-                    lm_iters=1500, planner_iters=600, finetune_iters=500, eval_interval=250, eval_iters=20)
+CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=16, grad_accum=1,
+                    lm_iters=400, planner_iters=500, finetune_iters=150, eval_interval=50, eval_iters=8)
 CUDA_DEFAULTS = dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32, grad_accum=2,
                      lm_iters=6000, planner_iters=3000, finetune_iters=2000, eval_interval=500, eval_iters=50)
 
@@ -151,10 +151,9 @@ class SplitData:
     """One split of the corpus as tensors, and the batches cut from it."""
 
     def __init__(self, split, device):
-        t = lambda a, dtype=torch.long: torch.as_tensor(a.astype(np.int64) if dtype == torch.long else a, dtype=dtype, device=device)
-        self.tokens, self.tok_sent = t(split.tokens), t(split.tok_sent)
-        self.emb, self.labels = t(split.emb, torch.float32), t(split.labels)
-        self.doc_sent = t(split.doc_sent)
+        long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
+        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
+        self.emb = torch.as_tensor(split.emb, device=device)
         self.sent_doc = torch.repeat_interleave(torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
         self.device = device
 
@@ -385,6 +384,16 @@ def stage_dir(args, name, corpus, *settings):
     return Path(args.out_dir) / "pretrain" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def finished(ckpt_path, net, args):
+    """Load a pretrained stage that an earlier run completed; False if there is none (or it was cut short)."""
+    if not ckpt_path.exists():
+        return False
+    ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+    if ck["done"]:
+        load_state(net, ck)
+    return ck["done"]
+
+
 def fixed_windows(sd, args, ctx):
     """The same val windows at every evaluation, evenly spaced over the stream; this process's share."""
     n = args.eval_iters * ctx.world * args.batch_size
@@ -427,8 +436,7 @@ def pretrain_lm(args, corpus, splits):
     torch.manual_seed(args.seed)
     net = PlannedLM(GPT(cfg), None, Plans("none", corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
-    if ck.exists() and torch.load(ck, map_location="cpu", weights_only=False)["done"]:
-        load_state(net, torch.load(ck, map_location=args.device, weights_only=False))
+    if finished(ck, net, args):
         return net.lm, out
     val = fixed_windows(splits["val"], args, Context.get())
     train(net, "lm", args.lm_iters, args.lr, args, corpus, ck, lm_batches(splits["train"], args, "lm"),
@@ -443,8 +451,7 @@ def pretrain_planner(args, corpus, splits):
     torch.manual_seed(args.seed)
     net = PlannerObjective(Planner(cfg, corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
-    if ck.exists() and torch.load(ck, map_location="cpu", weights_only=False)["done"]:
-        load_state(net, torch.load(ck, map_location=args.device, weights_only=False))
+    if finished(ck, net, args):
         return net.planner, out
     train_sd, val_sd = splits["train"], splits["val"]
     n_docs, ctx = len(train_sd.doc_sent) - 1, Context.get()
