@@ -4,6 +4,8 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/soft-joint                       # val perplexity and planner accuracy
     python eval.py out/*/ --split test                  # several runs: a markdown table
     python eval.py out/none out/soft-joint --json       # the numbers as JSON
+    python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it starts
+    python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
 
 Perplexity counts every target token of the split exactly once (the split is one stream, every
 document opening with <|endoftext|>). Windows of block_size tokens advance by half a block; each
@@ -16,6 +18,7 @@ It runs in float32, so the figure does not depend on autocast.
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -98,28 +101,34 @@ def evaluate(run, split="val", device="cpu"):
     tokens, nll = perplexity(net, sd, net.lm.config.block_size)
     acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
-            "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"],
+            "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"], "seed": ck["config"]["seed"],
             "planner_top1": acc.get("planner_top1"), "planner_top5": acc.get("planner_top5")}
 
 
-def table(results):
-    """Markdown comparison, one row per (mode, planner); runs of several seeds give mean ± std.
+def summary(values, fmt):
+    """'mean ± std' over seeds; the mean alone for one run; '' when there is nothing to show."""
+    if not values or values[0] is None:
+        return ""
+    std = f" ± {np.std(values, ddof=1):{fmt.lstrip('+')}}" if len(values) > 1 else ""
+    return f"{np.mean(values):{fmt}}{std}"
 
-    'vs none' is relative to the row of mode none, if there is one.
+
+def table(results):
+    """Markdown comparison, one row per (mode, planner), mean ± std over the seeds given.
+
+    'vs none' is the change in perplexity against the run of mode none with the same seed.
     """
     groups = {}
     for r in results:
         groups.setdefault((r["mode"], r["planner"]), []).append(r)
-    stat = lambda rs, k: (np.mean([r[k] for r in rs]), np.std([r[k] for r in rs], ddof=1) if len(rs) > 1 else None)
-    show = lambda m, s, fmt: "" if m is None or np.isnan(m) else f"{m:{fmt}}" + ("" if s is None else f" ± {s:{fmt}}")
-    base = stat(groups[("none", None)], "perplexity")[0] if ("none", None) in groups else None
+    none = {r["seed"]: r["perplexity"] for r in groups.get(("none", None), [])}
     rows = ["| run | mode | planner | perplexity | vs none | planner top-1 | planner top-5 |", "|---" * 7 + "|"]
     for (mode, planner), rs in groups.items():
-        ppl = stat(rs, "perplexity")
-        acc = [stat(rs, k) if rs[0][k] is not None else (None, None) for k in ("planner_top1", "planner_top5")]
+        change = [r["perplexity"] / none[r["seed"]] - 1 for r in rs if r["seed"] in none]
         name = run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
-        rows.append(f"| {name} | {mode} | {planner or ''} | {show(*ppl, '.2f')} | "
-                    f"{'' if base is None else f'{ppl[0] / base - 1:+.1%}'} | {show(*acc[0], '.3f')} | {show(*acc[1], '.3f')} |")
+        rows.append(f"| {name} | {mode} | {planner or ''} | {summary([r['perplexity'] for r in rs], '.2f')} | "
+                    f"{summary(change, '+.1%')} | {summary([r['planner_top1'] for r in rs], '.3f')} | "
+                    f"{summary([r['planner_top5'] for r in rs], '.3f')} |")
     return "\n".join(rows)
 
 
@@ -128,14 +137,81 @@ def run_name(run):
     return p.parent.name if p.suffix == ".pt" else p.name
 
 
+SENTENCE_END = re.compile(r"""[.!?]["'”’)\]]*\s*$""")
+
+
+def next_plan(net, corpus, history, forced=None):
+    """-> (planned label or None, plan vector or None) for the sentence after the texts in history."""
+    plans, codebook = net.plans, net.plans.codebook
+    if forced is not None:
+        if plans.mode in ("none", "fixed", "uniform"):
+            raise EvalError(f"mode {plans.mode} takes no label: --force-labels needs a run of mode oracle, hard, st, soft or gumbel")
+        if not 0 <= forced < len(codebook):
+            raise EvalError(f"--force-labels: there is no label {forced}, the labels are 0..{len(codebook) - 1}")
+        return forced, codebook[forced]
+    if plans.mode == "oracle":
+        raise EvalError("mode oracle needs the true label of a sentence not yet written: give --force-labels")
+    if not plans.uses_planner:
+        return None, plans(labels=torch.zeros((), dtype=torch.long))  # none: None; fixed, uniform: their vector
+    emb = torch.as_tensor(corpus.embedder.embed_texts(history)) if history else torch.zeros(0, codebook.shape[1])
+    logits = net.planner(torch.cat([emb, torch.zeros(1, emb.shape[1])])[None])[0, -1]  # the row after the last
+    return int(logits.argmax()), plans(logits=logits)
+
+
+@torch.no_grad()
+def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k=50, seed=0, max_tokens=60):
+    """Write n_sentences after prompt, planning each sentence as it starts.
+
+    -> [(planned label or None, realised label, text)] per new sentence. Before each sentence the
+    planner reads the sentences so far, embedded as the corpus was, and the run's estimator turns
+    its logits into the plan; force[i], if given, dictates the label of the i-th new sentence.
+    """
+    enc, g = data.tokenizer(), torch.Generator().manual_seed(seed)
+    history, idx, plans, out = [], [data.EOT], [], []
+
+    def add(token, vec):
+        plans.append(vec)  # the plan at the position before token: the one that predicts it
+        idx.append(token)
+
+    for text in data.split_sentences(prompt.strip()) if prompt.strip() else []:
+        _, vec = next_plan(net, corpus, history)
+        for token in enc.encode_ordinary(text):
+            add(token, vec)
+        history.append(text)
+    for i in range(n_sentences):
+        label, vec = next_plan(net, corpus, history, force[i] if i < len(force) else None)
+        start = len(idx)
+        for _ in range(max_tokens):
+            plan_fn = None if vec is None else (lambda _: torch.stack(plans + [vec])[None])
+            token = int(net.lm.generate(torch.tensor([idx]), 1, temperature, top_k, plan_fn, g)[0, -1])
+            if token == data.EOT:  # a new document is not what was asked for: draw again
+                continue
+            add(token, vec)
+            if SENTENCE_END.search(enc.decode(idx[start:])):
+                break
+        text = enc.decode(idx[start:])
+        out.append((label, int(corpus.label(corpus.embedder.embed_texts([text]))[0]), text))
+        history.append(text)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their ckpt.pt) made by train.py")
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--json", action="store_true", help="print JSON (an object, or a list for several runs)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    g = p.add_argument_group("sampling with plans (one run)")
+    g.add_argument("--sample", type=int, metavar="N", help="write N sentences, each planned as it starts")
+    g.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    g.add_argument("--force-labels", default="", help="dictate the labels of the new sentences, e.g. 3,17,5")
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
+        if args.sample:
+            return print_samples(args)
         results = [evaluate(r, args.split, resolve_device(args.device)) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
@@ -144,6 +220,23 @@ def main(argv=None):
     else:
         print(f"{args.split} split, {results[0]['tokens']:,} target tokens")
         print(table(results))
+
+
+def print_samples(args):
+    if len(args.runs) != 1:
+        raise EvalError("--sample takes one run")
+    try:
+        force = [int(x) for x in args.force_labels.split(",") if x.strip()]
+    except ValueError:
+        raise EvalError(f"--force-labels takes comma-separated label numbers, got {args.force_labels!r}") from None
+    net, ck, corpus = load_run(args.runs[0])
+    rows = sample(net, corpus, args.sample, args.prompt, force, args.temperature, args.top_k, args.seed)
+    print(args.prompt)
+    for planned, realised, text in rows:
+        print(f"[planned {'-' if planned is None else planned:>3} | realised {realised:>3}] {text.strip()}")
+    if rows[0][0] is not None:
+        hits = sum(p == r for p, r, _ in rows)
+        print(f"realised label = planned label for {hits} of {len(rows)} sentences ({hits / len(rows):.0%})")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ differences come from the estimator alone. Then compare runs with `python eval.p
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -87,7 +88,7 @@ def get_args(argv=None):
     g.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate of fine-tuning")
     g.add_argument("--planner-finetune-lr", type=float, default=1e-4,
                    help="peak learning rate of a joint planner during fine-tuning")
-    g.add_argument("--warmup-iters", type=int, default=100)
+    g.add_argument("--warmup-iters", type=int, default=100, help="per stage, capped at a fifth of its iterations")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
     args = p.parse_args(argv)
@@ -128,11 +129,24 @@ def resolve_device(name):
 def autocast_dtype(args):
     if args.dtype != "auto":
         return getattr(torch, args.dtype)
-    if args.device == "cuda":
+    if args.device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    native = args.device == "cpu" and any(f in Path("/proc/cpuinfo").read_text() for f in (" avx512_bf16", " amx_bf16")) \
-        if Path("/proc/cpuinfo").exists() else False
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if args.device == "cpu" and cpu_has_native_bf16() else torch.float32
+
+
+def autocast(args):
+    dtype = autocast_dtype(args)
+    return torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16():
+    """Without avx512_bf16 or AMX, bf16 matmuls on a CPU are emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: play safe
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def gpt_config(args):
@@ -246,7 +260,8 @@ class PlannerObjective(nn.Module):
 # ----------------------------------------------------------------------------- the loop
 
 def lr_at(step, iters, peak, warmup):
-    """Linear warmup, then cosine decay to a tenth of the peak."""
+    """Linear warmup (over at most a fifth of the stage), then cosine decay to a tenth of the peak."""
+    warmup = min(warmup, iters // 5)
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, iters - warmup)
@@ -299,9 +314,9 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
     elif ctx.master:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
+    if args.compile and isinstance(net, PlannedLM):
+        net.lm.compile()  # the LM only: its shapes are fixed, the planner's change with every batch
     model = DDP(net) if ctx.world > 1 else net
-    model = torch.compile(model) if args.compile else model
-    autocast = torch.autocast(args.device, dtype=autocast_dtype(args), enabled=autocast_dtype(args) != torch.float32)
     tokens_per_step = args.batch_size * args.grad_accum * ctx.world * (args.block_size if stage != "planner" else 1)
     bar = tqdm(range(step, iters), initial=step, total=iters, desc=f"{stage} [{args.run if stage == 'finetune' else 'shared'}]",
                disable=None if ctx.master else True, dynamic_ncols=True)
@@ -314,7 +329,7 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
             total = torch.zeros((), device=args.device)
             for micro in range(args.grad_accum):
                 sync = micro == args.grad_accum - 1 or ctx.world == 1
-                with autocast, (contextlib.nullcontext() if sync else model.no_sync()):
+                with autocast(args), (contextlib.nullcontext() if sync else model.no_sync()):
                     loss, aux = model(**batch_fn(step, micro))
                     if aux is not None and args.planner_loss_weight:
                         loss = loss + args.planner_loss_weight * aux
@@ -405,8 +420,7 @@ def fixed_windows(sd, args, ctx):
 @torch.no_grad()
 def val_loss(net, batches, args):
     net.eval()
-    autocast = torch.autocast(args.device, dtype=autocast_dtype(args), enabled=autocast_dtype(args) != torch.float32)
-    with autocast:
+    with autocast(args):
         loss = torch.stack([net(**b)[0].float() for b in batches]).mean()
     if dist.is_initialized():
         dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # every window has the same number of targets
@@ -432,7 +446,7 @@ def lm_batches(sd, args, stage):
 def pretrain_lm(args, corpus, splits):
     cfg = gpt_config(args)
     out = stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr, args.batch_size,
-                    args.grad_accum, args.warmup_iters, args.weight_decay, args.grad_clip)
+                    args.grad_accum, min(args.warmup_iters, args.lm_iters // 5), args.weight_decay, args.grad_clip)
     torch.manual_seed(args.seed)
     net = PlannedLM(GPT(cfg), None, Plans("none", corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
@@ -447,7 +461,7 @@ def pretrain_lm(args, corpus, splits):
 def pretrain_planner(args, corpus, splits):
     cfg = planner_config(args)
     out = stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters, args.planner_lr,
-                    args.planner_batch, args.warmup_iters, args.weight_decay, args.grad_clip)
+                    args.planner_batch, min(args.warmup_iters, args.planner_iters // 5), args.weight_decay, args.grad_clip)
     torch.manual_seed(args.seed)
     net = PlannerObjective(Planner(cfg, corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"

@@ -220,3 +220,32 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
     for a, b in zip(logs["one"], logs["two"]):
         assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
         assert math.isclose(a["val_loss"], b["val_loss"], rel_tol=1e-4)
+
+
+def test_sampling_is_deterministic_and_follows_forced_labels(dirs, monkeypatch):
+    _, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "soft-joint")
+    a = evaluation.sample(net, corpus, 3, prompt="Weak arms helped.", seed=1)
+    assert a == evaluation.sample(net, corpus, 3, prompt="Weak arms helped.", seed=1)
+    assert a != evaluation.sample(net, corpus, 3, prompt="Weak arms helped.", seed=2)
+    assert all(planned is not None and 0 <= realised < 16 and text for planned, realised, text in a)
+    seen, real = [], net.lm.generate
+
+    def spy(idx, n, temperature, top_k, plan_fn, generator):
+        seen.append(plan_fn(idx)[0, -1].clone())  # the plan that predicts the next token
+        return real(idx, n, temperature, top_k, plan_fn, generator)
+    monkeypatch.setattr(net.lm, "generate", spy)
+    rows = evaluation.sample(net, corpus, 2, force=[5, 9], max_tokens=3)
+    assert [planned for planned, _, _ in rows] == [5, 9]
+    codebook = net.plans.codebook
+    assert all(torch.equal(v, codebook[5]) for v in seen[:3]) and all(torch.equal(v, codebook[9]) for v in seen[3:])
+
+
+def test_sampling_errors(dirs):
+    _, root = dirs
+    for run_dir, flags, message in [("oracle", [], "mode oracle needs the true label"),
+                                    ("none", ["--force-labels", "1"], "mode none takes no label"),
+                                    ("soft-joint", ["--force-labels", "99"], "there is no label 99"),
+                                    ("soft-joint", ["--force-labels", "a,b"], "comma-separated label numbers")]:
+        with pytest.raises(SystemExit, match=message):
+            evaluation.main([str(root / "out" / run_dir), "--sample", "1", *flags])

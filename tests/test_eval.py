@@ -1,0 +1,26 @@
+"""Tests for eval.py's pure parts: the windowing of the perplexity and the comparison table."""
+import pytest
+
+import eval as evaluation
+
+
+@pytest.mark.parametrize("n, block", [(1, 8), (7, 8), (8, 8), (9, 8), (100, 8), (101, 16), (1000, 128)])
+def test_windows_score_every_target_once(n, block):
+    wins, size = evaluation.windows(n, block)
+    scored = []
+    for start, first in wins:
+        scored += [t for t in range(start + 1, start + size + 1) if t >= first]
+        assert start + size <= n  # a window never runs past the stream
+    assert scored == list(range(1, n + 1))
+
+
+def test_table_pairs_seeds_against_none():
+    rows = [dict(run=f"out/seed{s}/{name}", mode=name.split("-")[0], planner=(name.split("-") + [None])[1], seed=s,
+                 perplexity=p, planner_top1=None if name == "none" else 0.1 * (s + 1), planner_top5=None if name == "none" else 0.5)
+            for s in range(3) for name, p in (("none", 100 + 10 * s), ("soft-joint", 90 + 10 * s))]
+    lines = evaluation.table(rows).splitlines()
+    assert lines[2] == "| none (×3) | none |  | 110.00 ± 10.00 | +0.0% ± 0.0% |  |  |"
+    # soft is 10, 10 and 10 lower: -10.0%, -9.1%, -8.3% against the none of its own seed
+    assert lines[3] == "| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | 0.200 ± 0.100 | 0.500 ± 0.000 |"
+    single = evaluation.table(rows[:2]).splitlines()
+    assert single[3] == "| soft-joint | soft | joint | 90.00 | -10.0% | 0.100 | 0.500 |"
