@@ -2,7 +2,7 @@
 Evaluate trained runs: exact perplexity over a held-out split, planner accuracy, comparison tables.
 
     python eval.py out/soft-joint                       # val perplexity and planner accuracy
-    python eval.py out/*/ --split test                  # several runs: a markdown table
+    python eval.py out/none out/hard-frozen out/soft-joint --split test   # a markdown table
     python eval.py out/none out/soft-joint --json       # the numbers as JSON
     python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it starts
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan

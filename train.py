@@ -14,7 +14,7 @@ Train the planner-conditioned GPT end to end, in the stages of the method:
     torchrun --standalone --nproc_per_node 2 train.py   # DDP: the global batch is split across processes
 
 With the same --seed every mode starts from the same pretrained weights and sees the same batches, so
-differences come from the estimator alone. Then compare runs with `python eval.py out/*/`.
+differences come from the estimator alone. Then compare runs with `python eval.py out/none out/soft-joint ...`.
 """
 
 import argparse
