@@ -83,10 +83,9 @@ def perplexity(net, sd, block_size, batch_size=16):
     wins, block = windows(n, block_size)
     total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
-        chunk = wins[i:i + batch_size]
-        b = sd.lm_batch(torch.tensor([s for s, _ in chunk], device=sd.device), block)
-        target_index = torch.tensor([s for s, _ in chunk], device=sd.device)[:, None] + 1 + torch.arange(block, device=sd.device)
-        fresh = target_index >= torch.tensor([f for _, f in chunk], device=sd.device)[:, None]
+        starts, firsts = torch.tensor(wins[i:i + batch_size], device=sd.device).T
+        b = sd.lm_batch(starts, block)
+        fresh = starts[:, None] + 1 + torch.arange(block, device=sd.device) >= firsts[:, None]  # not scored before
         b["targets"] = b["targets"].masked_fill(~fresh, -1)
         loss, _ = net(**b)
         total += loss.item() * fresh.sum().item()
