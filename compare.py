@@ -6,8 +6,14 @@ The paper's comparison at small scale: every estimator and control, over several
 
 Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
-go to train.py unchanged. Finished runs are skipped, so an interrupted comparison picks up where
-it stopped. The tables (val and test) are printed and written to <out-dir>/results.md and .json.
+go to train.py unchanged. Finished runs and their evaluations (cached next to each checkpoint) are
+skipped, so an interrupted comparison picks up where it stopped. The tables (val and test) are
+printed and written to <out-dir>/results.md and .json.
+
+Then every run of the first seed that takes labels writes --sample-docs new documents of 8
+sentences, once with the planner's labels and once with random ones: how often does the LM write
+a sentence of the label it was given? Last, the figures of eval.py --figures are written next to
+the tables (if matplotlib is installed).
 """
 
 import argparse
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import data
 import eval as evaluation
 import train
 
@@ -33,6 +40,7 @@ def main(argv=None):
     p.add_argument("--dataset", default="wiki")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--out-dir", help="default: out/compare-<dataset>")
+    p.add_argument("--sample-docs", type=int, default=25, help="documents sampled per run to measure plan following; 0: none")
     args, train_flags = p.parse_known_args(argv)
     out = Path(args.out_dir or f"out/compare-{args.dataset}")
     runs = []
@@ -46,11 +54,58 @@ def main(argv=None):
             runs.append(run_dir / name)
     report = {}
     for split in ("val", "test"):
-        report[split] = [evaluation.evaluate(r, split) for r in runs]
+        report[split] = [evaluated(r, split) for r in runs]
         print(f"\n{args.dataset}, {split} split ({report[split][0]['tokens']:,} target tokens):\n")
         print(evaluation.table(report[split]))
-    (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "results.md").write_text("\n\n".join(f"{args.dataset}, {s} split\n\n{evaluation.table(r)}" for s, r in report.items()) + "\n")
+    tables = [f"{args.dataset}, {s} split\n\n{evaluation.table(r)}" for s, r in report.items()]
+    if args.sample_docs:
+        report["following"] = [following(r, args.sample_docs) for r in runs[:len(RUNS)] if labelled(r)]
+        tables.append(f"{args.dataset}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
+                      f"\n\n{following_table(report['following'])}")
+        print("\n" + tables[-1])
+    with data.atomic_write(out / "results.json") as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=1))
+    with data.atomic_write(out / "results.md") as tmp:
+        Path(tmp).write_text("\n\n".join(tables) + "\n")
+    try:
+        print(*evaluation.figures(out, out), sep="\n")
+    except evaluation.EvalError as e:
+        print(f"no figures: {e}")
+
+
+def evaluated(run_dir, split):
+    """eval.evaluate, cached in the run's folder until its checkpoint changes."""
+    cache = run_dir / f"eval-{split}.json"
+    if cache.exists() and cache.stat().st_mtime > (run_dir / "ckpt.pt").stat().st_mtime:
+        return json.loads(cache.read_text())
+    result = evaluation.evaluate(run_dir, split)
+    with data.atomic_write(cache) as tmp:
+        Path(tmp).write_text(json.dumps(result))
+    return result
+
+
+def labelled(run_dir):
+    return torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["mode"] not in ("none", "fixed", "uniform")
+
+
+def following(run_dir, n_docs):
+    """Plan following of one run, with the planner's labels (if it has a planner) and random ones."""
+    cache = run_dir / "following.json"
+    if cache.exists() and json.loads(cache.read_text())["docs"] == n_docs:
+        return json.loads(cache.read_text())
+    net, _, corpus = evaluation.load_run(run_dir)
+    row = {"run": str(run_dir), "docs": n_docs, "forced": evaluation.plan_following(net, corpus, n_docs, forced=True)}
+    if net.planner is not None:
+        row["planned"] = evaluation.plan_following(net, corpus, n_docs)
+    with data.atomic_write(cache) as tmp:
+        Path(tmp).write_text(json.dumps(row))
+    return row
+
+
+def following_table(rows):
+    cell = lambda f: f"{f['rate']:.1%} of {f['sentences']} (chance {f['chance']:.1%})" if f else "n/a: no planner"
+    return "\n".join(["| run | planner's labels | random labels |", "|---|---|---|"] +
+                      [f"| {evaluation.run_name(r['run'])} | {cell(r.get('planned'))} | {cell(r['forced'])} |" for r in rows])
 
 
 if __name__ == "__main__":

@@ -532,15 +532,26 @@ def summary(corpus):
     return "\n".join(lines + [f"  {how}"])
 
 
-def show_labels(corpus, n):
-    """n training sentences of every label: those nearest to its centroid."""
+def typical_sentences(corpus, label, n):
+    """The n training sentences of a label nearest to its centroid, as one-line texts."""
     train = corpus.splits["train"]
-    for j, c in enumerate(corpus.codebook):
-        members = np.flatnonzero(train.labels == j)
-        print(f"label {j} ({len(members)} sentences, {len(members) / len(train.labels):.1%})")
-        for s in members[np.argsort(-(train.emb[members] @ c))[:n]]:
-            text = " ".join(corpus.sentence_text("train", s).split())
-            print(f"    {text[:120] + ('...' if len(text) > 120 else '')}")
+    members = np.flatnonzero(train.labels == label)
+    return [" ".join(corpus.sentence_text("train", s).split())
+            for s in members[np.argsort(-(train.emb[members] @ corpus.codebook[label]))[:n]]]
+
+
+def shorten(text, width=120):
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def show_labels(corpus, n):
+    """n typical training sentences of every label."""
+    labels = corpus.splits["train"].labels
+    for j in range(len(corpus.codebook)):
+        share = np.mean(labels == j)
+        print(f"label {j} ({np.sum(labels == j)} sentences, {share:.1%})")
+        for text in typical_sentences(corpus, j, n):
+            print(f"    {shorten(text)}")
 
 
 def main(argv=None):

@@ -6,6 +6,8 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/none out/soft-joint --json       # the numbers as JSON
     python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it starts
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
+    python eval.py out/soft-joint --browse 4            # the planner's guesses for val document 4
+    python eval.py out/compare-wiki --figures assets    # PNG figures of a comparison (needs matplotlib)
 
 Perplexity counts every target token of the split exactly once (the split is one stream, every
 document opening with <|endoftext|>). Windows of block_size tokens advance by half a block; each
@@ -194,6 +196,129 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     return out
 
 
+def read_log(run):
+    """The records train.py appended to log.jsonl next to a run's checkpoint, oldest first."""
+    path = (Path(run) if Path(run).is_dir() else Path(run).parent) / "log.jsonl"
+    if not path.exists():
+        raise EvalError(f"no training log at {path}: train.py writes one next to every checkpoint")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def figures(comparison, out_dir):
+    """Write <name>-val-loss.png and <name>-perplexity.png for a folder made by compare.py; -> their paths."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EvalError("figures need matplotlib, an optional dependency: pip install matplotlib") from None
+    comparison, out_dir = Path(comparison), Path(out_dir)
+    if not (comparison / "results.json").exists():
+        raise EvalError(f"no results.json in {comparison}: give a folder made by compare.py")
+    results = json.loads((comparison / "results.json").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{comparison.name}-val-loss.png", out_dir / f"{comparison.name}-perplexity.png"]
+    for draw, path in zip((loss_curves, perplexity_bars), written):
+        fig = draw(plt, results, comparison.name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return written
+
+
+def loss_curves(plt, results, title):
+    """Fine-tuning val loss of every run, mean over seeds, each from its seed's pretrained LM.
+
+    Step 0 is the last record of the seed's pretraining log (pretrain/lm-*/log.jsonl, if there is
+    exactly one): with zero-initialised adapters every mode starts from exactly that loss.
+    """
+    fig, (pre, fine) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
+    names, curves = list(dict.fromkeys(run_name(r["run"]) for r in results["val"])), {}
+    for r in results["val"]:
+        pretrained = list((Path(r["run"]).parent / "pretrain").glob("lm-*/log.jsonl"))
+        start = read_log(pretrained[0].parent) if len(pretrained) == 1 else []
+        first = [{"step": 0, "val_loss": start[-1]["val_loss"]}] if start else []
+        curves.setdefault(run_name(r["run"]), []).append(first + read_log(r["run"]))
+        if start and run_name(r["run"]) == names[0]:
+            pre.plot([x["step"] for x in start], [x["val_loss"] for x in start], color="grey", lw=1)
+    for name in names:
+        loss = np.mean([[x["val_loss"] for x in log] for log in curves[name]], axis=0)
+        control = name in ("none", "fixed", "uniform", "oracle")
+        fine.plot([x["step"] for x in curves[name][0]], loss, marker="o", ms=3, label=name, ls="--" if control else "-")
+    pre.set(title="pretraining the LM (each seed)", xlabel="step", ylabel="val loss (nats/token)")
+    fine.set(title=f"{title}: fine-tuning, mean of {len(curves[names[0]])} seed(s)", xlabel="step")
+    fine.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def perplexity_bars(plt, results, title):
+    """Val and test perplexity of every run, and its change against none of the same seed: mean ± std."""
+    names = list(dict.fromkeys(run_name(r["run"]) for r in results["val"]))
+    fig, (absolute, paired) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.4), sharey=True)
+    for i, split in enumerate(("val", "test")):
+        none = {r["seed"]: r["perplexity"] for r in results[split] if run_name(r["run"]) == "none"}
+        runs = [[r for r in results[split] if run_name(r["run"]) == name] for name in names]
+        change = [[100 * (r["perplexity"] / none[r["seed"]] - 1) for r in rs if r["seed"] in none] for rs in runs]
+        for ax, values in ((absolute, [[r["perplexity"] for r in rs] for rs in runs]), (paired, change)):
+            std = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+            ax.barh(np.arange(len(names)) + 0.2 * (2 * i - 1), [np.mean(v) if v else 0 for v in values], 0.4,
+                    xerr=std, capsize=2, label=split, color=f"C{i}")
+    absolute.set_yticks(np.arange(len(names)), names)
+    absolute.invert_yaxis()
+    low = min(r["perplexity"] for split in ("val", "test") for r in results[split])
+    absolute.set_xlim(left=0.95 * low)  # the differences are a few percent: start the axis near them
+    seeds = len(runs[0])
+    absolute.set(title=title, xlabel=f"perplexity (mean ± std over {seeds} seed(s))")
+    paired.set(title="paired by seed", xlabel="change against none of the same seed (%)")
+    paired.axvline(0, color="black", lw=0.8)
+    absolute.legend(fontsize=8)
+    return fig
+
+
+def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
+    """How often the LM writes a sentence of the label it was given, over n_docs new documents.
+
+    Labels come from the planner, or with forced=True uniformly at random (this asks whether the
+    LM follows any plan, however good the planner). chance: the rate if the realised label ignored
+    the planned one, from the two labels' frequencies (1/K for random labels).
+    """
+    k, rng, rows = len(corpus.codebook), np.random.default_rng(seed), []
+    for i in range(n_docs):
+        force = rng.integers(k, size=sentences).tolist() if forced else ()
+        rows += sample(net, corpus, sentences, force=force, seed=seed + i)
+    planned, realised = (np.array([r[j] for r in rows]) for j in (0, 1))
+    chance = 1 / k if forced else np.bincount(planned, minlength=k) @ np.bincount(realised, minlength=k) / len(rows) ** 2
+    return {"sentences": len(rows), "hits": int(np.sum(planned == realised)),
+            "rate": float(np.mean(planned == realised)), "chance": float(chance)}
+
+
+@torch.no_grad()
+def browse(net, corpus, split="val", doc=0, top=5):
+    """-> [(text, true label, [(label, probability)] * top)] for every sentence of a held-out document."""
+    if net.planner is None:
+        raise EvalError(f"mode {net.plans.mode} has no planner to browse: give a run of mode hard, st, soft or gumbel")
+    sp = corpus.splits[split]
+    if not 0 <= doc < len(sp.doc_sent) - 1:
+        raise EvalError(f"--browse: the {split} split has documents 0..{len(sp.doc_sent) - 2}, not {doc}")
+    lo, hi = sp.doc_sent[doc], sp.doc_sent[doc + 1]
+    probs = torch.softmax(net.planner(torch.as_tensor(sp.emb[lo:hi])[None])[0].float(), -1)  # row s: from sentences < s
+    best = probs.topk(min(top, probs.shape[1]), -1)
+    return [(corpus.sentence_text(split, s), int(sp.labels[s]), list(zip(best.indices[i].tolist(), best.values[i].tolist())))
+            for i, s in enumerate(range(lo, hi))]
+
+
+def print_browse(args):
+    net, _, corpus = load_run(args.runs[0])
+    rows = browse(net, corpus, args.split, args.browse)
+    hits = sum(true == guesses[0][0] for _, true, guesses in rows)
+    print(f"{args.split} document {args.browse}: {len(rows)} sentences, the planner's top guess right for {hits}")
+    for i, (text, true, guesses) in enumerate(rows):
+        print(f"\n{i}. [label {true}] {data.shorten(' '.join(text.split()), 110)}")
+        for label, prob in guesses:
+            example = data.shorten(data.typical_sentences(corpus, label, 1)[0], 80)
+            print(f"   {prob:6.1%}  label {label:>3} {'=' if label == true else ' '}  like: {example}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their ckpt.pt) made by train.py")
@@ -207,10 +332,19 @@ def main(argv=None):
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("looking inside")
+    g.add_argument("--browse", type=int, metavar="DOC", help="the planner's top-5 labels for every sentence of document DOC of --split")
+    g.add_argument("--figures", metavar="DIR", help="RUN is a folder made by compare.py: write its PNG figures into DIR")
     args = p.parse_args(argv)
     try:
+        if (args.sample or args.browse is not None or args.figures) and len(args.runs) != 1:
+            raise EvalError("--sample, --browse and --figures take one RUN")
         if args.sample:
             return print_samples(args)
+        if args.browse is not None:
+            return print_browse(args)
+        if args.figures:
+            return print(*figures(args.runs[0], args.figures), sep="\n")
         results = [evaluate(r, args.split, resolve_device(args.device)) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
@@ -222,8 +356,6 @@ def main(argv=None):
 
 
 def print_samples(args):
-    if len(args.runs) != 1:
-        raise EvalError("--sample takes one run")
     try:
         force = [int(x) for x in args.force_labels.split(",") if x.strip()]
     except ValueError:

@@ -103,14 +103,18 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
         if plan is not None and plan.shape != (B, T, self.config.plan_dim):
             raise ValueError(f"plan must be [B, T, plan_dim] = {[B, T, self.config.plan_dim]}, got {list(plan.shape)}")
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))
-        for block in self.blocks:
-            x = block(x, plan)
-        logits = self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.features(idx, plan))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def features(self, idx, plan=None):
+        """The final hidden states [B, T, n_embd], before the head."""
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
+        for block in self.blocks:
+            x = block(x, plan)
+        return self.ln_f(x)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, plan_fn=None, generator=None):
@@ -122,7 +126,8 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             plan = plan_fn(idx)[:, -ctx.shape[1]:] if plan_fn else None
-            logits = self(ctx, plan=plan)[0][:, -1, :] / max(temperature, 1e-6)
+            # the head, most of the compute at this size, is needed at the last position only
+            logits = self.lm_head(self.features(ctx, plan)[:, -1]) / max(temperature, 1e-6)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, -float("inf"))

@@ -115,5 +115,7 @@ def test_generate_with_plans():
     assert calls == list(range(3, 43))  # asked for plans before every new token, past block_size too
     again = model.generate(prompt, 40, plan_fn=plan_fn, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
-    greedy = model.generate(prompt, 5, top_k=1)
-    assert torch.equal(greedy, model.generate(prompt, 5, top_k=1))
+    greedy = model.generate(prompt, 5, top_k=1, plan_fn=plan_fn)
+    for t in range(3, 8):  # each greedy token is the argmax of the full forward pass at that point
+        logits = model(greedy[:, :t], plan=plan_fn(greedy[:, :t]))[0][:, -1]
+        assert torch.equal(greedy[:, t], logits.argmax(-1))

@@ -25,11 +25,13 @@ TINY = ["--dataset", "synthetic", "--synthetic-docs", "600", "--n-labels", "16",
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    """Runs none, oracle and soft (joint) once; the pretrained stages they share are reused by later tests."""
+    """Runs none, oracle and soft (joint) once; the pretrained stages they share are reused by later tests.
+
+    The oracle run fine-tunes longer, until its LM writes the sentence type it is told to."""
     root = tmp_path_factory.mktemp("runs")
     common = ["--out-dir", str(root / "out"), "--data-dir", str(root / "data")]
-    for mode in ("none", "oracle", "soft"):
-        run(TINY + common + ["--mode", mode])
+    for mode, iters in (("none", 80), ("oracle", 300), ("soft", 80)):
+        run(TINY + common + ["--mode", mode, "--finetune-iters", iters])
     return common, root
 
 
@@ -44,8 +46,17 @@ def test_plans_lower_perplexity_end_to_end(dirs):
     ppl = {name: evaluation.evaluate(root / "out" / name)["perplexity"] for name in ("none", "oracle", "soft-joint")}
     assert ppl["oracle"] < 0.85 * ppl["none"]
     assert ppl["soft-joint"] < 0.95 * ppl["none"]
-    log = [json.loads(line) for line in (root / "out" / "soft-joint" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [40, 80] and all("planner_top1" in r for r in log)
+
+
+def test_logs_are_written_and_parsed(dirs):
+    _, root = dirs
+    log = evaluation.read_log(root / "out" / "soft-joint")
+    assert [r["step"] for r in log] == [40, 80]
+    assert all({"train_loss", "val_loss", "lr", "per_s", "planner_top1"} <= set(r) for r in log)
+    assert log[-1]["val_loss"] < evaluation.read_log(next((root / "out" / "pretrain").glob("lm-*")))[0]["val_loss"]
+    assert evaluation.read_log(root / "out" / "oracle" / "ckpt.pt")[-1]["step"] == 300
+    with pytest.raises(evaluation.EvalError, match="no training log at"):
+        evaluation.read_log(root)
 
 
 def _weights(path):
@@ -132,7 +143,7 @@ def test_eval_perplexity_is_exp_of_mean_nll_recomputed(dirs):
     result = evaluation.evaluate(root / "out" / "oracle")
     assert result["tokens"] == n
     assert math.isclose(result["nll"], total / n, rel_tol=1e-5)
-    assert math.isclose(result["perplexity"], math.exp(total / n), rel_tol=1e-5)
+    assert math.isclose(math.log(result["perplexity"]), total / n, rel_tol=1e-5)  # float32 vs float64 sums
 
 
 def test_eval_json_and_table(dirs, capsys):
@@ -239,6 +250,68 @@ def test_sampling_is_deterministic_and_follows_forced_labels(dirs, monkeypatch):
     assert [planned for planned, _, _ in rows] == [5, 9]
     codebook = net.plans.codebook
     assert all(torch.equal(v, codebook[5]) for v in seen[:3]) and all(torch.equal(v, codebook[9]) for v in seen[3:])
+
+
+def test_forced_labels_are_realised_on_synthetic(dirs):
+    """Synthetic sentence types have their own words, so a sentence's label is recoverable from its
+    text: an LM that follows its plans writes a sentence of the dictated label (chance: 1 in 16)."""
+    _, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "oracle")
+    rows = evaluation.sample(net, corpus, 16, force=list(range(16)), seed=0)
+    assert sum(planned == realised for planned, realised, _ in rows) >= 12
+    follow = evaluation.plan_following(net, corpus, n_docs=2, sentences=8, forced=True)
+    assert follow["sentences"] == 16 and follow["chance"] == 1 / 16 and follow["rate"] >= 0.75
+
+
+def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
+    rows = [(0, 0, ""), (0, 1, ""), (1, 1, ""), (1, 1, "")]  # planned 0,0,1,1; realised 0,1,1,1
+    monkeypatch.setattr(evaluation, "sample", lambda *a, **k: rows)
+    corpus = type("C", (), {"codebook": np.zeros((3, 2))})()
+    out = evaluation.plan_following(None, corpus, n_docs=1, sentences=4)
+    assert out == {"sentences": 4, "hits": 3, "rate": 0.75, "chance": 0.5 * 0.25 + 0.5 * 0.75}
+
+
+def test_browse_guesses_match_planner_accuracy(dirs, capsys):
+    """Per-document top-1 guesses over the whole val split give the planner's batched top-1 accuracy:
+    row s of a document is planned from sentences < s and is set against the label of sentence s."""
+    _, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "soft-joint")
+    sp = corpus.splits["val"]
+    hits = total = 0
+    for doc in range(len(sp.doc_sent) - 1):
+        rows = evaluation.browse(net, corpus, "val", doc)
+        assert [true for _, true, _ in rows] == sp.labels[sp.doc_sent[doc]:sp.doc_sent[doc + 1]].tolist()
+        for _, true, guesses in rows:
+            probs = [p for _, p in guesses]
+            assert len(guesses) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+            hits += guesses[0][0] == true
+            total += 1
+    top1 = train.planner_metrics(net.planner, train.SplitData(sp, "cpu"))["planner_top1"]
+    assert math.isclose(hits / total, top1, abs_tol=1e-6)
+    evaluation.main([str(root / "out" / "soft-joint"), "--browse", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("val document 1:") and out.count(" like: ") == 5 * len(evaluation.browse(net, corpus, "val", 1))
+    for run_dir, flags, message in [("none", ["--browse", "0"], "mode none has no planner to browse"),
+                                    ("soft-joint", ["--browse", "999"], "the val split has documents 0..")]:
+        with pytest.raises(SystemExit, match=message):
+            evaluation.main([str(root / "out" / run_dir), *flags])
+
+
+def test_figures_of_a_comparison(dirs, tmp_path, monkeypatch):
+    _, root = dirs
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "seed0").symlink_to(root / "out")
+    runs = [tmp_path / "cmp" / "seed0" / name for name in ("none", "oracle", "soft-joint")]
+    results = {split: [evaluation.evaluate(r, split) for r in runs] for split in ("val", "test")}
+    (tmp_path / "cmp" / "results.json").write_text(json.dumps(results))
+    written = evaluation.figures(tmp_path / "cmp", tmp_path / "figs")
+    assert [p.name for p in written] == ["cmp-val-loss.png", "cmp-perplexity.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in written)
+    with pytest.raises(SystemExit, match="error: no results.json in .*: give a folder made by compare.py"):
+        evaluation.main([str(root / "out"), "--figures", str(tmp_path / "figs")])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(SystemExit, match="error: figures need matplotlib, an optional dependency: pip install matplotlib"):
+        evaluation.main([str(tmp_path / "cmp"), "--figures", str(tmp_path / "figs")])
 
 
 def test_sampling_errors(dirs):
