@@ -28,6 +28,13 @@ import train
 
 RUNS = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
         ("st", "joint"), ("soft", "frozen"), ("soft", "joint"), ("gumbel", "joint")]
+# The paper's findings, each as two runs to set against each other seed by seed.
+CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen"),
+          ("ST is not better than hard", "st-joint", "hard-frozen"),
+          ("plans beat one learned constant vector", "soft-joint", "fixed"),
+          ("plans beat the mean label", "soft-joint", "uniform"),
+          ("joint training beats a frozen planner", "soft-joint", "soft-frozen"),
+          ("how far soft is from the oracle", "soft-joint", "oracle")]
 
 
 def done(run_dir):
@@ -52,12 +59,14 @@ def main(argv=None):
                 train.main(train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir),
                                           "--mode", mode] + (["--planner", planner] if planner else []))
             runs.append(run_dir / name)
-    report = {}
+    report, tables = {}, []
     for split in ("val", "test"):
         report[split] = [evaluated(r, split) for r in runs]
-        print(f"\n{args.dataset}, {split} split ({report[split][0]['tokens']:,} target tokens):\n")
-        print(evaluation.table(report[split]))
-    tables = [f"{args.dataset}, {s} split\n\n{evaluation.table(r)}" for s, r in report.items()]
+        tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
+        tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}")
+        print("\n" + tables[-1])
+    tables.append(f"{args.dataset}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
+    print("\n" + tables[-1])
     if args.sample_docs:
         report["following"] = [following(r, args.sample_docs) for r in runs[:len(RUNS)] if labelled(r)]
         tables.append(f"{args.dataset}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
@@ -82,6 +91,18 @@ def evaluated(run_dir, split):
     with data.atomic_write(cache) as tmp:
         Path(tmp).write_text(json.dumps(result))
     return result
+
+
+def claims_table(report):
+    rows = ["| finding | A vs B | val, per seed | val | test |", "|---|---|---|---|---|"]
+    for claim, a, b in CLAIMS:
+        change = {}
+        for split in ("val", "test"):
+            ppl = {(evaluation.run_name(r["run"]), r["seed"]): r["perplexity"] for r in report[split]}
+            change[split] = [ppl[a, seed] / ppl[b, seed] - 1 for name, seed in ppl if name == a and (b, seed) in ppl]
+        rows.append(f"| {claim} | {a} vs {b} | {' '.join(f'{c:+.2%}' for c in change['val'])} | "
+                    f"{evaluation.summary(change['val'], '+.2%')} | {evaluation.summary(change['test'], '+.2%')} |")
+    return "\n".join(rows)
 
 
 def labelled(run_dir):

@@ -28,6 +28,8 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
     assert all(r["forced"]["sentences"] == 8 and r["forced"]["chance"] == 1 / 8 for r in following.values())
     md = (tmp_path / "cmp" / "results.md").read_text()
     assert "synthetic, val split" in md and "synthetic, test split" in md and "| oracle | n/a: no planner |" in md
+    ppl = {r["run"].rsplit("/", 1)[-1]: r["perplexity"] for r in results["val"]}
+    assert f"| soft (joint) beats hard | soft-joint vs hard-frozen | {ppl['soft-joint'] / ppl['hard-frozen'] - 1:+.2%} |" in md
     assert (tmp_path / "cmp" / "cmp-val-loss.png").exists() and (tmp_path / "cmp" / "cmp-perplexity.png").exists()
 
     def redone(*a, **k):
