@@ -6,8 +6,8 @@ The paper's comparison at small scale: every estimator and control, over several
 
 Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
-go to train.py unchanged. Finished runs and their evaluations (cached next to each checkpoint) are
-skipped, so an interrupted comparison picks up where it stopped. The tables (val and test) are
+go to train.py unchanged. Finished runs, their evaluations and their samples (cached next to each
+checkpoint) are skipped, so an interrupted comparison picks up where it stopped. The tables are
 printed and written to <out-dir>/results.md and .json.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
@@ -61,14 +61,15 @@ def main(argv=None):
             runs.append(run_dir / name)
     report, tables = {}, []
     for split in ("val", "test"):
-        report[split] = [evaluated(r, split) for r in runs]
+        report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split)) for r in runs]
         tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
         tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}")
         print("\n" + tables[-1])
     tables.append(f"{args.dataset}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
     print("\n" + tables[-1])
     if args.sample_docs:
-        report["following"] = [following(r, args.sample_docs) for r in runs[:len(RUNS)] if labelled(r)]
+        report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs))
+                               for r, (mode, _) in zip(runs, RUNS) if mode not in ("none", "fixed", "uniform")]
         tables.append(f"{args.dataset}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
                       f"\n\n{following_table(report['following'])}")
         print("\n" + tables[-1])
@@ -82,12 +83,12 @@ def main(argv=None):
         print(f"no figures: {e}")
 
 
-def evaluated(run_dir, split):
-    """eval.evaluate, cached in the run's folder until its checkpoint changes."""
-    cache = run_dir / f"eval-{split}.json"
+def cached(run_dir, name, compute):
+    """compute(), kept as JSON in the run's folder until the run's checkpoint changes."""
+    cache = run_dir / name
     if cache.exists() and cache.stat().st_mtime > (run_dir / "ckpt.pt").stat().st_mtime:
         return json.loads(cache.read_text())
-    result = evaluation.evaluate(run_dir, split)
+    result = compute()
     with data.atomic_write(cache) as tmp:
         Path(tmp).write_text(json.dumps(result))
     return result
@@ -105,21 +106,12 @@ def claims_table(report):
     return "\n".join(rows)
 
 
-def labelled(run_dir):
-    return torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)["mode"] not in ("none", "fixed", "uniform")
-
-
 def following(run_dir, n_docs):
-    """Plan following of one run, with the planner's labels (if it has a planner) and random ones."""
-    cache = run_dir / "following.json"
-    if cache.exists() and json.loads(cache.read_text())["docs"] == n_docs:
-        return json.loads(cache.read_text())
+    """Plan following of one run, with random labels and (if it has a planner) the planner's."""
     net, _, corpus = evaluation.load_run(run_dir)
-    row = {"run": str(run_dir), "docs": n_docs, "forced": evaluation.plan_following(net, corpus, n_docs, forced=True)}
+    row = {"run": str(run_dir), "forced": evaluation.plan_following(net, corpus, n_docs, forced=True)}
     if net.planner is not None:
         row["planned"] = evaluation.plan_following(net, corpus, n_docs)
-    with data.atomic_write(cache) as tmp:
-        Path(tmp).write_text(json.dumps(row))
     return row
 
 
