@@ -1,7 +1,6 @@
 """Tests for compare.py: one tiny seed of the whole comparison, then a rerun that must redo nothing."""
 import json
 
-
 import compare
 import eval as evaluation
 import train
