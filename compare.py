@@ -18,9 +18,8 @@ the tables (if matplotlib is installed).
 
 import argparse
 import json
+import sys
 from pathlib import Path
-
-import torch
 
 import data
 import eval as evaluation
@@ -39,7 +38,7 @@ CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen"),
 
 def done(run_dir):
     ck = run_dir / "ckpt.pt"
-    return ck.exists() and torch.load(ck, map_location="cpu", weights_only=False)["done"]
+    return ck.exists() and train.load_checkpoint(ck)["done"]
 
 
 def main(argv=None):
@@ -49,6 +48,13 @@ def main(argv=None):
     p.add_argument("--out-dir", help="default: out/compare-<dataset>")
     p.add_argument("--sample-docs", type=int, default=25, help="documents sampled per run to measure plan following; 0: none")
     args, train_flags = p.parse_known_args(argv)
+    try:
+        compare(args, train_flags)
+    except (train.TrainError, evaluation.EvalError, data.DataError) as e:
+        sys.exit(f"error: {e}")
+
+
+def compare(args, train_flags):
     out = Path(args.out_dir or f"out/compare-{args.dataset}")
     runs = []
     for seed in map(int, args.seeds.split(",")):

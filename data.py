@@ -142,18 +142,41 @@ def path_documents(path):
         raise DataError(f"folder {p} holds no .txt files: put one document per .txt file in it")
     docs = []
     for f in files:
-        raw = f.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            text = raw.decode("utf-8", errors="replace")
-            print(f"warning: {f} is not valid UTF-8 (first bad byte at offset {e.start}); "
-                  f"undecodable bytes were replaced by U+FFFD", file=sys.stderr)
+        text = decode_text(f)
         parts = re.split(r"\n\s*\n", text) if p.is_file() else [text]
         docs += [" ".join(d.split()) for d in parts if d.strip()]
     if not docs:
         raise DataError(f"{p} holds no text: give a file with documents separated by blank lines")
     return docs
+
+
+# Byte-order marks, longest first: UTF-32's little-endian mark begins with UTF-16's.
+BOMS = [(b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
+        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")]
+MAX_NOT_TEXT = 0.1  # share of NUL, control and undecodable characters above which a file is not text
+
+
+def decode_text(f):
+    """A file's text: UTF-16/32 by their byte-order mark, else UTF-8 (undecodable bytes replaced, with a warning).
+
+    A file that is mostly not text (a binary, or UTF-16 without its mark) is refused rather than turned
+    into documents of garbage that fail later for an unrelated reason.
+    """
+    raw = Path(f).read_bytes()
+    bom, encoding = next(((b, e) for b, e in BOMS if raw.startswith(b)), (b"", "utf-8"))
+    body, first_bad = raw[len(bom):], None
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as e:
+        text, first_bad = body.decode(encoding, errors="replace"), len(bom) + e.start
+    bad = text.count("\ufffd") + len(re.findall(r"[\x00-\x08\x0b\x0e-\x1f\x7f]", text))
+    if text and bad / len(text) > MAX_NOT_TEXT:
+        raise DataError(f"{f} is not text: {bad / len(text):.0%} of its characters are NUL, control or undecodable "
+                        f"(read as {encoding}): give UTF-8 text files (or UTF-16/32 with a byte-order mark)")
+    if first_bad is not None:
+        print(f"warning: {f} is not valid {encoding.upper()} (first bad byte at offset {first_bad}); "
+              f"undecodable bytes were replaced by U+FFFD", file=sys.stderr)
+    return text
 
 
 def wikitext_documents(data_dir):
@@ -442,15 +465,23 @@ def build(docs, n_labels, embed_dim, seed):
 
 
 class atomic_write:
-    """`with atomic_write(path) as tmp:` write tmp; it replaces path only if the block succeeds."""
+    """`with atomic_write(path) as tmp:` write tmp; it replaces path only if the block succeeds.
+
+    The temp file is named <path>.<pid>.<random>.tmp, so that one left by a process killed mid-write
+    (kill -9 skips every cleanup) is recognised and swept by the next write of the same path.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
+        sweep_stale_temps(self.path)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.{os.getpid()}.", suffix=".tmp")
         os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
         return self.tmp
 
     def __exit__(self, exc_type, *_):
@@ -458,6 +489,28 @@ class atomic_write:
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
+
+
+def sweep_stale_temps(path):
+    """Remove temp files of path whose writing process no longer runs."""
+    for tmp in Path(path).parent.glob(f"{glob_escape(Path(path).name)}.*.tmp"):
+        pid = tmp.name[len(Path(path).name) + 1:].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def glob_escape(name):
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def save(corpus, path):
@@ -489,15 +542,28 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).stem if dataset not in DATASETS else dataset)
     path = Path(data_dir) / "cache" / f"{slug}-{key}.npz"
     if path.exists():
-        corpus = load_cache(path)
-        corpus.meta["load_seconds"] = round(time.time() - t0, 2)
-        return corpus
+        try:
+            corpus = load_cache(path)
+            corpus.meta["load_seconds"] = round(time.time() - t0, 2)
+            return corpus
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a cache can be rebuilt
+            print(f"warning: the data cache {path} is damaged ({type(e).__name__}: {first_line(e)}): rebuilding it",
+                  file=sys.stderr)
     if not quiet:
         print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}", file=sys.stderr)
-    corpus = build(docs, n_labels, embed_dim, seed)
-    corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
-    save(corpus, path)
+    try:
+        corpus = build(docs, n_labels, embed_dim, seed)
+        corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
+        save(corpus, path)
+    except KeyboardInterrupt:
+        raise DataError(f"interrupted while building the data cache; nothing was written to {path}: "
+                        "run the same command again to build it") from None
     return corpus
+
+
+def first_line(e):
+    """An exception's message, first line only (some span pages), or its type when it has none."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 # ----------------------------------------------------------------------------- command line

@@ -31,7 +31,7 @@ import data
 from mix import Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from train import PlannedLM, SplitData, TrainError, identity, planner_metrics, resolve_device
+from train import PlannedLM, SplitData, TrainError, check_ranges, identity, load_checkpoint, planner_metrics, resolve_device
 
 
 class EvalError(Exception):
@@ -43,7 +43,7 @@ def load_run(run, device="cpu"):
     path = Path(run) / "ckpt.pt" if Path(run).is_dir() else Path(run)
     if not path.exists():
         raise EvalError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. out/soft-joint)")
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = load_checkpoint(path, device)
     if ck.get("stage") != "finetune":
         raise EvalError(f"{path} is a pretraining checkpoint ({ck.get('stage')}): evaluate a fine-tuned run")
     c = ck["config"]
@@ -100,6 +100,8 @@ def evaluate(run, split="val", device="cpu"):
     net, ck, corpus = load_run(run, device)
     sd = SplitData(corpus.splits[split], device)
     tokens, nll = perplexity(net, sd, net.lm.config.block_size)
+    if not math.isfinite(nll):
+        raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a lower learning rate")
     acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
             "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"], "seed": ck["config"]["seed"],
@@ -215,7 +217,12 @@ def figures(comparison, out_dir):
     comparison, out_dir = Path(comparison), Path(out_dir)
     if not (comparison / "results.json").exists():
         raise EvalError(f"no results.json in {comparison}: give a folder made by compare.py")
-    results = json.loads((comparison / "results.json").read_text())
+    try:
+        results = json.loads((comparison / "results.json").read_text())
+        assert results["val"] and results["test"]
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise EvalError(f"{comparison / 'results.json'} holds no comparison (not JSON, or no val and test "
+                        "results): run compare.py again to write it") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{comparison.name}-val-loss.png", out_dir / f"{comparison.name}-perplexity.png"]
     for draw, path in zip((loss_curves, perplexity_bars), written):
@@ -319,7 +326,13 @@ def print_browse(args):
             print(f"   {prob:6.1%}  label {label:>3} {'=' if label == true else ' '}  like: {example}")
 
 
-def main(argv=None):
+# eval.py's numeric flags and their ranges, as train.FLAG_RANGES.
+FLAG_RANGES = [(("sample", "top_k"), lambda v: v >= 1, "at least 1"),
+               (("browse", "seed"), lambda v: v >= 0, "zero or more"),
+               (("temperature",), lambda v: 0 <= v < math.inf, "zero (always the likeliest token) or a positive number")]
+
+
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their ckpt.pt) made by train.py")
     p.add_argument("--split", default="val", choices=("val", "test"))
@@ -335,11 +348,16 @@ def main(argv=None):
     g = p.add_argument_group("looking inside")
     g.add_argument("--browse", type=int, metavar="DOC", help="the planner's top-5 labels for every sentence of document DOC of --split")
     g.add_argument("--figures", metavar="DIR", help="RUN is a folder made by compare.py: write its PNG figures into DIR")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     try:
+        check_ranges(args, FLAG_RANGES)
         if (args.sample or args.browse is not None or args.figures) and len(args.runs) != 1:
             raise EvalError("--sample, --browse and --figures take one RUN")
-        if args.sample:
+        if args.sample is not None:
             return print_samples(args)
         if args.browse is not None:
             return print_browse(args)

@@ -25,8 +25,11 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +58,7 @@ class TrainError(Exception):
 
 # ----------------------------------------------------------------------------- configuration
 
-def get_args(argv=None):
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data.add_data_args(p)
     g = p.add_argument_group("method")
@@ -91,13 +94,47 @@ def get_args(argv=None):
     g.add_argument("--warmup-iters", type=int, default=100, help="per stage, capped at a fifth of its iterations")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
-    args = p.parse_args(argv)
+    return p
+
+
+def get_args(argv=None):
+    args = make_parser().parse_args(argv)
     args.device = resolve_device(args.device)
     for k, v in (CUDA_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    check_ranges(args, FLAG_RANGES)
+    if args.n_embd % args.n_head:
+        raise TrainError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}: change one of them")
+    if args.planner_embd % PlannerConfig.n_head:
+        raise TrainError(f"--planner-embd {args.planner_embd} must be a multiple of the planner's {PlannerConfig.n_head} heads")
     check_method(args)
     return args
+
+
+# Every numeric flag's range, in one place: (flags, test, what the flag must be).
+FLAG_RANGES = [
+    (("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "eval_iters",
+      "planner_batch", "planner_layers", "planner_embd", "n_labels", "embed_dim", "synthetic_types"),
+     lambda v: v >= 1, "at least 1"),
+    (("lm_iters", "planner_iters", "finetune_iters"), lambda v: v >= 1,
+     "at least 1 (every stage must train: fine-tuning an untrained LM or planner measures nothing)"),
+    (("synthetic_docs",), lambda v: v >= 3, "at least 3 (train, val and test take one document each at least)"),
+    (("seed", "warmup_iters"), lambda v: v >= 0, "zero or more"),
+    (("lr", "planner_lr", "finetune_lr", "planner_finetune_lr", "temperature"), lambda v: 0 < v < math.inf,
+     "a positive number"),
+    (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf, "zero or a positive number"),
+    (("dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1"),
+]
+
+
+def check_ranges(args, table):
+    """Refuse the first flag outside its range (NaN is outside every range) with one line."""
+    for names, ok, what in table:
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not ok(value):
+                raise TrainError(f"--{name.replace('_', '-')} must be {what}, got {value}")
 
 
 def check_method(args):
@@ -113,8 +150,6 @@ def check_method(args):
                              "--planner-loss-weight > 0 (or use --planner frozen)")
     if args.planner_loss_weight and args.planner != "joint":
         raise TrainError("--planner-loss-weight only applies to a joint planner: add --planner joint")
-    if args.temperature <= 0:
-        raise TrainError(f"--temperature must be positive, got {args.temperature}")
     args.run = args.run or args.mode + (f"-{args.planner}" if args.planner else "")
 
 
@@ -301,16 +336,69 @@ def save(ck, path):
         torch.save(ck, tmp)
 
 
+def load_checkpoint(path, device="cpu"):
+    """A checkpoint holds tensors and plain values only, so it is loaded without running any code it may carry."""
+    if not zipfile.is_zipfile(path):
+        raise TrainError(f"{path} is damaged or not a checkpoint (cut short while copying?): delete it and "
+                         "train again, or copy it again")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise TrainError(f"{path} holds more than tensors and plain values, so it was refused without running it "
+                         f"({data.first_line(e)[:80]}...): use a checkpoint written by train.py") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise TrainError(f"{path} is damaged ({data.first_line(e)[:100]}): delete it and train again") from None
+
+
+class StopRequest:
+    """Ctrl-C in the loop: finish the step under way, then save and stop. A second Ctrl-C quits at once.
+
+    A KeyboardInterrupt raised mid-step can land inside opt.step() and leave some parameter groups one
+    update ahead of the others; a flag read between whole steps never saves half a step.
+    """
+
+    def __enter__(self):
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        except ValueError:  # not the main thread, where only the main thread may catch signals
+            self.previous = None
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step (Ctrl-C again quits without saving it)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def agreed(self, device):
+        """Under DDP every process stops at the same step, whichever of them got the signal."""
+        if not dist.is_initialized():
+            return self.requested
+        flag = torch.tensor(float(self.requested), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+
+def kept(saved, path):
+    """The sentence that ends a stopped run's message: it names a checkpoint only if this run wrote or read it."""
+    return f"The last good checkpoint (step {saved}) is kept at {path}" if saved is not None else "No checkpoint was written"
+
+
 def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resume):
     """The loop shared by every stage. batch_fn(step, micro) -> dict of tensors for net.forward."""
     ctx = Context.get()
     opt = make_optimizer(net, lr, args.weight_decay, args.planner_finetune_lr / args.finetune_lr)
-    step, log_path = 0, ckpt_path.parent / "log.jsonl"
+    step, saved, log_path = 0, None, ckpt_path.parent / "log.jsonl"
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, args.device)
         load_state(net, ck)
         opt.load_state_dict(ck["optimizer"])
-        step = ck["step"]
+        step = saved = ck["step"]
     elif ctx.master:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
@@ -321,48 +409,60 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
     bar = tqdm(range(step, iters), initial=step, total=iters, desc=f"{stage} [{args.run if stage == 'finetune' else 'shared'}]",
                disable=None if ctx.master else True, dynamic_ncols=True)
     t0, done, first = time.time(), step, step
-    try:
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, iters, lr, args.warmup_iters) * group["lr_scale"]
-            torch.manual_seed(args.seed * 1_000_003 + step)  # dropout noise: also a function of the step
-            total = torch.zeros((), device=args.device)
-            for micro in range(args.grad_accum):
-                sync = micro == args.grad_accum - 1 or ctx.world == 1
-                with autocast(args), (contextlib.nullcontext() if sync else model.no_sync()):
-                    loss, aux = model(**batch_fn(step, micro))
-                    if aux is not None and args.planner_loss_weight:
-                        loss = loss + args.planner_loss_weight * aux
-                (loss / args.grad_accum).backward()
-                total += loss.detach() / args.grad_accum
-            if ctx.world > 1:
-                dist.all_reduce(total, op=dist.ReduceOp.AVG)
-            if not torch.isfinite(total):
-                raise TrainError(f"{stage}: the loss became {total.item()} at step {step + 1}; stopped. The last good "
-                                 f"checkpoint is kept at {ckpt_path}: lower the learning rate and rerun")
-            if args.grad_clip:
-                nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], args.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            done = step + 1
-            rate = (done - first) * tokens_per_step / (time.time() - t0)
-            bar.set_postfix(loss=f"{total.item():.3f}", ppl=f"{math.exp(min(total.item(), 50)):.1f}",
-                            **{"tok/s" if stage != "planner" else "docs/s": f"{rate:,.0f}"})
-            if done % args.eval_interval == 0 or done == iters:
-                record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"], per_s=round(rate, 1),
-                              seconds=round(time.time() - t0, 1), **val_fn())
-                if ctx.master:
-                    bar.write(f"{stage} step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    save(checkpoint(net, args, corpus, stage, done, opt, done == iters), ckpt_path)
-    except KeyboardInterrupt:
-        if ctx.master:
-            save(checkpoint(net, args, corpus, stage, done, opt, False), ckpt_path)
-        raise TrainError(f"interrupted at step {done} of {stage}: saved {ckpt_path}; "
+    with StopRequest() as stop:
+        try:
+            for step in bar:
+                if stop.agreed(args.device):
+                    break
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, iters, lr, args.warmup_iters) * group["lr_scale"]
+                torch.manual_seed(args.seed * 1_000_003 + step)  # dropout noise: also a function of the step
+                total = torch.zeros((), device=args.device)
+                for micro in range(args.grad_accum):
+                    sync = micro == args.grad_accum - 1 or ctx.world == 1
+                    with autocast(args), (contextlib.nullcontext() if sync else model.no_sync()):
+                        loss, aux = model(**batch_fn(step, micro))
+                        if aux is not None and args.planner_loss_weight:
+                            loss = loss + args.planner_loss_weight * aux
+                    (loss / args.grad_accum).backward()
+                    total += loss.detach() / args.grad_accum
+                if ctx.world > 1:
+                    dist.all_reduce(total, op=dist.ReduceOp.AVG)
+                if not torch.isfinite(total):
+                    raise TrainError(f"{stage}: the loss became {total.item()} at step {step + 1}; stopped. "
+                                     f"{kept(saved, ckpt_path)}: lower the learning rate and rerun")
+                if args.grad_clip:
+                    nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], args.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                done = step + 1
+                rate = (done - first) * tokens_per_step / (time.time() - t0)
+                bar.set_postfix(loss=f"{total.item():.3f}", ppl=f"{math.exp(min(total.item(), 50)):.1f}",
+                                **{"tok/s" if stage != "planner" else "docs/s": f"{rate:,.0f}"})
+                if done % args.eval_interval == 0 or done == iters:
+                    record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"], per_s=round(rate, 1),
+                                  seconds=round(time.time() - t0, 1), **val_fn())
+                    if bad := [f"{k} {v}" for k, v in record.items() if not math.isfinite(v)]:
+                        raise TrainError(f"{stage}: at step {done} {', '.join(bad)}; stopped without saving "
+                                         f"that step. {kept(saved, ckpt_path)}: lower the learning rate and rerun")
+                    if ctx.master:
+                        bar.write(f"{stage} step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        save(checkpoint(net, args, corpus, stage, done, opt, done == iters), ckpt_path)
+                    saved = done
+        except KeyboardInterrupt:  # the second Ctrl-C, mid-step: nothing of that step is kept
+            raise TrainError(f"interrupted twice during step {done + 1} of {stage}: that step was not saved. "
+                             f"{kept(saved, ckpt_path)}") from None
+        finally:
+            bar.close()
+    if stop.requested:
+        if saved != done:
+            if ctx.master:
+                save(checkpoint(net, args, corpus, stage, done, opt, done == iters), ckpt_path)
+            saved = done
+        raise TrainError(f"interrupted after step {done} of {stage}: saved {ckpt_path}; "
                          f"continue with the same command{' and --resume' if stage == 'finetune' else ''}")
-    finally:
-        bar.close()
     return net
 
 
@@ -403,7 +503,10 @@ def finished(ckpt_path, net, args):
     """Load a pretrained stage that an earlier run completed; False if there is none (or it was cut short)."""
     if not ckpt_path.exists():
         return False
-    ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+    try:
+        ck = load_checkpoint(ckpt_path, args.device)
+    except TrainError as e:  # shared by every run in this out-dir: say which folder to delete
+        raise TrainError(f"pretrained stage {ckpt_path.parent}: {e} (rm -r {ckpt_path.parent} retrains it)") from None
     if ck["done"]:
         load_state(net, ck)
     return ck["done"]
@@ -499,8 +602,6 @@ def finetune(args, corpus, splits, lm, planner):
     plans = Plans(args.mode, corpus.codebook, args.temperature)
     net = PlannedLM(lm, planner if plans.uses_planner else None, plans, args.planner != "joint").to(args.device)
     out = Path(args.out_dir) / args.run
-    if args.resume and not (out / "ckpt.pt").exists():
-        raise TrainError(f"--resume: there is no checkpoint at {out / 'ckpt.pt'}: drop --resume to start the run")
     val = fixed_windows(splits["val"], args, Context.get())
 
     def metrics():
@@ -531,6 +632,9 @@ def setup_distributed(args):
 def main(argv=None):
     try:
         args = get_args(argv)
+        resume_from = Path(args.out_dir) / args.run / "ckpt.pt"
+        if args.resume and not resume_from.exists():  # before hours of pretraining, not after
+            raise TrainError(f"--resume: there is no checkpoint at {resume_from}: drop --resume to start the run")
         setup_distributed(args)
         ctx = Context.get()
         if ctx.world > 1 and not ctx.master:
@@ -538,6 +642,7 @@ def main(argv=None):
         corpus = data.load_from_args(args)
         if ctx.world > 1 and ctx.master:
             dist.barrier()
+        check_split_sizes(corpus, args)
         splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
         t0 = time.time()
         lm, lm_dir = pretrain_lm(args, corpus, splits)
@@ -547,9 +652,24 @@ def main(argv=None):
             report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
     except (TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # outside the training loops, which stop between steps themselves
+        sys.exit("error: interrupted; every checkpoint written so far is whole: run the same command to go on")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_split_sizes(corpus, args):
+    """Training and validation windows need block_size + 2 tokens of their split's stream."""
+    docs = sum(len(sp.doc_sent) - 1 for sp in corpus.splits.values())
+    per_doc = sum(len(sp.tokens) for sp in corpus.splits.values()) / docs
+    for name, share in (("train", 1 - data.VAL_FRAC - data.TEST_FRAC), ("val", data.VAL_FRAC)):
+        n = len(corpus.splits[name].tokens)
+        if n < args.block_size + 2:
+            lower = f"lower --block-size to at most {n - 2}, or " if n > 2 else ""
+            need = math.ceil((args.block_size + 2) / per_doc / share)
+            raise TrainError(f"the {name} split has {n} tokens, fewer than --block-size {args.block_size} + 2: {lower}"
+                             f"use a corpus of about {need} documents or more (it has {docs}, of ~{per_doc:.0f} tokens each)")
 
 
 def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):

@@ -59,48 +59,6 @@ def test_logs_are_written_and_parsed(dirs):
         evaluation.read_log(root)
 
 
-def _weights(path):
-    return torch.load(path, weights_only=False)["model"]
-
-
-def test_resume_equals_uninterrupted(dirs, monkeypatch):
-    common, root = dirs
-    argv = TINY + common + ["--mode", "gumbel", "--finetune-iters", "6", "--eval-interval", "2"]
-    run(argv + ["--run", "whole"])
-    real = train.step_rng
-
-    def ctrl_c_at_step_4(seed, stage, step):
-        if stage == "finetune" and step == 4:
-            raise KeyboardInterrupt
-        return real(seed, stage, step)
-    monkeypatch.setattr(train, "step_rng", ctrl_c_at_step_4)
-    with pytest.raises(SystemExit, match="interrupted at step 4 of finetune: saved .* --resume"):
-        run(argv + ["--run", "cut"])
-    assert torch.load(root / "out" / "cut" / "ckpt.pt", weights_only=False)["step"] == 4
-    monkeypatch.setattr(train, "step_rng", real)
-    run(argv + ["--run", "cut", "--resume"])
-    whole, cut = _weights(root / "out" / "whole" / "ckpt.pt"), _weights(root / "out" / "cut" / "ckpt.pt")
-    assert all(torch.equal(whole[k], cut[k]) for k in whole)
-    w, c = (torch.load(root / "out" / r / "ckpt.pt", weights_only=False) for r in ("whole", "cut"))
-    assert all(torch.equal(w["planner"][k], c["planner"][k]) for k in w["planner"])
-
-
-def test_nan_stops_and_keeps_the_last_good_checkpoint(dirs, monkeypatch):
-    common, root = dirs
-    real, calls = train.PlannedLM.forward, []
-
-    def poisoned(self, *a, **k):
-        loss, aux = real(self, *a, **k)
-        calls.append(1)
-        return (loss * float("nan") if self.training and len(calls) > 3 else loss), aux
-    monkeypatch.setattr(train.PlannedLM, "forward", poisoned)
-    with pytest.raises(SystemExit, match="loss became nan at step 3; stopped. The last good checkpoint is kept"):
-        run(TINY + common + ["--mode", "oracle", "--run", "nan", "--finetune-iters", "6", "--eval-interval", "2",
-                             "--eval-iters", "1"])
-    ck = torch.load(root / "out" / "nan" / "ckpt.pt", weights_only=False)
-    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
-
-
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     train.save({"step": 1, "w": torch.ones(3)}, path)
@@ -161,7 +119,7 @@ def test_eval_json_and_table(dirs, capsys):
 
 def test_eval_refuses_a_checkpoint_of_other_labels(dirs, tmp_path):
     common, root = dirs
-    ck = torch.load(root / "out" / "none" / "ckpt.pt", weights_only=False)
+    ck = torch.load(root / "out" / "none" / "ckpt.pt", weights_only=True)
     ck["identity"]["labels"] = "0123456789abcdef"
     torch.save(ck, tmp_path / "ckpt.pt")
     with pytest.raises(SystemExit, match="error: .* was trained with other labels than --dataset synthetic gives now"):
@@ -199,7 +157,7 @@ def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reach
     (["--mode", "hard", "--planner", "joint"], "--mode hard sends no gradient to the planner"),
     (["--mode", "oracle", "--planner", "frozen"], "--mode oracle uses no planner: drop --planner frozen"),
     (["--mode", "argmax"], "unknown --mode 'argmax': choose one of none, fixed"),
-    (["--temperature", "0"], "--temperature must be positive"),
+    (["--temperature", "0"], "--temperature must be a positive number"),
     (["--mode", "soft", "--planner", "frozen", "--planner-loss-weight", "0.5"], "only applies to a joint planner"),
 ])
 def test_bad_flag_combinations(flags, message):

@@ -1,0 +1,328 @@
+"""Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code from a file."""
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import eval as evaluation
+import train
+
+TINY = ["--dataset", "synthetic", "--synthetic-docs", "300", "--n-labels", "8", "--embed-dim", "16",
+        "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "32", "--batch-size", "4",
+        "--lm-iters", "20", "--planner-iters", "20", "--finetune-iters", "6", "--eval-interval", "2",
+        "--eval-iters", "1", "--warmup-iters", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def common(tmp_path_factory):
+    """A shared out-dir whose pretrained stages every test below reuses, and one finished soft run."""
+    root = tmp_path_factory.mktemp("faults")
+    flags = TINY + ["--out-dir", str(root / "out"), "--data-dir", str(root / "data")]
+    train.main(flags + ["--mode", "soft"])
+    return flags, root
+
+
+def one_line_error(call):
+    with pytest.raises(SystemExit) as e:
+        call()
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+# ----------------------------------------------------------------------------- every flag's range, as a table
+
+def bad_values(parser, table):
+    """(flag, value) for every numeric flag of the table and every candidate value its range refuses."""
+    types = {a.dest: a.type for a in parser._actions}
+    for names, ok, _ in table:
+        for name in names:
+            for raw in ("-1", "0", "0.5", "1.5", "nan", "inf"):
+                try:
+                    value = types[name](raw)
+                except ValueError:
+                    continue  # argparse refuses it before our check
+                if not ok(value):
+                    yield "--" + name.replace("_", "-"), raw
+
+
+@pytest.mark.parametrize("flag, value", list(bad_values(train.make_parser(), train.FLAG_RANGES)))
+def test_train_flag_out_of_range_is_one_line(flag, value):
+    assert flag in one_line_error(lambda: train.main([flag, value, "--device", "cpu"]))
+
+
+@pytest.mark.parametrize("flag, value", list(bad_values(evaluation.make_parser(), evaluation.FLAG_RANGES)))
+def test_eval_flag_out_of_range_is_one_line(flag, value):
+    assert flag in one_line_error(lambda: evaluation.main(["out/none", flag, value]))
+
+
+def test_every_numeric_flag_has_a_range():
+    for parser, table in ((train.make_parser(), train.FLAG_RANGES), (evaluation.make_parser(), evaluation.FLAG_RANGES)):
+        numeric = {a.dest for a in parser._actions if a.type in (int, float)}
+        assert numeric == {name for names, _, _ in table for name in names}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-embd", "33", "--n-head", "2"], "--n-embd 33 must be a multiple of --n-head 2"),
+    (["--planner-embd", "30"], "--planner-embd 30 must be a multiple of the planner's 4 heads"),
+    (["--lm-iters", "0"], "--lm-iters must be at least 1 (every stage must train"),
+    (["--grad-accum", "0"], "--grad-accum must be at least 1"),
+])
+def test_flags_that_used_to_crash_or_do_nothing(flags, message):
+    assert message in one_line_error(lambda: train.main(flags + ["--device", "cpu"]))
+
+
+def test_a_real_process_prints_one_error_line():
+    for script, argv in (("train.py", ["--dropout", "1.5"]), ("eval.py", ["out/x", "--sample", "-1"])):
+        r = subprocess.run([sys.executable, script, *argv], cwd=data.ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+# ----------------------------------------------------------------------------- checkpoints run no code
+
+class Payload:
+    """What a hostile checkpoint carries: unpickling it would create a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(common, tmp_path):
+    flags, root = common
+    marker = tmp_path / "ran"
+    ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
+    ck["config"]["evil"] = Payload(str(marker))
+    for place in (tmp_path / "run", root / "out" / "evil"):
+        place.mkdir()
+        torch.save(ck, place / "ckpt.pt")
+    assert "refused without running it" in one_line_error(lambda: evaluation.main([str(tmp_path / "run")]))
+    assert "refused without running it" in one_line_error(
+        lambda: train.main(flags + ["--mode", "soft", "--run", "evil", "--resume"]))
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_one_line(common, tmp_path):
+    flags, root = common
+    raw = (root / "out" / "soft-joint" / "ckpt.pt").read_bytes()
+    for name, content in (("half", raw[:len(raw) // 2]), ("empty", b"")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt.pt").write_bytes(content)
+        assert "is damaged" in one_line_error(lambda: evaluation.main([str(tmp_path / name)]))
+
+
+def test_a_truncated_pretraining_checkpoint_names_the_folder_to_delete(common, tmp_path):
+    flags, root = common
+    out = tmp_path / "out"
+    (out / "pretrain").mkdir(parents=True)
+    for stage in (root / "out" / "pretrain").iterdir():
+        (out / "pretrain" / stage.name).mkdir()
+        raw = (stage / "ckpt.pt").read_bytes()
+        (out / "pretrain" / stage.name / "ckpt.pt").write_bytes(raw[:len(raw) // 3] if stage.name.startswith("lm") else raw)
+    flags = flags[:flags.index("--out-dir")] + ["--out-dir", str(out)] + flags[flags.index("--out-dir") + 2:]
+    message = one_line_error(lambda: train.main(flags + ["--mode", "none"]))
+    lm_dir = next((out / "pretrain").glob("lm-*"))
+    assert f"pretrained stage {lm_dir}" in message and f"rm -r {lm_dir}" in message
+
+
+# ----------------------------------------------------------------------------- Ctrl-C between whole steps
+
+def sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+POINTS = ["batch", "forward", "clip", "optimizer", "validation", "save"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(common, monkeypatch, point):
+    """A real SIGINT at each point of fine-tuning step 4 (of 6): the run stops after that whole step, and
+    --resume then ends at exactly the weights of a run never interrupted."""
+    flags, root = common
+    argv = flags + ["--mode", "gumbel"]
+    if not (root / "out" / "whole" / "ckpt.pt").exists():
+        train.main(argv + ["--run", "whole"])
+    now, fired = {"step": None}, []
+
+    def maybe_interrupt():
+        if now["step"] == 3 and not fired:
+            fired.append(point)
+            sigint()
+
+    HOOKED = {(train, "step_rng"): "batch", (train.PlannedLM, "forward"): "forward",
+              (torch.nn.utils, "clip_grad_norm_"): "clip", (torch.optim.AdamW, "step"): "optimizer",
+              (train, "val_loss"): "validation", (train, "save"): "save"}
+
+    def hook(target, name):
+        real = getattr(target, name)
+
+        def wrapped(*a, **k):
+            if name == "step_rng":
+                now["step"] = a[2] if a[1] == "finetune" else None
+            if point == HOOKED[target, name]:
+                maybe_interrupt()
+            return real(*a, **k)
+        monkeypatch.setattr(target, name, wrapped)
+    for target, name in HOOKED:
+        hook(target, name)
+    run = f"cut-{point}"
+    message = one_line_error(lambda: train.main(argv + ["--run", run]))
+    assert fired and "interrupted after step 4 of finetune: saved" in message and "--resume" in message
+    assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 4
+    monkeypatch.undo()
+    train.main(argv + ["--run", run, "--resume"])
+    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True) for r in ("whole", run))
+    for part in ("model", "planner", "plans"):
+        assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
+    assert whole["step"] == cut["step"] == 6
+
+
+def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(common, monkeypatch):
+    flags, root = common
+    real, calls = train.PlannedLM.forward, []
+
+    def twice(self, *a, **k):
+        calls.append(self.training)
+        if sum(calls) == 5:  # the training forward of step 5: two presses in a row
+            sigint()
+            sigint()
+        return real(self, *a, **k)
+    monkeypatch.setattr(train.PlannedLM, "forward", twice)
+    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "twice"]))
+    assert "interrupted twice during step 5 of finetune: that step was not saved. The last good checkpoint (step 4)" in message
+    assert torch.load(root / "out" / "twice" / "ckpt.pt", weights_only=True)["step"] == 4
+
+
+# ----------------------------------------------------------------------------- the NaN guard
+
+def test_a_nan_validation_is_never_saved(common, monkeypatch):
+    flags, root = common
+    real = train.val_loss
+    monkeypatch.setattr(train, "val_loss", lambda net, batches, args: {"val_loss": float("nan")})
+    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "nanval"]))
+    assert "at step 2 val_loss nan; stopped without saving that step. No checkpoint was written" in message
+    assert not (root / "out" / "nanval" / "ckpt.pt").exists()
+    monkeypatch.setattr(train, "val_loss", real)
+
+
+def test_a_nan_loss_names_only_a_checkpoint_that_exists(common, monkeypatch):
+    flags, root = common
+    real, calls = train.PlannedLM.forward, []
+
+    def poisoned(self, *a, **k):
+        loss, aux = real(self, *a, **k)
+        calls.append(self.training)
+        return (loss * float("nan") if self.training and sum(calls) >= 3 else loss), aux
+    monkeypatch.setattr(train.PlannedLM, "forward", poisoned)
+    message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "nanloss"]))
+    assert "the loss became nan at step 3; stopped. The last good checkpoint (step 2) is kept at" in message
+    ck = torch.load(root / "out" / "nanloss" / "ckpt.pt", weights_only=True)
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    calls.clear()
+    calls.extend([True, True])  # the very first training step is poisoned: nothing was ever saved
+    message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "nanfirst"]))
+    assert "at step 1; stopped. No checkpoint was written" in message
+
+
+def test_eval_refuses_a_non_finite_result(common, tmp_path):
+    _, root = common
+    ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
+    ck["model"] = {k: torch.full_like(v, float("nan")) for k, v in ck["model"].items()}
+    (tmp_path / "run").mkdir()
+    torch.save(ck, tmp_path / "run" / "ckpt.pt")
+    assert "the val NLL is nan, the run diverged" in one_line_error(lambda: evaluation.main([str(tmp_path / "run"), "--json"]))
+
+
+# ----------------------------------------------------------------------------- more one-liners
+
+def test_resume_without_a_checkpoint_is_refused_before_any_pretraining(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "pretrain_lm", lambda *a: pytest.fail("pretrained before checking --resume"))
+    message = one_line_error(lambda: train.main(TINY + ["--out-dir", str(tmp_path), "--data-dir", str(tmp_path),
+                                                        "--resume"]))
+    assert "--resume: there is no checkpoint at" in message
+
+
+@pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
+def test_figures_of_a_bad_results_json(tmp_path, content):
+    (tmp_path / "results.json").write_text(content)
+    assert "holds no comparison" in one_line_error(lambda: evaluation.main([str(tmp_path), "--figures", str(tmp_path)]))
+
+
+def test_small_corpus_says_what_to_change(tmp_path):
+    (tmp_path / "c.txt").write_text("\n\n".join(f"Document {i} is short. It has two sentences." for i in range(20)))
+    message = one_line_error(lambda: train.main(["--dataset", str(tmp_path / "c.txt"), "--n-labels", "4",
+                                                 "--embed-dim", "4", "--data-dir", str(tmp_path), "--device", "cpu"]))
+    assert "the val split has" in message and "lower --block-size to at most" in message
+    assert "use a corpus of about" in message
+    (tmp_path / "d.txt").write_text("One\n\nTwo\n\nThree")  # one token each
+    message = one_line_error(lambda: train.main(["--dataset", str(tmp_path / "d.txt"), "--n-labels", "1",
+                                                 "--embed-dim", "1", "--data-dir", str(tmp_path), "--device", "cpu"]))
+    assert "split has 2 tokens" in message and "lower --block-size" not in message
+
+
+def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch):
+    def interrupted(*a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "kmeans", interrupted)
+    message = one_line_error(lambda: train.main(TINY + ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]))
+    assert "interrupted while building the data cache; nothing was written" in message
+    assert not list(tmp_path.glob("cache/*"))
+
+
+# ----------------------------------------------------------------------------- files: caches, temp files, modes
+
+def test_a_damaged_cache_is_rebuilt(tmp_path, capsys):
+    first = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
+    path = next((tmp_path / "cache").glob("*.npz"))
+    path.write_bytes(path.read_bytes()[:1000])
+    again = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
+    assert f"warning: the data cache {path} is damaged" in capsys.readouterr().err
+    assert np.array_equal(first.splits["val"].labels, again.splits["val"].labels)
+    assert data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path).meta["load_seconds"] >= 0  # whole again
+
+
+def test_temp_files_of_dead_writers_are_swept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"ckpt.pt.{int(dead.stdout)}.abc.tmp"
+    live = tmp_path / f"ckpt.pt.{os.getpid()}.def.tmp"  # a running process's write in progress
+    other = tmp_path / f"other.pt.{int(dead.stdout)}.ghi.tmp"
+    for f in (stale, live, other):
+        f.write_bytes(b"half")
+    train.save({"step": 1}, tmp_path / "ckpt.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pt", live.name, other.name])
+
+
+def test_files_written_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        train.save({"step": 1}, tmp_path / "ckpt.pt")
+        data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == 0o644
+    assert next((tmp_path / "cache").glob("*.npz")).stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------- inputs that are not text
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+def test_text_with_a_byte_order_mark_is_decoded(tmp_path, encoding):
+    text = "Café one. Ok.\n\nSecond naïve doc."
+    (tmp_path / "c.txt").write_bytes(text.encode(encoding))
+    assert data.path_documents(tmp_path / "c.txt") == ["Café one. Ok.", "Second naïve doc."]
+
+
+@pytest.mark.parametrize("content", [np.random.default_rng(0).bytes(5000),
+                                     ("Some text. " * 50).encode("utf-16-le")])  # UTF-16 without its mark
+def test_a_file_that_is_not_text_is_refused(tmp_path, content):
+    (tmp_path / "c.txt").write_bytes(content)
+    with pytest.raises(data.DataError, match=r"c.txt is not text: \d+% of its characters are NUL, control or undecodable"):
+        data.load(str(tmp_path / "c.txt"), data_dir=tmp_path)
