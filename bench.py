@@ -5,25 +5,41 @@ and the cost of the planner in the joint modes.
 
     python bench.py                       # the default model and batch of train.py on this device
     python bench.py --modes none,soft --steps 10 --dtype float32
+    python bench.py --pipeline 103M       # data.py on a generated corpus of WikiText-103's shape and size
+    python bench.py --kmeans 12500        # k-means on a sample of the training sentences vs on all of them
+    python bench.py --check               # the GPU check: MFU, memory, torch.compile, a short train.py run
 
 Each mode runs in a fresh process, so its peak memory (resident set on a CPU, allocated memory on a
 GPU) is its own. The batch is random tokens shaped like the wiki corpus: windows cover sentences of
 ~28 tokens, and the planner reads each window's document from its first sentence on.
+
+--pipeline writes an archive in WikiText-103's raw format (its articles, headings and spaced-out
+punctuation) made of the wiki corpus's sentences, as many tokens as asked, and times `python data.py`
+on it in a fresh process: the build from nothing, then the load from the cache (wall time, peak RSS,
+cache size), then batches, the planner's document gathering and the evaluation windows at that size.
 """
 
 import argparse
 import json
+import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import torch
 
+import data
+from eval import read_log
 from mix import Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from train import CPU_DEFAULTS, CUDA_DEFAULTS, PlannedLM, autocast, autocast_dtype, resolve_device
+from train import CPU_DEFAULTS, CUDA_MODELS, PlannedLM, autocast, autocast_dtype, resolve_device
 
 MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen", "soft-joint", "gumbel-joint"]
 SENTENCE_TOKENS = 28  # the wiki corpus's mean sentence length in GPT-2 tokens
@@ -62,19 +78,43 @@ def make_batch(cfg, batch, device, n_labels, g):
     return {k: v.to(device) for k, v in b.items()}
 
 
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s), by a piece of the device's name,
+# first match: what model FLOP utilisation (MFU) is measured against on a GPU.
+BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12)]
+
+
+def datasheet_peak(device):
+    """-> (name, bf16 FLOP/s) of this GPU from BF16_PEAKS, or None (a CPU, or a card not listed)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next(((name, peak) for key, peak in BF16_PEAKS if key in name), None)
+
+
+def shape(args):
+    """(layers, width, context, batch): --size, or train.py's default model and batch on this device."""
+    if args.size:
+        return tuple(int(x) for x in args.size.split(","))
+    d = CUDA_MODELS["large"] if args.device.startswith("cuda") else CPU_DEFAULTS
+    return d["n_layer"], d["n_embd"], d["block_size"], d["batch_size"]
+
+
 def run_mode(args):
     """Time training steps of one mode in this process; print one JSON line."""
     torch.manual_seed(0)
-    d = CUDA_DEFAULTS if args.device.startswith("cuda") else CPU_DEFAULTS
-    cfg = GPTConfig(n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"], block_size=d["block_size"],
+    n_layer, n_embd, block_size, batch_size = shape(args)
+    cfg = GPTConfig(n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd, block_size=block_size,
                     plan_dim=args.embed_dim)
     mode, _, planner_mode = args.one.partition("-")
     codebook = torch.nn.functional.normalize(torch.randn(args.n_labels, args.embed_dim), dim=-1)
     planner = Planner(PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim), codebook)
     net = PlannedLM(GPT(cfg), planner if planner_mode else None, Plans(mode, codebook), planner_mode != "joint")
     net.to(args.device).train()
+    if args.compiled:
+        net.lm.compile()  # as train.py --compile: the LM only
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    batch = make_batch(cfg, d["batch_size"], args.device, args.n_labels, torch.Generator().manual_seed(0))
+    batch = make_batch(cfg, batch_size, args.device, args.n_labels, torch.Generator().manual_seed(0))
     dtype = autocast_dtype(args)
 
     def step():
@@ -95,56 +135,215 @@ def run_mode(args):
     sync(args.device)
     seconds = (time.perf_counter() - t) / args.steps
     memory = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    tokens = d["batch_size"] * cfg.block_size
+    tokens = batch_size * cfg.block_size
     print(json.dumps(dict(mode=args.one, dtype=str(dtype).split(".")[-1], step_s=seconds, tokens_per_s=tokens / seconds,
                           flops=net.lm.flops_per_token() * tokens / seconds, memory=memory, model=f"{cfg.n_layer}x{cfg.n_embd}",
-                          batch=f"{d['batch_size']}x{cfg.block_size}")))
+                          batch=f"{batch_size}x{cfg.block_size}", compiled=args.compiled)))
 
 
-def main():
+# ----------------------------------------------------------------------------- the data pipeline at scale
+
+WIKITEXT_ARTICLES = 28_595  # train + valid + test articles of WikiText-103
+SECTION_EVERY = 6  # paragraphs per ' = = Heading = = '
+PARAGRAPH = 5  # sentences per line
+
+
+def wikitextify(sentence):
+    """WikiText's tokenization of a sentence: ' @-@ ' inside words, ' @,@ ' in numbers, punctuation spaced out."""
+    s = re.sub(r"(?<=\d),(?=\d)", "\0", sentence.strip())  # kept from the spacing below
+    s = re.sub(r"([.,;:!?()\"])", r" \1 ", s).replace("\0", " @,@ ")
+    return re.sub(r" +", " ", re.sub(r"(?<=\w)-(?=\w)", " @-@ ", s)).strip()
+
+
+def write_wikitext_like(path, tokens, seed=0):
+    """A zip in WikiText-103's raw format with about `tokens` GPT-2 tokens in its article count."""
+    sentences = [wikitextify(x) for d in data.wiki_documents() for x in data.split_sentences(d)]
+    per_sentence = np.mean([len(t) for t in data.tokenizer().encode_ordinary_batch(sentences[:2000])])
+    rng = np.random.default_rng(seed)
+    n_sent = rng.geometric(WIKITEXT_ARTICLES * per_sentence / tokens, WIKITEXT_ARTICLES)  # long and short articles
+    titles = rng.choice(data.english_words(), (WIKITEXT_ARTICLES, 2))
+    picks = iter(rng.integers(0, len(sentences), 2 * n_sent.sum()))  # the sentences, and words for headings
+    splits = {"train": [], "valid": [], "test": []}
+    for i, n in enumerate(n_sent):
+        lines = ["", f" = {titles[i, 0].title()} {titles[i, 1]} = ", ""]
+        for p in range(0, n, PARAGRAPH):
+            if p and p // PARAGRAPH % SECTION_EVERY == 0:
+                lines += [f" = = {sentences[next(picks)].split()[0]} = = ", ""]
+            lines += [" " + " ".join(sentences[next(picks)] for _ in range(min(PARAGRAPH, n - p))) + " ", ""]
+        split = "train" if i < WIKITEXT_ARTICLES - 120 else "valid" if i < WIKITEXT_ARTICLES - 60 else "test"
+        splits[split].append("\n".join(lines))
+    with data.atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for member, split in zip(data.WIKITEXT_MEMBERS, splits):
+            z.writestr(member, "\n".join(splits[split]) + "\n")
+
+
+def timed_process(argv):
+    """Run argv in a fresh process -> (wall seconds, peak RSS in bytes, stdout)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=data.ROOT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.exit(f"error: {' '.join(argv)} failed (exit {proc.returncode})")
+    return time.perf_counter() - t, usage.ru_maxrss * 1024, out
+
+
+def pipeline(args):
+    tokens = int(float(args.pipeline.upper().rstrip("M")) * 1e6) if args.pipeline.upper().endswith("M") else int(args.pipeline)
+    root = Path(args.data_dir)
+    archive = root / f"{data.WIKITEXT_NAME}.zip"
+    if not archive.exists():
+        t = time.perf_counter()
+        write_wikitext_like(archive, tokens)
+        print(f"wrote {archive} ({archive.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s")
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    cmd = [sys.executable, "data.py", "--dataset", "wikitext103", "--data-dir", str(root), "--n-labels", str(args.n_labels),
+           "--embed-dim", str(args.embed_dim)]
+    for what in ("build from nothing", "load from the cache"):
+        seconds, rss, out = timed_process(cmd)
+        print(f"python data.py, {what}: {seconds:.1f} s wall, peak RSS {rss / 2**30:.2f} GiB")
+    print(out.rstrip())
+    cache = next((root / "cache").glob("*.npz"))
+    print(f"cache {cache.stat().st_size / 2**30:.2f} GiB")
+    corpus = data.load("wikitext103", args.n_labels, args.embed_dim, data_dir=root, quiet=True)
+    print(f"k-means: {corpus.meta['kmeans_steps']} steps on {min(data.KMEANS_SAMPLE, len(corpus.splits['train'].labels)):,} "
+          "sampled training sentences")
+    from eval import windows
+    from train import SplitData
+    t = time.perf_counter()
+    splits = {k: SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
+    print(f"SplitData (tensors of every split): {time.perf_counter() - t:.1f} s")
+    train, g = splits["train"], np.random.default_rng(0)
+    for what, fn in (("LM batch, 32 windows of 512 tokens, with every document's planner input",
+                      lambda: train.lm_batch(torch.as_tensor(g.integers(0, len(train.tokens) - 513, 32)), 512)),
+                     ("planner batch, 64 whole documents", lambda: train.planner_batch(torch.as_tensor(g.integers(0, len(train.doc_sent) - 1, 64)))),
+                     ("evaluation windows of the val split (block 512)", lambda: windows(len(splits["val"].tokens) - 1, 512))):
+        fn()
+        t = time.perf_counter()
+        for _ in range(10):
+            fn()
+        print(f"{what}: {(time.perf_counter() - t) * 100:.1f} ms")
+
+
+def measure(args, modes):
+    """Every mode in its own process (eager, and compiled with --compile): one line each. -> results."""
+    n = 4096 if args.device != "cpu" else 2048
+    # bf16 only where it is used: emulated on a CPU without native bf16, its matmul takes minutes
+    dtypes = dict.fromkeys(["float32", str(autocast_dtype(args)).split(".")[-1]])
+    peak = {dt: matmul_peak(args.device, getattr(torch, dt), n) for dt in dtypes}
+    print(f"device {args.device} ({torch.get_num_threads()} threads); matmul peak measured now ({n}x{n}): "
+          + ", ".join(f"{dt} {p / 1e9:,.0f} GFLOP/s" for dt, p in peak.items()))
+    base = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)] + (["--size", args.size] if args.size else [])
+    results = {}
+    jobs = [(m, args.dtype, False) for m in modes] + [(m, args.dtype, True) for m in modes if args.compile]
+    if "none" in modes and autocast_dtype(args) == torch.bfloat16:
+        jobs.append(("none", "float32", False))  # how much autocast buys
+    for mode, dtype, compiled in jobs:
+        proc = subprocess.run([sys.executable, __file__, *base, "--one", mode, "--dtype", dtype] + ["--compiled"] * compiled,
+                              capture_output=True, text=True)
+        name = mode + (" compiled" if compiled else "")
+        if proc.returncode:
+            results[(mode, dtype, compiled)] = None
+            print(f"{name:22s} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[(mode, r["dtype"], compiled)] = r
+        ref = results.get(("none", r["dtype"], False)) if mode != "none" or compiled else None
+        eager = results.get((mode, r["dtype"], False)) if compiled else None
+        print(f"{name:22s} {r['dtype']:8s} model {r['model']} batch {r['batch']}: {r['tokens_per_s']:9,.0f} tokens/s "
+              f"({r['step_s']:.3f} s/step)" + (f", {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x none" if ref and not compiled else "")
+              + (f", {r['tokens_per_s'] / eager['tokens_per_s']:.2f}x eager" if eager else "") +
+              f", peak memory {r['memory'] / 2**30:.2f} GiB, {r['flops'] / 1e9:,.0f} GFLOP/s = "
+              f"{r['flops'] / peak[r['dtype']]:.0%} of the {r['dtype']} matmul peak measured now")
+    none = {dt: r for (m, dt, c), r in results.items() if m == "none" and not c and r}
+    if len(none) == 2:
+        print(f"bf16 autocast / fp32 (none): {none['bfloat16']['tokens_per_s'] / none['float32']['tokens_per_s']:.2f}x tokens/s")
+    soft = next((r for (m, _, c), r in results.items() if m == "soft-joint" and not c and r), None)
+    if soft and (ref := none.get(soft["dtype"])):
+        print(f"overhead soft-joint/none: {ref['tokens_per_s'] / soft['tokens_per_s']:.2f}")
+    return results
+
+
+def check(args):
+    """The GPU check: step throughput and MFU against the card's data-sheet peak, memory, whether
+    torch.compile works, then a short train.py run at the GPU defaults (wall time, tokens/s per stage)."""
+    args.compile = args.compile or args.device.startswith("cuda")
+    results = measure(args, ["none", "soft-joint"])
+    sheet = datasheet_peak(args.device)
+    for (mode, dtype, compiled), r in results.items():
+        if r and sheet:
+            print(f"MFU {mode}{' compiled' if compiled else ''} ({dtype}): {r['flops'] / sheet[1]:.1%} of the "
+                  f"{sheet[0]}'s {sheet[1] / 1e12:,.0f} TFLOP/s dense bf16 (data sheet)")
+    if not sheet:
+        print(f"MFU: no data-sheet bf16 peak for {args.device} in bench.BF16_PEAKS; the shares above are of "
+              "the matmul peak measured now")
+    if args.compile:
+        works = [r is not None for (m, _, c), r in results.items() if c]
+        print(f"torch.compile: {'works' if all(works) else 'FAILS (see above)'} on {args.device}")
+    out = Path(args.data_dir) / "check-run"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "train.py", "--device", args.device, "--out-dir", str(out), *args.check_train.split()]
+    seconds, rss, stdout = timed_process(cmd)
+    print(f"train.py {' '.join(cmd[2:])}: {seconds:.0f} s wall")
+    for log in sorted(out.glob("*/*/log.jsonl")) + sorted(out.glob("*/log.jsonl")):
+        last = read_log(log.parent)[-1]
+        print(f"  {log.parent.relative_to(out)}: {last['per_s']:,.0f} {'documents' if 'planner' in log.parent.name else 'tokens'}"
+              f"/s, val loss {last.get('val_loss', last.get('planner_val_loss')):.3f} at step {last['step']}")
+    print(*(line for line in stdout.splitlines() if line.startswith(("val perplexity", "planner val accuracy"))), sep="\n")
+
+
+def kmeans_sample(args):
+    """What fitting k-means on a sample costs in label quality: mean squared distance of held-out (val)
+    sentences to their nearest centroid, fitted on a random sample of the training sentences vs on all."""
+    corpus = data.load("wiki", args.n_labels, args.embed_dim)
+    train, val = corpus.splits["train"].emb, torch.as_tensor(corpus.splits["val"].emb)
+    rng = np.random.default_rng(0)
+    for n in (args.kmeans, len(train)):
+        t = time.perf_counter()
+        fit_on = train[np.sort(rng.choice(len(train), n, replace=False))] if n < len(train) else train
+        centers, _, steps = data.kmeans(fit_on, args.n_labels, 0)
+        centers = torch.as_tensor(centers)
+        inertia = ((val - centers[data.nearest(val, centers)]) ** 2).sum(1).mean().item()
+        print(f"k-means K={args.n_labels} on {n:,} of {len(train):,} wiki training sentences ({n / args.n_labels:,.0f} "
+              f"a label): held-out inertia {inertia:.4f}, {steps} steps, {time.perf_counter() - t:.1f} s")
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="as train.py")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per mode")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiled step compiles)")
+    p.add_argument("--compile", action="store_true", help="also time every mode with the LM torch.compiled")
+    p.add_argument("--size", help="LAYERS,WIDTH,CONTEXT,BATCH instead of train.py's default model and batch")
     p.add_argument("--n-labels", type=int, default=64)
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
-    args = p.parse_args()
+    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # internal: with --one
+    p.add_argument("--check", action="store_true",
+                   help="the GPU check: none and soft-joint, eager and compiled, MFU, then a short train.py run")
+    p.add_argument("--check-train", default="--lm-iters 60 --planner-iters 60 --finetune-iters 60 --eval-interval 30 "
+                   "--eval-iters 4", help="train.py flags of --check's short run (defaults: the device's, wiki)")
+    p.add_argument("--pipeline", metavar="TOKENS", help="time data.py on a generated WikiText-103-like corpus, e.g. 103M")
+    p.add_argument("--data-dir", default=str(data.ROOT / "data" / "bench-pipeline"), help="where --pipeline and --check write")
+    p.add_argument("--kmeans", type=int, metavar="N", help="held-out inertia of k-means fitted on N sampled wiki sentences vs all")
+    args = p.parse_args(argv)
+    if args.pipeline:
+        return pipeline(args)
+    if args.kmeans:
+        return kmeans_sample(args)
     args.device = resolve_device(args.device)
     if args.one:
         return run_mode(args)
+    if args.check:
+        return check(args)
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
         sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}: choose from {', '.join(MODES)}")
-    n = 4096 if args.device != "cpu" else 2048
-    peak = {dt: matmul_peak(args.device, getattr(torch, dt), n) for dt in ("float32", "bfloat16")}
-    print(f"device {args.device} ({torch.get_num_threads()} threads); matmul peak measured now ({n}x{n}): "
-          f"fp32 {peak['float32'] / 1e9:,.0f} GFLOP/s, bf16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
-    base = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
-    results = {}
-    jobs = [(m, args.dtype) for m in modes]
-    if "none" in modes and autocast_dtype(args) == torch.bfloat16:
-        jobs.append(("none", "float32"))  # how much autocast buys
-    for mode, dtype in jobs:
-        out = subprocess.run([sys.executable, __file__, *base, "--one", mode, "--dtype", dtype],
-                             capture_output=True, text=True, check=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
-        results[(mode, r["dtype"])] = r
-        share = r["flops"] / peak[r["dtype"]]
-        ref = results.get(("none", r["dtype"]))
-        print(f"{mode:13s} {r['dtype']:8s} model {r['model']} batch {r['batch']}: {r['tokens_per_s']:9,.0f} tokens/s "
-              f"({r['step_s']:.3f} s/step)" + (f", {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x none" if ref else "") +
-              f", peak memory {r['memory'] / 2**30:.2f} GiB, {r['flops'] / 1e9:,.0f} GFLOP/s = "
-              f"{share:.0%} of the {r['dtype']} matmul peak" + (" (MFU)" if args.device.startswith("cuda") else ""))
-    none = {dt: r for (m, dt), r in results.items() if m == "none"}
-    if len(none) == 2:
-        print(f"bf16 autocast / fp32 (none): {none['bfloat16']['tokens_per_s'] / none['float32']['tokens_per_s']:.2f}x tokens/s")
-    soft = next((r for (m, _), r in results.items() if m == "soft-joint"), None)
-    if soft and (ref := none.get(soft["dtype"])):
-        print(f"overhead soft-joint/none: {ref['tokens_per_s'] / soft['tokens_per_s']:.2f}")
+    measure(args, modes)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def compare(args, train_flags):
 def cached(run_dir, name, compute):
     """compute(), kept as JSON in the run's folder until the run's checkpoint changes."""
     cache = run_dir / name
-    if cache.exists() and cache.stat().st_mtime > (run_dir / "ckpt.pt").stat().st_mtime:
+    if cache.exists() and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime:
         return json.loads(cache.read_text())
     result = compute()
     with data.atomic_write(cache) as tmp:

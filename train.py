@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import sys
 import time
@@ -44,12 +45,35 @@ from mix import ESTIMATORS, MODES, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig, accuracy, planner_loss
 
-# Defaults that depend on the device: the CPU set finishes every stage in ~10 minutes on 2 cores;
-# the CUDA set is a model and schedule suited to one GPU. An explicit flag always wins.
-CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=16, grad_accum=1,
+# Defaults that depend on the device; an explicit flag always wins. The CPU set finishes every stage
+# in ~10 minutes on 2 cores on the wiki corpus.
+CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=16, grad_accum=1, dropout=0.0,
                     lm_iters=400, planner_iters=500, finetune_iters=150, eval_interval=50, eval_iters=8)
-CUDA_DEFAULTS = dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32, grad_accum=2,
-                     lm_iters=6000, planner_iters=3000, finetune_iters=2000, eval_interval=500, eval_iters=50)
+# On a GPU the defaults follow from the corpus, by arithmetic (cuda_defaults; README says why). The model:
+# the larger one only where the corpus can feed it; on ~1M tokens it would memorise the corpus.
+LARGE_CORPUS = 20e6  # training tokens: WikiText-103 has ~98M, wiki ~0.93M
+CUDA_MODELS = {"large": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32, grad_accum=2, dropout=0.0),
+               "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32, grad_accum=1, dropout=0.1)}
+# The schedule: a token budget that one GPU gets through in minutes, capped at a number of passes over
+# the corpus past which the LM only memorises it (the best checkpoint by val loss guards what is left).
+CUDA_LM_TOKENS = 200e6
+CUDA_PLANNER_DOCS = 200_000
+MAX_PASSES = 8  # LM pretraining
+PLANNER_PASSES = 30  # a small model over sentence embeddings overfits far later
+FINETUNE_SHARE = 1 / 3  # fine-tuning tokens against pretraining's
+EVALS_PER_FINETUNE = 8
+WARN_PASSES = 10  # an LM stage with more passes than this gets a warning with the fix
+
+
+def cuda_defaults(train_tokens, train_docs, world=1, planner_batch=64):
+    """The GPU defaults for a corpus of train_tokens tokens in train_docs documents."""
+    d = dict(CUDA_MODELS["large" if train_tokens >= LARGE_CORPUS else "small"])
+    per_step = d["batch_size"] * d["grad_accum"] * d["block_size"] * world
+    lm_tokens = min(CUDA_LM_TOKENS, MAX_PASSES * train_tokens)
+    finetune_iters = max(1, round(FINETUNE_SHARE * lm_tokens / per_step))
+    return dict(d, lm_iters=max(1, round(lm_tokens / per_step)), finetune_iters=finetune_iters,
+                planner_iters=max(1, round(min(CUDA_PLANNER_DOCS, PLANNER_PASSES * train_docs) / (planner_batch * world))),
+                eval_interval=max(1, finetune_iters // EVALS_PER_FINETUNE), eval_iters=50)
 
 
 class TrainError(Exception):
@@ -76,10 +100,10 @@ def make_parser():
                    help="autocast dtype; auto: bfloat16 where the device computes it natively")
     g.add_argument("--compile", action="store_true", help="torch.compile the LM")
     g.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its checkpoint")
-    g = p.add_argument_group("model (defaults depend on the device, see CPU_DEFAULTS / CUDA_DEFAULTS)")
+    g = p.add_argument_group("model (defaults depend on the device and, on a GPU, the corpus: CPU_DEFAULTS, cuda_defaults)")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         g.add_argument("--" + name.replace("_", "-"), type=int)
-    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--dropout", type=float)
     g.add_argument("--planner-layers", type=int, default=2)
     g.add_argument("--planner-embd", type=int, default=128)
     g = p.add_argument_group("schedule")
@@ -100,16 +124,26 @@ def make_parser():
 def get_args(argv=None):
     args = make_parser().parse_args(argv)
     args.device = resolve_device(args.device)
-    for k, v in (CUDA_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS).items():
+    if args.device != "cuda":
+        fill_defaults(args, CPU_DEFAULTS)  # on a GPU they wait for the corpus: see cuda_defaults
+    check_ranges(args, FLAG_RANGES)
+    if args.n_embd is not None and args.n_head is not None:  # on a GPU the defaults come with the corpus
+        check_shapes(args)
+    check_method(args)
+    return args
+
+
+def fill_defaults(args, defaults):
+    for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    check_ranges(args, FLAG_RANGES)
+
+
+def check_shapes(args):
     if args.n_embd % args.n_head:
         raise TrainError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}: change one of them")
     if args.planner_embd % PlannerConfig.n_head:
         raise TrainError(f"--planner-embd {args.planner_embd} must be a multiple of the planner's {PlannerConfig.n_head} heads")
-    check_method(args)
-    return args
 
 
 # Every numeric flag's range, in one place: (flags, test, what the flag must be).
@@ -320,9 +354,9 @@ def identity(corpus):
     return {"tokenizer": data.GPT2_RANKS_SHA256, "labels": corpus.meta["key"]}
 
 
-def checkpoint(net, args, corpus, stage, step, opt, done):
+def checkpoint(net, args, corpus, stage, step, opt, done, best):
     ck = dict(stage=stage, step=step, done=done, config=vars(args), identity=identity(corpus),
-              optimizer=opt.state_dict())
+              optimizer=opt.state_dict(), best_loss=best[0], best_step=best[1])
     if isinstance(net, PlannedLM):
         ck.update(model_args=dataclasses.asdict(net.lm.config), model=net.lm.state_dict(),
                   mode=net.plans.mode, plans=net.plans.state_dict())
@@ -334,6 +368,29 @@ def checkpoint(net, args, corpus, stage, step, opt, done):
 def save(ck, path):
     with data.atomic_write(path) as tmp:
         torch.save(ck, tmp)
+
+
+def keep_best(ckpt_path):
+    """best.pt beside ckpt.pt: the checkpoint of the lowest validation loss so far, as a second name of
+    the file just written (a hard link: no copy; a later ckpt.pt is a new file and leaves it alone)."""
+    with data.atomic_write(ckpt_path.with_name("best.pt")) as tmp:
+        os.remove(tmp)
+        try:
+            os.link(ckpt_path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(ckpt_path, tmp)
+
+
+def schedule(stage, iters, args, corpus):
+    """-> (what one step reads, a line saying what the schedule means for this corpus, passes over it)."""
+    world, split = Context.get().world, corpus.splits["train"]
+    if stage == "planner":
+        per_step, unit, have = args.planner_batch * args.grad_accum * world, "documents", len(split.doc_sent) - 1
+    else:
+        per_step, unit, have = args.batch_size * args.grad_accum * world * args.block_size, "tokens", len(split.tokens)
+    passes = iters * per_step / have
+    return per_step, (f"{stage}: {per_step:,} {unit} a step x {iters:,} steps = {iters * per_step:,} {unit}, "
+                      f"{passes:.2f} passes over the {have:,} training {unit}"), passes
 
 
 def load_checkpoint(path, device="cpu"):
@@ -393,19 +450,26 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
     """The loop shared by every stage. batch_fn(step, micro) -> dict of tensors for net.forward."""
     ctx = Context.get()
     opt = make_optimizer(net, lr, args.weight_decay, args.planner_finetune_lr / args.finetune_lr)
-    step, saved, log_path = 0, None, ckpt_path.parent / "log.jsonl"
+    step, saved, best, log_path = 0, None, (math.inf, None), ckpt_path.parent / "log.jsonl"
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, args.device)
         load_state(net, ck)
         opt.load_state_dict(ck["optimizer"])
         step = saved = ck["step"]
+        best = ck.get("best_loss", math.inf), ck.get("best_step")
     elif ctx.master:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
     if args.compile and isinstance(net, PlannedLM):
         net.lm.compile()  # the LM only: its shapes are fixed, the planner's change with every batch
     model = DDP(net) if ctx.world > 1 else net
-    tokens_per_step = args.batch_size * args.grad_accum * ctx.world * (args.block_size if stage != "planner" else 1)
+    per_step, plan, passes = schedule(stage, iters, args, corpus)
+    if ctx.master:
+        print(plan)
+        if stage != "planner" and passes > WARN_PASSES:
+            print(f"warning: {passes:.0f} passes over the corpus: the LM will overfit long before the end (the "
+                  f"checkpoint of the best val loss is kept): use fewer --{stage}-iters, a smaller model, "
+                  "--dropout 0.1, or a larger corpus", file=sys.stderr)
     bar = tqdm(range(step, iters), initial=step, total=iters, desc=f"{stage} [{args.run if stage == 'finetune' else 'shared'}]",
                disable=None if ctx.master else True, dynamic_ncols=True)
     t0, done, first = time.time(), step, step
@@ -436,7 +500,7 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 done = step + 1
-                rate = (done - first) * tokens_per_step / (time.time() - t0)
+                rate = (done - first) * per_step / (time.time() - t0)
                 bar.set_postfix(loss=f"{total.item():.3f}", ppl=f"{math.exp(min(total.item(), 50)):.1f}",
                                 **{"tok/s" if stage != "planner" else "docs/s": f"{rate:,.0f}"})
                 if done % args.eval_interval == 0 or done == iters:
@@ -445,11 +509,17 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
                     if bad := [f"{k} {v}" for k, v in record.items() if not math.isfinite(v)]:
                         raise TrainError(f"{stage}: at step {done} {', '.join(bad)}; stopped without saving "
                                          f"that step. {kept(saved, ckpt_path)}: lower the learning rate and rerun")
+                    score = record.get("val_loss", record.get("planner_val_loss"))
+                    improved = score < best[0]
+                    best = (score, done) if improved else best
                     if ctx.master:
-                        bar.write(f"{stage} step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
+                        bar.write(f"{stage} step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
+                                  + (" (best so far)" if improved else f" (best: step {best[1]})"))
                         with open(log_path, "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                        save(checkpoint(net, args, corpus, stage, done, opt, done == iters), ckpt_path)
+                            f.write(json.dumps(dict(record, best_step=best[1])) + "\n")
+                        save(checkpoint(net, args, corpus, stage, done, opt, done == iters, best), ckpt_path)
+                        if improved:
+                            keep_best(ckpt_path)
                     saved = done
         except KeyboardInterrupt:  # the second Ctrl-C, mid-step: nothing of that step is kept
             raise TrainError(f"interrupted twice during step {done + 1} of {stage}: that step was not saved. "
@@ -459,10 +529,17 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
     if stop.requested:
         if saved != done:
             if ctx.master:
-                save(checkpoint(net, args, corpus, stage, done, opt, done == iters), ckpt_path)
+                save(checkpoint(net, args, corpus, stage, done, opt, done == iters, best), ckpt_path)
             saved = done
         raise TrainError(f"interrupted after step {done} of {stage}: saved {ckpt_path}; "
                          f"continue with the same command{' and --resume' if stage == 'finetune' else ''}")
+    if best[1] != done:
+        if ctx.master:
+            print(f"{stage}: the best val loss ({best[0]:.4g}) was at step {best[1]} of {done}: going on with that "
+                  f"checkpoint, {ckpt_path.with_name('best.pt')}")
+        if ctx.world > 1:
+            dist.barrier()  # rank 0 wrote it
+        load_state(net, load_checkpoint(ckpt_path.with_name("best.pt"), args.device))
     return net
 
 
@@ -505,10 +582,11 @@ def finished(ckpt_path, net, args):
         return False
     try:
         ck = load_checkpoint(ckpt_path, args.device)
+        if ck["done"]:  # what the stage hands on: its best weights by validation loss
+            load_state(net, ck if ck.get("best_step", ck["step"]) == ck["step"] else
+                       load_checkpoint(ckpt_path.with_name("best.pt"), args.device))
     except TrainError as e:  # shared by every run in this out-dir: say which folder to delete
         raise TrainError(f"pretrained stage {ckpt_path.parent}: {e} (rm -r {ckpt_path.parent} retrains it)") from None
-    if ck["done"]:
-        load_state(net, ck)
     return ck["done"]
 
 
@@ -642,6 +720,11 @@ def main(argv=None):
         corpus = data.load_from_args(args)
         if ctx.world > 1 and ctx.master:
             dist.barrier()
+        if args.device.startswith("cuda"):
+            train_split = corpus.splits["train"]
+            fill_defaults(args, cuda_defaults(len(train_split.tokens), len(train_split.doc_sent) - 1, ctx.world,
+                                              args.planner_batch))
+            check_shapes(args)
         check_split_sizes(corpus, args)
         splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
         t0 = time.time()

@@ -234,7 +234,7 @@ def test_wikitext_parser():
 # ----------------------------------------------------------------------------- bad input
 
 def test_wikitext_offline_fails_at_once_with_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "WIKITEXT_URL", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")
+    monkeypatch.setattr(data, "WIKITEXT_SOURCES", [("nowhere", "zip", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")])
     with pytest.raises(data.DataError, match=f"put it at {tmp_path}"):
         data.load("wikitext103", data_dir=tmp_path)
     assert not list(tmp_path.iterdir())
@@ -271,3 +271,11 @@ def test_unknown_dataset_is_a_one_line_error(capsys):
         data.main(["--dataset", "wikipedia"])
     assert str(e.value).startswith("error: unknown dataset 'wikipedia': use one of wiki, synthetic")
     assert "\n" not in str(e.value)
+
+
+def test_tokenizing_by_document_equals_the_plain_way():
+    docs = data.wiki_documents()[:1500]
+    sentences = [s for d in docs for s in data.split_sentences(d)]
+    plain, fast = data.tokenize_sentences(sentences), data.tokenize_by_document(docs, sentences)
+    assert np.array_equal(plain[0], fast[0]) and np.array_equal(plain[1], fast[1])
+    assert data.tokenize_by_document(["Hello world."], ["Hel", "lo world."])[1] is None  # a cut inside a token

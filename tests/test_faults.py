@@ -12,21 +12,7 @@ import torch
 import data
 import eval as evaluation
 import train
-
-TINY = ["--dataset", "synthetic", "--synthetic-docs", "300", "--n-labels", "8", "--embed-dim", "16",
-        "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "32", "--batch-size", "4",
-        "--lm-iters", "20", "--planner-iters", "20", "--finetune-iters", "6", "--eval-interval", "2",
-        "--eval-iters", "1", "--warmup-iters", "2", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def common(tmp_path_factory):
-    """A shared out-dir whose pretrained stages every test below reuses, and one finished soft run."""
-    root = tmp_path_factory.mktemp("faults")
-    flags = TINY + ["--out-dir", str(root / "out"), "--data-dir", str(root / "data")]
-    train.main(flags + ["--mode", "soft"])
-    return flags, root
-
+from conftest import TINY
 
 def one_line_error(call):
     with pytest.raises(SystemExit) as e:
@@ -96,8 +82,8 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(common, tmp_path):
-    flags, root = common
+def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tiny_out, tmp_path):
+    flags, root = tiny_out
     marker = tmp_path / "ran"
     ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
     ck["config"]["evil"] = Payload(str(marker))
@@ -110,8 +96,8 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(common, tmp_path
     assert not marker.exists()
 
 
-def test_a_truncated_checkpoint_is_one_line(common, tmp_path):
-    flags, root = common
+def test_a_truncated_checkpoint_is_one_line(tiny_out, tmp_path):
+    flags, root = tiny_out
     raw = (root / "out" / "soft-joint" / "ckpt.pt").read_bytes()
     for name, content in (("half", raw[:len(raw) // 2]), ("empty", b"")):
         (tmp_path / name).mkdir()
@@ -119,8 +105,8 @@ def test_a_truncated_checkpoint_is_one_line(common, tmp_path):
         assert "is damaged" in one_line_error(lambda: evaluation.main([str(tmp_path / name)]))
 
 
-def test_a_truncated_pretraining_checkpoint_names_the_folder_to_delete(common, tmp_path):
-    flags, root = common
+def test_a_truncated_pretraining_checkpoint_names_the_folder_to_delete(tiny_out, tmp_path):
+    flags, root = tiny_out
     out = tmp_path / "out"
     (out / "pretrain").mkdir(parents=True)
     for stage in (root / "out" / "pretrain").iterdir():
@@ -143,10 +129,10 @@ POINTS = ["batch", "forward", "clip", "optimizer", "validation", "save"]
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(common, monkeypatch, point):
+def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out, monkeypatch, point):
     """A real SIGINT at each point of fine-tuning step 4 (of 6): the run stops after that whole step, and
     --resume then ends at exactly the weights of a run never interrupted."""
-    flags, root = common
+    flags, root = tiny_out
     argv = flags + ["--mode", "gumbel"]
     if not (root / "out" / "whole" / "ckpt.pt").exists():
         train.main(argv + ["--run", "whole"])
@@ -185,8 +171,8 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(common, m
     assert whole["step"] == cut["step"] == 6
 
 
-def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(common, monkeypatch):
-    flags, root = common
+def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, monkeypatch):
+    flags, root = tiny_out
     real, calls = train.PlannedLM.forward, []
 
     def twice(self, *a, **k):
@@ -203,8 +189,8 @@ def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(common, mo
 
 # ----------------------------------------------------------------------------- the NaN guard
 
-def test_a_nan_validation_is_never_saved(common, monkeypatch):
-    flags, root = common
+def test_a_nan_validation_is_never_saved(tiny_out, monkeypatch):
+    flags, root = tiny_out
     real = train.val_loss
     monkeypatch.setattr(train, "val_loss", lambda net, batches, args: {"val_loss": float("nan")})
     message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "nanval"]))
@@ -213,8 +199,8 @@ def test_a_nan_validation_is_never_saved(common, monkeypatch):
     monkeypatch.setattr(train, "val_loss", real)
 
 
-def test_a_nan_loss_names_only_a_checkpoint_that_exists(common, monkeypatch):
-    flags, root = common
+def test_a_nan_loss_names_only_a_checkpoint_that_exists(tiny_out, monkeypatch):
+    flags, root = tiny_out
     real, calls = train.PlannedLM.forward, []
 
     def poisoned(self, *a, **k):
@@ -232,8 +218,8 @@ def test_a_nan_loss_names_only_a_checkpoint_that_exists(common, monkeypatch):
     assert "at step 1; stopped. No checkpoint was written" in message
 
 
-def test_eval_refuses_a_non_finite_result(common, tmp_path):
-    _, root = common
+def test_eval_refuses_a_non_finite_result(tiny_out, tmp_path):
+    _, root = tiny_out
     ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
     ck["model"] = {k: torch.full_like(v, float("nan")) for k, v in ck["model"].items()}
     (tmp_path / "run").mkdir()
