@@ -111,6 +111,7 @@ def run_mode(args):
     planner = Planner(PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim), codebook)
     net = PlannedLM(GPT(cfg), planner if planner_mode else None, Plans(mode, codebook), planner_mode != "joint")
     net.to(args.device).train()
+    net.lm.chunked_loss = not args.plain_loss
     if args.compiled:
         net.lm.compile()  # as train.py --compile: the LM only
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
@@ -241,15 +242,11 @@ def measure(args, modes):
     if "none" in modes and autocast_dtype(args) == torch.bfloat16:
         jobs.append(("none", "float32", False))  # how much autocast buys
     for mode, dtype, compiled in jobs:
-        proc = subprocess.run([sys.executable, __file__, *base, "--one", mode, "--dtype", dtype] + ["--compiled"] * compiled,
-                              capture_output=True, text=True)
         name = mode + (" compiled" if compiled else "")
-        if proc.returncode:
-            results[(mode, dtype, compiled)] = None
-            print(f"{name:22s} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        r = one_process(base, mode, dtype, ["--compiled"] * compiled, name)
+        results[(mode, r["dtype"] if r else dtype, compiled)] = r
+        if r is None:
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        results[(mode, r["dtype"], compiled)] = r
         ref = results.get(("none", r["dtype"], False)) if mode != "none" or compiled else None
         eager = results.get((mode, r["dtype"], False)) if compiled else None
         print(f"{name:22s} {r['dtype']:8s} model {r['model']} batch {r['batch']}: {r['tokens_per_s']:9,.0f} tokens/s "
@@ -258,12 +255,28 @@ def measure(args, modes):
               f", peak memory {r['memory'] / 2**30:.2f} GiB, {r['flops'] / 1e9:,.0f} GFLOP/s = "
               f"{r['flops'] / peak[r['dtype']]:.0%} of the {r['dtype']} matmul peak measured now")
     none = {dt: r for (m, dt, c), r in results.items() if m == "none" and not c and r}
+    if "none" in modes and (chunked := none.get(str(autocast_dtype(args)).split(".")[-1])):
+        plain = one_process(base, "none", chunked["dtype"], ["--plain-loss"], "none, plain loss")
+        if plain:
+            print(f"chunked head + loss / plain F.cross_entropy (none, {chunked['dtype']}): "
+                  f"{chunked['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s ({plain['tokens_per_s']:,.0f} plain), "
+                  f"peak memory {chunked['memory'] / 2**30:.2f} vs {plain['memory'] / 2**30:.2f} GiB")
     if len(none) == 2:
         print(f"bf16 autocast / fp32 (none): {none['bfloat16']['tokens_per_s'] / none['float32']['tokens_per_s']:.2f}x tokens/s")
     soft = next((r for (m, _, c), r in results.items() if m == "soft-joint" and not c and r), None)
     if soft and (ref := none.get(soft["dtype"])):
         print(f"overhead soft-joint/none: {ref['tokens_per_s'] / soft['tokens_per_s']:.2f}")
     return results
+
+
+def one_process(base, mode, dtype, extra, name):
+    """Time one mode in a fresh process (its peak memory is its own). -> its JSON record, or None if it failed."""
+    proc = subprocess.run([sys.executable, __file__, *base, "--one", mode, "--dtype", dtype, *extra],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        print(f"{name:22s} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def check(args):
@@ -323,6 +336,7 @@ def main(argv=None):
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
     p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # internal: with --one
+    p.add_argument("--plain-loss", action="store_true", help=argparse.SUPPRESS)  # internal: with --one
     p.add_argument("--check", action="store_true",
                    help="the GPU check: none and soft-joint, eager and compiled, MFU, then a short train.py run")
     p.add_argument("--check-train", default="--lm-iters 60 --planner-iters 60 --finetune-iters 60 --eval-interval 30 "

@@ -88,7 +88,7 @@ def windows(n_targets, block_size):
 
 
 @torch.no_grad()
-def perplexity(net, sd, block_size, batch_size=16):
+def perplexity(net, sd, block_size, batch_size=32):
     """-> (target tokens, mean NLL in nats) over the whole split."""
     n = len(sd.tokens) - 1
     wins, block = windows(n, block_size)

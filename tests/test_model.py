@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import model as model_module
 from model import GPT, GPTConfig
 
 TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, plan_dim=8)
@@ -48,9 +49,51 @@ def test_loss_ignores_unscored_targets():
     targets = torch.randint(0, 64, (2, 10))
     partial = targets.clone()
     partial[:, :4] = -1
-    logits, loss = model(idx, partial)
+    logits, _ = model(idx)
+    no_logits, loss = model(idx, partial)
     expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 64), targets[:, 4:].reshape(-1))
+    assert no_logits is None  # with targets, the loss comes without the [B, T, vocab] logits
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_chunked_head_loss_equals_the_plain_loss_and_every_gradient(dtype, tol, chunk, monkeypatch):
+    """ChunkedHeadLoss against head_loss (F.cross_entropy): the loss and the gradient of every parameter,
+    with unscored targets, in float32 and under bf16 autocast, for chunks smaller and larger than the batch."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32, plan_dim=8))
+    for b in model.blocks:
+        torch.nn.init.normal_(b.adapter.weight, std=0.1)
+    idx, targets, plan = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16)), torch.randn(3, 16, 8)
+    targets[0, :5] = -1
+    targets[2, 9] = -1
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", chunk)
+    out = {}
+    for chunked in (False, True):
+        model.chunked_loss = chunked
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            _, loss = model(idx, targets, plan)
+        (3 * loss).backward()  # an incoming gradient other than 1
+        out[chunked] = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=tol / 10, atol=0)
+    for name, grad in out[False][1].items():
+        scale = grad.abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(out[True][1][name], grad, rtol=0, atol=tol * scale, msg=name)
+
+
+def test_chunked_head_loss_without_gradients_and_with_nothing_scored():
+    torch.manual_seed(0)
+    model, idx = _model(), torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        _, fast = model(idx, idx)
+        model.chunked_loss = False
+        _, plain = model(idx, idx)
+        model.chunked_loss = True
+        assert torch.isnan(model(idx, torch.full_like(idx, -1))[1])  # as F.cross_entropy: a mean of nothing
+    torch.testing.assert_close(fast, plain)
 
 
 def test_bad_shapes_are_clear():
