@@ -46,6 +46,7 @@ def main(argv=None):
     p.add_argument("--dataset", default="wiki")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--out-dir", help="default: out/compare-<dataset>")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="for training and evaluation")
     p.add_argument("--sample-docs", type=int, default=25, help="documents sampled per run to measure plan following; 0: none")
     args, train_flags = p.parse_known_args(argv)
     try:
@@ -62,12 +63,12 @@ def compare(args, train_flags):
             name = mode + (f"-{planner}" if planner else "")
             run_dir = out / f"seed{seed}"
             if not done(run_dir / name):
-                train.main(train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir),
+                train.main(train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir), "--device", args.device,
                                           "--mode", mode] + (["--planner", planner] if planner else []))
             runs.append(run_dir / name)
     report, tables = {}, []
     for split in ("val", "test"):
-        report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split)) for r in runs]
+        report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split, args.device)) for r in runs]
         tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
         tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}")
         print("\n" + tables[-1])

@@ -105,7 +105,8 @@ def perplexity(net, sd, block_size, batch_size=32):
     return count, total / count
 
 
-def evaluate(run, split="val", device="cpu"):
+def evaluate(run, split="val", device="auto"):
+    device = resolve_device(device)
     net, ck, corpus = load_run(run, device)
     sd = SplitData(corpus.splits[split], device)
     tokens, nll = perplexity(net, sd, net.lm.config.block_size)
@@ -346,7 +347,7 @@ def make_parser():
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their ckpt.pt) made by train.py")
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--json", action="store_true", help="print JSON (an object, or a list for several runs)")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="as train.py: a GPU if there is one")
     g = p.add_argument_group("sampling with plans (one run)")
     g.add_argument("--sample", type=int, metavar="N", help="write N sentences, each planned as it starts")
     g.add_argument("--prompt", default="", help="text to continue (default: a new document)")
@@ -372,7 +373,7 @@ def main(argv=None):
             return print_browse(args)
         if args.figures:
             return print(*figures(args.runs[0], args.figures), sep="\n")
-        results = [evaluate(r, args.split, resolve_device(args.device)) for r in args.runs]
+        results = [evaluate(r, args.split, args.device) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
     if args.json:
