@@ -70,9 +70,16 @@ def compare(args, train_flags):
     for split in ("val", "test"):
         report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split, args.device)) for r in runs]
         tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
-        tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}")
+        tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}"
+                      f"\n\n{baselines_line(report[split])}")
         print("\n" + tables[-1])
     tables.append(f"{args.dataset}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
+    print("\n" + tables[-1])
+    report["reliance"] = [{"run": str(r), how: cached(r, f"eval-val-{how}.json",
+                                                      lambda: evaluation.evaluate(r, "val", args.device, how))["perplexity"]}
+                          for r in runs if r.name != "none" for how in ("shuffled", "mean")]
+    tables.append(f"{args.dataset}, plan reliance: val perplexity with every plan replaced, against the run's own plans "
+                  f"(same seed)\n\n{reliance_table(report)}")
     print("\n" + tables[-1])
     if args.sample_docs:
         report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs))
@@ -111,6 +118,26 @@ def claims_table(report):
         rows.append(f"| {claim} | {a} vs {b} | {' '.join(f'{c:+.2%}' for c in change['val'])} | "
                     f"{evaluation.summary(change['val'], '+.2%')} | {evaluation.summary(change['test'], '+.2%')} |")
     return "\n".join(rows)
+
+
+def baselines_line(results):
+    """The label baselines of eval.py, mean ± std over the seeds' splits."""
+    per_seed = list({r["seed"]: r for r in results}.values())
+    cell = lambda k: evaluation.summary([r[k] for r in per_seed], ".3f")
+    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / {cell('majority_top5')}; "
+            f"a label bigram fitted on train {cell('bigram_top1')} / {cell('bigram_top5')}.")
+
+
+def reliance_table(report):
+    """How much perplexity rises when the LM gets other plans than its own: what it draws from their content."""
+    own = {r["run"]: r["perplexity"] for r in report["val"]}
+    rises = {}
+    for row in report["reliance"]:
+        (how, ppl), = ((k, v) for k, v in row.items() if k != "run")
+        rises.setdefault(evaluation.run_name(row["run"]), {}).setdefault(how, []).append(ppl / own[row["run"]] - 1)
+    return "\n".join(["| run | shuffled: another sentence's plan | mean: the split's mean plan |", "|---|---|---|"] +
+                      [f"| {name} | {evaluation.summary(r['shuffled'], '+.2%')} | {evaluation.summary(r['mean'], '+.2%')} |"
+                       for name, r in rises.items()])
 
 
 def following(run_dir, n_docs):

@@ -355,20 +355,26 @@ def english_words():
                         if n >= 20 and w not in abbreviations and len(enc.encode_ordinary(" " + w)) == 1))
 
 
-def synthetic_corpus(n_docs=2000, n_types=16, seed=0):
-    """Documents with known sentence types, -> (documents, types: one int array per document)."""
+def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
+    """Documents with known sentence types, -> (documents, types: one int array per document).
+
+    With ambiguity a > 0 every type has a second successor in each theme, taken instead of the first
+    with probability a: at a = 0.5 even a perfect planner's best guess is wrong half the time, and a
+    soft plan can carry both. Its draws come from a generator of their own, so a = 0 is the corpus
+    it always was."""
     rng = np.random.default_rng(seed)
-    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS, replace=False)
-    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
-    shared = picked[n_types * SYN_WORDS_PER_TYPE:]
-    successor = np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)])
+    own, shared, successor = synthetic_plan(rng, n_types)
+    second, coin = second_successor(successor, seed), np.random.default_rng([seed, 1])
     docs, types = [], []
     for _ in range(n_docs):
         theme, t = rng.integers(SYN_THEMES), rng.integers(n_types)
         seq = []
         for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
             seq.append(t)
-            t = successor[theme, t] if rng.random() < SYN_STAY_ON_PLAN else rng.integers(n_types)
+            if rng.random() < SYN_STAY_ON_PLAN:
+                t = second[theme, t] if ambiguity and coin.random() < ambiguity else successor[theme, t]
+            else:
+                t = rng.integers(n_types)
         sents = []
         for t in seq:
             n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
@@ -377,6 +383,45 @@ def synthetic_corpus(n_docs=2000, n_types=16, seed=0):
         docs.append(" ".join(sents))
         types.append(np.array(seq))
     return docs, types
+
+
+def synthetic_plan(rng, n_types):
+    """The hidden structure: every type's own words, the shared fillers, each theme's successor of each type."""
+    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS, replace=False)
+    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
+    return own, picked[n_types * SYN_WORDS_PER_TYPE:], np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)])
+
+
+def second_successor(successor, seed):
+    """Each theme's second successor of each type: always another type than the first."""
+    n = successor.shape[1]
+    shift = np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1 else np.zeros((SYN_THEMES, 1), int)
+    return np.take_along_axis(successor, (np.arange(n)[None] + shift) % n, 1)
+
+
+def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
+    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over every
+    sentence, of the largest probability of its type given the types before it (the theme inferred
+    from them by Bayes' rule, as the generator draws it). -> (that expectation, how often the most
+    probable type was in fact the next one: the same up to sampling noise if the model is the generator)."""
+    successor = synthetic_plan(np.random.default_rng(seed), n_types)[2]
+    second = second_successor(successor, seed)
+    stay, rows = SYN_STAY_ON_PLAN, np.arange(SYN_THEMES)
+    expected, counted = [], []
+    for seq in types:
+        posterior = np.full(SYN_THEMES, 1 / SYN_THEMES)
+        expected.append(1 / n_types)  # the first sentence: any type
+        counted.append(1 / n_types)
+        for prev, nxt in zip(seq, seq[1:]):
+            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)  # P(next type | theme, prev)
+            step[rows, successor[:, prev]] += stay * (1 - ambiguity)
+            step[rows, second[:, prev]] += stay * ambiguity
+            predictive = posterior @ step
+            expected.append(predictive.max())
+            counted.append(float(predictive.argmax() == nxt))
+            posterior = posterior * step[:, nxt]
+            posterior /= posterior.sum()
+    return float(np.mean(expected)), float(np.mean(counted))
 
 
 def source_files(dataset, data_dir):
@@ -392,11 +437,11 @@ def source_files(dataset, data_dir):
     raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
 
 
-def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16):
+def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16, synthetic_ambiguity=0.0):
     if dataset == "wiki":
         return wiki_documents()
     if dataset == "synthetic":
-        return synthetic_corpus(synthetic_docs, synthetic_types, seed)[0]
+        return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
     if dataset == "wikitext103":
         return parse_wikitext(wikitext_text(files))
     return path_documents(dataset)
@@ -717,13 +762,15 @@ def load_cache(path):
 
 
 def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000, synthetic_types=16,
-         data_dir=ROOT / "data", quiet=False):
+         data_dir=ROOT / "data", quiet=False, synthetic_ambiguity=0.0):
     """The corpus with its labels: from the cache if an identical one was built before, else built now."""
     t0 = time.time()
     if n_labels < 1 or embed_dim < 1:
         raise DataError("--n-labels and --embed-dim must be positive")
+    if not 0 <= synthetic_ambiguity <= 1:
+        raise DataError(f"--synthetic-ambiguity is a probability, from 0 to 1: got {synthetic_ambiguity}")
     files = source_files(dataset, data_dir)
-    docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types) if files is None else None
+    docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types, synthetic_ambiguity) if files is None else None
     params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed, val=VAL_FRAC,
                   test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER, svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE,
                   kmeans_sample=KMEANS_SAMPLE, content=fingerprint(files, docs))
@@ -742,9 +789,13 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
         print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}", file=sys.stderr)
     try:
         if docs is None:
-            docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types)
+            docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types, synthetic_ambiguity)
         corpus = build(docs, n_labels, embed_dim, seed)
         corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
+        if dataset == "synthetic":
+            types = synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[1]
+            corpus.meta.update(synthetic_ambiguity=synthetic_ambiguity, next_type_ceiling=next_type_ceiling(
+                types, synthetic_types, seed, synthetic_ambiguity)[0])
         save(corpus, path)
     except KeyboardInterrupt:
         raise DataError(f"interrupted while building the data cache; nothing was written to {path}: "
@@ -766,13 +817,15 @@ def add_data_args(parser):
     g.add_argument("--embed-dim", type=int, default=128, help="D: sentence-embedding and codebook width")
     g.add_argument("--synthetic-docs", type=int, default=2000, help="documents in the synthetic corpus")
     g.add_argument("--synthetic-types", type=int, default=16, help="latent sentence types of the synthetic corpus")
+    g.add_argument("--synthetic-ambiguity", type=float, default=0.0,
+                   help="probability that a type's second successor follows it instead of the first (0: one successor)")
     g.add_argument("--data-dir", default=str(ROOT / "data"), help="downloads and the cache go here")
     return g
 
 
 def load_from_args(args):
     return load(args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
-                args.synthetic_types, args.data_dir)
+                args.synthetic_types, args.data_dir, synthetic_ambiguity=args.synthetic_ambiguity)
 
 
 def summary(corpus):
@@ -785,6 +838,9 @@ def summary(corpus):
     entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
     lines.append(f"  label entropy (train) {entropy:.2f} bits of at most {np.log2(len(p)):.2f}; "
                  f"k-means converged in {m['kmeans_steps']} steps")
+    if "next_type_ceiling" in m:
+        lines.append(f"  synthetic ambiguity {m['synthetic_ambiguity']}: the best possible top-1 accuracy on the next "
+                     f"sentence's type is {m['next_type_ceiling']:.3f} (Bayes-optimal, from the types before it)")
     how = f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m else f"built in {m['build_seconds']:.1f} s"
     return "\n".join(lines + [f"  {how}"])
 

@@ -8,13 +8,15 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
     python eval.py out/soft-joint --browse 4            # the planner's guesses for val document 4
     python eval.py out/compare-wiki --figures assets    # PNG figures of a comparison (needs matplotlib)
+    python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's (or: mean)
 
 Perplexity counts every target token of the split exactly once (the split is one stream, every
 document opening with <|endoftext|>). Windows of block_size tokens advance by half a block; each
 window scores only the targets no earlier window scored, so every target but those of the first
 window sees at least half a block of context. Plans are computed as in training: sentence s of a
 document is planned from that document's sentences < s (evaluation mode: gumbel becomes soft).
-It runs in float32, so the figure does not depend on autocast.
+It runs in float32, so the figure does not depend on autocast; the head is computed for the
+scored targets only (model.ChunkedHeadLoss). A run is judged by its best.pt (lowest validation loss).
 """
 
 import argparse
@@ -57,7 +59,7 @@ def load_run(run, device="cpu"):
         raise EvalError(f"{path} is a pretraining checkpoint ({ck.get('stage')}): evaluate a fine-tuned run")
     c = ck["config"]
     corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
-                       c["synthetic_types"], c["data_dir"], quiet=True)
+                       c["synthetic_types"], c["data_dir"], quiet=True, synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
     for what, want in ck["identity"].items():
         if identity(corpus)[what] != want:
             raise EvalError(f"{path} was trained with other {what} than --dataset {c['dataset']} gives now "
@@ -88,34 +90,91 @@ def windows(n_targets, block_size):
 
 
 @torch.no_grad()
-def perplexity(net, sd, block_size, batch_size=32):
-    """-> (target tokens, mean NLL in nats) over the whole split."""
+def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
+    """-> (target tokens, mean NLL in nats) over the whole split.
+
+    plan_table [sentences of the split, D], if given, replaces the plans the run would compute: the
+    targets of sentence s are predicted with row s (see substituted_plans)."""
     n = len(sd.tokens) - 1
     wins, block = windows(n, block_size)
     total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
         starts, firsts = torch.tensor(wins[i:i + batch_size], device=sd.device).T
         b = sd.lm_batch(starts, block)
-        fresh = starts[:, None] + 1 + torch.arange(block, device=sd.device) >= firsts[:, None]  # not scored before
+        positions = starts[:, None] + 1 + torch.arange(block, device=sd.device)  # of the targets
+        fresh = positions >= firsts[:, None]  # not scored before
         b["targets"] = b["targets"].masked_fill(~fresh, -1)
-        loss, _ = net(**b)
+        if plan_table is None:
+            loss, _ = net(**b)
+        else:  # row 0: no plan, for the <|endoftext|> targets
+            plan = torch.cat([plan_table.new_zeros(1, plan_table.shape[1]), plan_table])[sd.tok_sent[positions] + 1]
+            _, loss = net.lm(b["idx"], b["targets"], plan)
         total += loss.item() * fresh.sum().item()
         count += fresh.sum().item()
     assert count == n, (count, n)
     return count, total / count
 
 
-def evaluate(run, split="val", device="auto"):
+PLANS = ("as-planned", "shuffled", "mean")
+
+
+@torch.no_grad()
+def substituted_plans(net, sd, how, seed=0):
+    """Every sentence's plan as the run computes it (planned from the sentences before it), then
+    'shuffled': each sentence gets the plan of a random other sentence of the split, or 'mean': the
+    split's mean plan for all. Set against 'as-planned': what the LM draws from the plans' content."""
+    if net.plans.mode == "none":
+        raise EvalError("mode none has no plans to substitute: give a run of another mode, or --plans as-planned")
+    if net.plans.uses_planner:
+        rows = []
+        for lo in range(0, len(sd.doc_sent) - 1, 256):
+            b = sd.planner_batch(torch.arange(lo, min(lo + 256, len(sd.doc_sent) - 1), device=sd.device))
+            rows.append(net.planner(b["emb"]).float()[b["mask"]])  # sentences in split order
+        table = net.plans(logits=torch.cat(rows))
+    else:
+        table = net.plans(labels=sd.labels)
+    if how == "mean":
+        return table.mean(0).expand_as(table)
+    if how == "shuffled":
+        return table[torch.randperm(len(table), generator=torch.Generator().manual_seed(seed)).to(table.device)]
+    return table
+
+
+def evaluate(run, split="val", device="auto", plans="as-planned"):
     device = resolve_device(device)
     net, ck, corpus = load_run(run, device)
     sd = SplitData(corpus.splits[split], device)
-    tokens, nll = perplexity(net, sd, net.lm.config.block_size)
+    table = None if plans == "as-planned" else substituted_plans(net, sd, plans).to(net.lm.wte.weight.dtype)
+    tokens, nll = perplexity(net, sd, net.lm.config.block_size, plan_table=table)
     if not math.isfinite(nll):
         raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a lower learning rate")
     acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
             "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"], "seed": ck["config"]["seed"],
-            "planner_top1": acc.get("planner_top1"), "planner_top5": acc.get("planner_top5")}
+            "planner_top1": acc.get("planner_top1"), "planner_top5": acc.get("planner_top5"), "plans": plans,
+            **label_baselines(corpus, split)}
+
+
+def label_baselines(corpus, split):
+    """What the planner's accuracy is to be read against, on the same split: the most frequent training
+    label, and a label bigram fitted on train (the next label from the previous one alone; a document's
+    first sentence from the first sentences' labels). Ties are broken by overall frequency."""
+    train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
+    prior = np.bincount(train.labels, minlength=k) + 1e-3
+
+    def previous(split_):  # each sentence's previous label in its document, k for a first sentence
+        first = np.zeros(len(split_.labels), bool)
+        first[split_.doc_sent[:-1][np.diff(split_.doc_sent) > 0]] = True
+        return np.where(first, k, np.concatenate([[k], split_.labels[:-1]]))
+    bigram = np.zeros((k + 1, k))  # row k: a document's first sentence
+    np.add.at(bigram, (previous(train), train.labels), 1)
+    bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
+    out = {}
+    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))), ("bigram", bigram[previous(sp)])):
+        top = np.argsort(-scores, 1, kind="stable")[:, :5]
+        out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
+                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
+    return out
 
 
 def summary(values, fmt):
@@ -143,6 +202,11 @@ def table(results):
                     f"{summary(change, '+.1%')} | {summary([r['planner_top1'] for r in rs], '.3f')} | "
                     f"{summary([r['planner_top5'] for r in rs], '.3f')} |")
     return "\n".join(rows)
+
+
+def baselines_line(r):
+    return (f"label baselines on this split (top-1 / top-5): the most frequent label {r['majority_top1']:.3f} / "
+            f"{r['majority_top5']:.3f}, a label bigram fitted on train {r['bigram_top1']:.3f} / {r['bigram_top5']:.3f}")
 
 
 def run_name(run):
@@ -348,6 +412,8 @@ def make_parser():
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--json", action="store_true", help="print JSON (an object, or a list for several runs)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="as train.py: a GPU if there is one")
+    p.add_argument("--plans", default="as-planned", choices=PLANS,
+                   help="replace every sentence's plan by a random other sentence's (shuffled) or the split's mean plan")
     g = p.add_argument_group("sampling with plans (one run)")
     g.add_argument("--sample", type=int, metavar="N", help="write N sentences, each planned as it starts")
     g.add_argument("--prompt", default="", help="text to continue (default: a new document)")
@@ -373,14 +439,16 @@ def main(argv=None):
             return print_browse(args)
         if args.figures:
             return print(*figures(args.runs[0], args.figures), sep="\n")
-        results = [evaluate(r, args.split, args.device) for r in args.runs]
+        results = [evaluate(r, args.split, args.device, args.plans) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
-        print(f"{args.split} split, {results[0]['tokens']:,} target tokens")
+        print(f"{args.split} split, {results[0]['tokens']:,} target tokens" +
+              (f", every plan replaced ({args.plans})" if args.plans != "as-planned" else ""))
         print(table(results))
+        print(baselines_line(results[0]))
 
 
 def print_samples(args):

@@ -10,7 +10,11 @@ Plans are aligned with targets: plan[:, t] is the plan of the sentence that toke
 so the first token of a sentence is already predicted with that sentence's plan.
 
     from model import GPT, GPTConfig
-    logits, loss = GPT(GPTConfig())(idx, targets, plan=None)
+    logits, _ = GPT(GPTConfig())(idx, plan=None)        # [B, T, vocab]
+    _, loss = GPT(GPTConfig())(idx, targets, plan=None)  # the mean cross-entropy, without the logits
+
+The loss is written twice, plainly (head_loss: logits, then F.cross_entropy) and, as an
+optimisation that forward uses, by rows with its backward written out (ChunkedHeadLoss).
 """
 
 import math

@@ -159,6 +159,7 @@ FLAG_RANGES = [
      "a positive number"),
     (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf, "zero or a positive number"),
     (("dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    (("synthetic_ambiguity",), lambda v: 0 <= v <= 1, "a probability, from 0 to 1"),
 ]
 
 
@@ -533,7 +534,7 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
             saved = done
         raise TrainError(f"interrupted after step {done} of {stage}: saved {ckpt_path}; "
                          f"continue with the same command{' and --resume' if stage == 'finetune' else ''}")
-    if best[1] != done:
+    if best[1] not in (None, done):
         if ctx.master:
             print(f"{stage}: the best val loss ({best[0]:.4g}) was at step {best[1]} of {done}: going on with that "
                   f"checkpoint, {ckpt_path.with_name('best.pt')}")

@@ -28,6 +28,9 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
     assert "synthetic, val split" in md and "synthetic, test split" in md and "| oracle | n/a: no planner |" in md
     ppl = {r["run"].rsplit("/", 1)[-1]: r["perplexity"] for r in results["val"]}
     assert f"| soft (joint) beats hard | soft-joint vs hard-frozen | {ppl['soft-joint'] / ppl['hard-frozen'] - 1:+.2%} |" in md
+    assert "Label baselines (top-1 / top-5): the most frequent label" in md
+    reliance = {evaluation.run_name(r["run"]) for r in results["reliance"]}
+    assert reliance == set(names) - {"none"} and "| oracle | +" in md  # the oracle's perplexity rises without its plans
     assert (tmp_path / "cmp" / "cmp-val-loss.png").exists() and (tmp_path / "cmp" / "cmp-perplexity.png").exists()
 
     def redone(*a, **k):

@@ -279,3 +279,30 @@ def test_tokenizing_by_document_equals_the_plain_way():
     plain, fast = data.tokenize_sentences(sentences), data.tokenize_by_document(docs, sentences)
     assert np.array_equal(plain[0], fast[0]) and np.array_equal(plain[1], fast[1])
     assert data.tokenize_by_document(["Hello world."], ["Hel", "lo world."])[1] is None  # a cut inside a token
+
+
+def theme_of(seq, successor, second):
+    """The theme under which a document's transitions are most often a planned successor."""
+    return int(np.argmax([sum(n in (successor[th, p], second[th, p]) for p, n in zip(seq, seq[1:]))
+                          for th in range(len(successor))]))
+
+
+@pytest.mark.parametrize("ambiguity", [0.0, 0.5])
+def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
+    """At a = 0.5 a type's planned transitions go to its two successors about equally; at a = 0 only to
+    the first. The printed ceiling (expected best accuracy) matches a direct count of the Bayes guesses."""
+    seed, n_types = 3, 8
+    _, types = data.synthetic_corpus(1500, n_types, seed, ambiguity)
+    successor = data.synthetic_plan(np.random.default_rng(seed), n_types)[2]
+    second = data.second_successor(successor, seed)
+    assert (second != successor).all()
+    first = again = 0
+    for seq in types:
+        th = theme_of(seq, successor, second)
+        first += sum(n == successor[th, p] for p, n in zip(seq, seq[1:]))
+        again += sum(n == second[th, p] for p, n in zip(seq, seq[1:]))
+    share = again / (first + again)
+    assert (0.45 < share < 0.55) if ambiguity else share < 0.02  # random jumps (10%) land there rarely
+    expected, counted = data.next_type_ceiling(types, n_types, seed, ambiguity)
+    assert abs(expected - counted) < 0.02
+    assert (expected < 0.45) if ambiguity else (expected > 0.6)

@@ -280,3 +280,31 @@ def test_sampling_errors(dirs):
                                     ("soft-joint", ["--force-labels", "a,b"], "comma-separated label numbers")]:
         with pytest.raises(SystemExit, match=message):
             evaluation.main([str(root / "out" / run_dir), "--sample", "1", *flags])
+
+
+def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
+    """Plans given back unchanged through the substitution path reproduce the run's own figure; the
+    oracle run, which leans on its plans, gets worse with another sentence's plan or the mean plan."""
+    _, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "oracle")
+    sd = train.SplitData(corpus.splits["val"], "cpu")
+    own = evaluation.perplexity(net, sd, net.lm.config.block_size)[1]
+    same = evaluation.perplexity(net, sd, net.lm.config.block_size,
+                                 plan_table=evaluation.substituted_plans(net, sd, "as-planned"))[1]
+    assert math.isclose(own, same, rel_tol=1e-6)
+    ppl = {how: evaluation.evaluate(root / "out" / "oracle", plans=how)["perplexity"] for how in evaluation.PLANS}
+    assert ppl["shuffled"] > 1.1 * ppl["as-planned"] and ppl["mean"] > 1.05 * ppl["as-planned"]
+    with pytest.raises(SystemExit, match="mode none has no plans to substitute"):
+        evaluation.main([str(root / "out" / "none"), "--plans", "mean"])
+
+
+def test_label_baselines_count_what_they_say():
+    split = lambda labels, doc_sent: type("S", (), {"labels": np.array(labels), "doc_sent": np.array(doc_sent)})()
+    corpus = type("C", (), {"codebook": np.zeros((3, 2)), "splits": {
+        "train": split([0, 1, 0, 1, 0, 2, 0, 1], [0, 5, 8]),  # after 0 comes 1 (3 of 4 times), after 1 comes 0
+        "val": split([0, 1, 0, 2, 2], [0, 3, 5])}})()
+    out = evaluation.label_baselines(corpus, "val")
+    assert out["majority_top1"] == 2 / 5  # label 0 everywhere
+    # bigram: both training documents open with 0 (val: hit for the first document, miss for the second);
+    # after 0 comes 1 (hit), after 1 comes 0 (hit), after 2 comes 0 (seen once in train: miss)
+    assert out["bigram_top1"] == 3 / 5 and out["bigram_top5"] == 1.0 and out["majority_top5"] == 1.0
