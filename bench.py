@@ -157,7 +157,7 @@ def wikitextify(sentence):
 
 
 def write_wikitext_like(path, tokens, seed=0):
-    """A zip in WikiText-103's raw format with about `tokens` GPT-2 tokens in its article count."""
+    """A zip in WikiText-103's raw format: its number of articles, about `tokens` GPT-2 tokens in all."""
     sentences = [wikitextify(x) for d in data.wiki_documents() for x in data.split_sentences(d)]
     per_sentence = np.mean([len(t) for t in data.tokenizer().encode_ordinary_batch(sentences[:2000])])
     rng = np.random.default_rng(seed)
@@ -198,6 +198,8 @@ def pipeline(args):
         t = time.perf_counter()
         write_wikitext_like(archive, tokens)
         print(f"wrote {archive} ({archive.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s")
+    else:
+        print(f"using the archive already at {archive} (delete it to write one of another size)")
     shutil.rmtree(root / "cache", ignore_errors=True)
     cmd = [sys.executable, "data.py", "--dataset", "wikitext103", "--data-dir", str(root), "--n-labels", str(args.n_labels),
            "--embed-dim", str(args.embed_dim)]
