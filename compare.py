@@ -71,7 +71,7 @@ def compare(args, train_flags):
         report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split, args.device)) for r in runs]
         tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
         tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}"
-                      f"\n\n{baselines_line(report[split])}")
+                      f"\n\n{evaluation.baselines_line(report[split])}")
         print("\n" + tables[-1])
     tables.append(f"{args.dataset}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
     print("\n" + tables[-1])
@@ -118,14 +118,6 @@ def claims_table(report):
         rows.append(f"| {claim} | {a} vs {b} | {' '.join(f'{c:+.2%}' for c in change['val'])} | "
                     f"{evaluation.summary(change['val'], '+.2%')} | {evaluation.summary(change['test'], '+.2%')} |")
     return "\n".join(rows)
-
-
-def baselines_line(results):
-    """The label baselines of eval.py, mean ± std over the seeds' splits."""
-    per_seed = list({r["seed"]: r for r in results}.values())
-    cell = lambda k: evaluation.summary([r[k] for r in per_seed], ".3f")
-    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / {cell('majority_top5')}; "
-            f"a label bigram fitted on train {cell('bigram_top1')} / {cell('bigram_top5')}.")
 
 
 def reliance_table(report):

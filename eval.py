@@ -33,7 +33,8 @@ import data
 from mix import Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from train import PlannedLM, SplitData, TrainError, check_ranges, identity, load_checkpoint, planner_metrics, resolve_device
+from train import (PlannedLM, SplitData, TrainError, check_ranges, identity, load_checkpoint, planner_metrics,
+                   resolve_device, sentence_logits)
 
 
 class EvalError(Exception):
@@ -125,14 +126,7 @@ def substituted_plans(net, sd, how, seed=0):
     split's mean plan for all. Set against 'as-planned': what the LM draws from the plans' content."""
     if net.plans.mode == "none":
         raise EvalError("mode none has no plans to substitute: give a run of another mode, or --plans as-planned")
-    if net.plans.uses_planner:
-        rows = []
-        for lo in range(0, len(sd.doc_sent) - 1, 256):
-            b = sd.planner_batch(torch.arange(lo, min(lo + 256, len(sd.doc_sent) - 1), device=sd.device))
-            rows.append(net.planner(b["emb"]).float()[b["mask"]])  # sentences in split order
-        table = net.plans(logits=torch.cat(rows))
-    else:
-        table = net.plans(labels=sd.labels)
+    table = net.plans(logits=sentence_logits(net.planner, sd)) if net.plans.uses_planner else net.plans(labels=sd.labels)
     if how == "mean":
         return table.mean(0).expand_as(table)
     if how == "shuffled":
@@ -204,9 +198,12 @@ def table(results):
     return "\n".join(rows)
 
 
-def baselines_line(r):
-    return (f"label baselines on this split (top-1 / top-5): the most frequent label {r['majority_top1']:.3f} / "
-            f"{r['majority_top5']:.3f}, a label bigram fitted on train {r['bigram_top1']:.3f} / {r['bigram_top5']:.3f}")
+def baselines_line(results):
+    """The label baselines of the results' splits (one per seed), mean ± std over seeds."""
+    per_seed = list({r["seed"]: r for r in results}.values())
+    cell = lambda k: summary([r[k] for r in per_seed], ".3f")
+    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / {cell('majority_top5')}; "
+            f"a label bigram fitted on train {cell('bigram_top1')} / {cell('bigram_top5')}.")
 
 
 def run_name(run):
@@ -448,7 +445,7 @@ def main(argv=None):
         print(f"{args.split} split, {results[0]['tokens']:,} target tokens" +
               (f", every plan replaced ({args.plans})" if args.plans != "as-planned" else ""))
         print(table(results))
-        print(baselines_line(results[0]))
+        print(baselines_line(results))
 
 
 def print_samples(args):

@@ -662,19 +662,23 @@ def pretrain_planner(args, corpus, splits):
 
 
 @torch.no_grad()
-def planner_metrics(planner, sd, chunk=256):
-    """Planner loss and top-1/top-5 accuracy over every sentence of a split."""
-    was_training, n_docs, logits, labels = planner.training, len(sd.doc_sent) - 1, [], []
+def sentence_logits(planner, sd, chunk=256):
+    """The planner's logits for every sentence of a split, in split order (row s from sentences < s)."""
+    was_training, n_docs, logits = planner.training, len(sd.doc_sent) - 1, []
     planner.eval()
     for lo in range(0, n_docs, chunk):
         b = sd.planner_batch(torch.arange(lo, min(lo + chunk, n_docs), device=sd.device))
         logits.append(planner(b["emb"]).float()[b["mask"]])
-        labels.append(b["labels"][b["mask"]])
     planner.train(was_training)
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    acc = accuracy(logits, labels, torch.ones_like(labels, dtype=torch.bool))
-    return {"planner_val_loss": planner_loss(logits, labels, torch.ones_like(labels, dtype=torch.bool)).item(),
-            **{f"planner_{k}": v for k, v in acc.items()}}
+    return torch.cat(logits)
+
+
+@torch.no_grad()
+def planner_metrics(planner, sd):
+    """Planner loss and top-1/top-5 accuracy over every sentence of a split."""
+    logits, every = sentence_logits(planner, sd), torch.ones_like(sd.labels, dtype=torch.bool)
+    return {"planner_val_loss": planner_loss(logits, sd.labels, every).item(),
+            **{f"planner_{k}": v for k, v in accuracy(logits, sd.labels, every).items()}}
 
 
 def finetune(args, corpus, splits, lm, planner):
