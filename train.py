@@ -46,7 +46,8 @@ from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig, accuracy, planner_loss
 
 # Defaults that depend on the device; an explicit flag always wins. The CPU set finishes every stage
-# in ~10 minutes on 2 cores on the wiki corpus.
+# in ~10 minutes on 2 cores with native bf16 on the wiki corpus; on a CPU without it autocast stays float32
+# and a step is ~3x slower (bench.py: ~680 against 1,941 tokens/s), so expect ~30 minutes.
 CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=16, grad_accum=1, dropout=0.0,
                     lm_iters=400, planner_iters=500, finetune_iters=150, eval_interval=50, eval_iters=8)
 # On a GPU the defaults follow from the corpus, by arithmetic (cuda_defaults; README says why). The model:
