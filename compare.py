@@ -21,19 +21,31 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import data
 import eval as evaluation
 import train
 
 RUNS = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
         ("st", "joint"), ("soft", "frozen"), ("soft", "joint"), ("gumbel", "joint")]
-# The paper's findings, each as two runs to set against each other seed by seed.
-CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen"),
-          ("ST is not better than hard", "st-joint", "hard-frozen"),
-          ("plans beat one learned constant vector", "soft-joint", "fixed"),
-          ("plans beat the mean label", "soft-joint", "uniform"),
-          ("joint training beats a frozen planner", "soft-joint", "soft-frozen"),
-          ("how far soft is from the oracle", "soft-joint", "oracle")]
+# The paper's findings, each as two runs to set against each other seed by seed, and what the claim
+# says of A against B: lower perplexity ("beats"), not lower ("not better"), or only how far ("gap").
+CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen", "beats"),
+          ("ST is not better than hard", "st-joint", "hard-frozen", "not better"),
+          ("plans beat one learned constant vector", "soft-joint", "fixed", "beats"),
+          ("true labels beat one learned constant vector", "oracle", "fixed", "beats"),
+          ("plans beat the mean label", "soft-joint", "uniform", "beats"),
+          ("joint training beats a frozen planner", "soft-joint", "soft-frozen", "beats"),
+          ("how far soft is from the oracle", "soft-joint", "oracle", "gap")]
+# t_{0.975} with n - 1 degrees of freedom, for the 95% interval of a mean over n seeds (from tables;
+# above 30 degrees of freedom the normal 1.96 is within 2% of it).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def run_names():
+    return [mode + (f"-{planner}" if planner else "") for mode, planner in RUNS]
 
 
 def done(run_dir):
@@ -42,49 +54,82 @@ def done(run_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: train.py's --block-size must reach train.py, not become --block-sizes
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--dataset", default="wiki")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    p.add_argument("--runs", default=",".join(run_names()), help="comma-separated, of these (the default)")
     p.add_argument("--out-dir", help="default: out/compare-<dataset>")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="for training and evaluation")
     p.add_argument("--sample-docs", type=int, default=25, help="documents sampled per run to measure plan following; 0: none")
+    g = p.add_argument_group("a sweep: the whole comparison at each value, then the findings against it")
+    g.add_argument("--ambiguities", help="comma-separated values of --synthetic-ambiguity (synthetic corpus)")
+    g.add_argument("--block-sizes", help="comma-separated LM windows; --batch-size follows so tokens per step stay equal")
+    g.add_argument("--reference", default="hard-frozen", help="the run the sweep's figure sets every other against")
     args, train_flags = p.parse_known_args(argv)
     try:
-        compare(args, train_flags)
+        settings = sweep_settings(args, train_flags)
+        out = Path(args.out_dir or f"out/compare-{args.dataset}")
+        reports = [(value, compare(args, train_flags + flags, out / name if name else out)) for name, value, flags in settings]
+        if len(settings) > 1:
+            summarise_sweep(args, out, reports)
     except (train.TrainError, evaluation.EvalError, data.DataError) as e:
         sys.exit(f"error: {e}")
 
 
-def compare(args, train_flags):
-    out = Path(args.out_dir or f"out/compare-{args.dataset}")
+def sweep_settings(args, train_flags):
+    """-> [(sub-folder, value, train.py flags)]: one setting, or one per value of the swept flag."""
+    unknown = set(args.runs.split(",")) - set(run_names())
+    if unknown:
+        raise train.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: use some of {', '.join(run_names())}")
+    if args.ambiguities and args.block_sizes:
+        raise train.TrainError("--ambiguities and --block-sizes: sweep one at a time (two invocations)")
+    if args.ambiguities:
+        return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a]) for a in args.ambiguities.split(",")]
+    if args.block_sizes:
+        given = train.make_parser().parse_known_args(train_flags)[0]
+        tokens = (given.batch_size or train.CPU_DEFAULTS["batch_size"]) * (given.block_size or train.CPU_DEFAULTS["block_size"])
+        blocks = [int(b) for b in args.block_sizes.split(",")]
+        if any(tokens % b for b in blocks):
+            raise train.TrainError(f"--block-sizes: {tokens} tokens a step (--batch-size x --block-size) must divide "
+                                   f"by every window: choose windows that divide {tokens}")
+        return [(f"block{b}", b, ["--block-size", str(b), "--batch-size", str(tokens // b)]) for b in blocks]
+    return [("", None, [])]
+
+
+def compare(args, train_flags, out):
+    """Train, evaluate and sample every run of every seed into out; write its tables; -> the report."""
+    wanted = args.runs.split(",")
+    picked = [(mode, planner) for (mode, planner), name in zip(RUNS, run_names()) if name in wanted]
     runs = []
     for seed in map(int, args.seeds.split(",")):
-        for mode, planner in RUNS:
+        for mode, planner in picked:
             name = mode + (f"-{planner}" if planner else "")
             run_dir = out / f"seed{seed}"
             if not done(run_dir / name):
                 train.main(train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir), "--device", args.device,
                                           "--mode", mode] + (["--planner", planner] if planner else []))
             runs.append(run_dir / name)
-    report, tables = {}, []
+    report, tables, title = {}, [], f"{args.dataset}{setting_title(out, args)}"
     for split in ("val", "test"):
         report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split, args.device)) for r in runs]
         tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
-        tables.append(f"{args.dataset}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}"
+        tables.append(f"{title}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}"
                       f"\n\n{evaluation.baselines_line(report[split])}")
         print("\n" + tables[-1])
-    tables.append(f"{args.dataset}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
+    tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
     print("\n" + tables[-1])
     report["reliance"] = [{"run": str(r), how: cached(r, f"eval-val-{how}.json",
                                                       lambda: evaluation.evaluate(r, "val", args.device, how))["perplexity"]}
-                          for r in runs if r.name != "none" for how in ("shuffled", "mean")]
-    tables.append(f"{args.dataset}, plan reliance: val perplexity with every plan replaced, against the run's own plans "
+                          for r in runs if r.name not in ("none", "fixed", "uniform") for how in ("shuffled", "mean")]
+    tables.append(f"{title}, plan reliance: val perplexity with every plan replaced, against the run's own plans "
                   f"(same seed)\n\n{reliance_table(report)}")
     print("\n" + tables[-1])
     if args.sample_docs:
+        first = f"seed{args.seeds.split(',')[0]}"
         report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs))
-                               for r, (mode, _) in zip(runs, RUNS) if mode not in ("none", "fixed", "uniform")]
-        tables.append(f"{args.dataset}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
+                               for r in runs if r.parent.name == first and r.name.split("-")[0] not in ("none", "fixed", "uniform")]
+        tables.append(f"{title}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
                       f"\n\n{following_table(report['following'])}")
         print("\n" + tables[-1])
     with data.atomic_write(out / "results.json") as tmp:
@@ -95,6 +140,13 @@ def compare(args, train_flags):
         print(*evaluation.figures(out, out), sep="\n")
     except evaluation.EvalError as e:
         print(f"no figures: {e}")
+    return report
+
+
+def setting_title(out, args):
+    if args.ambiguities:
+        return f", ambiguity a = {out.name[1:]}"
+    return f", {out.name[5:]}-token window" if args.block_sizes else ""
 
 
 def cached(run_dir, name, compute):
@@ -108,28 +160,87 @@ def cached(run_dir, name, compute):
     return result
 
 
+def interval(changes):
+    """The 95% t-interval of the mean over seeds; None for fewer than two."""
+    n = len(changes)
+    if n < 2:
+        return None
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * np.std(changes, ddof=1) / np.sqrt(n)
+    return np.mean(changes) - half, np.mean(changes) + half
+
+
+def verdict(changes, kind):
+    """What the 95% interval says of a claim: A beats B when the whole interval is below zero."""
+    ci = interval(changes)
+    if kind == "gap" or ci is None:
+        return "" if kind == "gap" else "one seed: no verdict"
+    below, above = ci[1] < 0, ci[0] > 0
+    if kind == "beats":
+        return "holds" if below else "reversed" if above else "not distinguishable"
+    return "does not hold: A is better" if below else "holds" + (": A is worse" if above else ": not distinguishable")
+
+
+def claim_cell(changes, kind):
+    ci = interval(changes)
+    bounds = f" [{ci[0]:+.2%}, {ci[1]:+.2%}]" if ci else ""
+    return f"{evaluation.summary(changes, '+.2%')}{bounds} {verdict(changes, kind)}".strip()
+
+
 def claims_table(report):
-    rows = ["| finding | A vs B | val, per seed | val | test |", "|---|---|---|---|---|"]
-    for claim, a, b in CLAIMS:
-        change = {}
-        for split in ("val", "test"):
-            ppl = {(evaluation.run_name(r["run"]), r["seed"]): r["perplexity"] for r in report[split]}
-            change[split] = [ppl[a, seed] / ppl[b, seed] - 1 for name, seed in ppl if name == a and (b, seed) in ppl]
-        rows.append(f"| {claim} | {a} vs {b} | {' '.join(f'{c:+.2%}' for c in change['val'])} | "
-                    f"{evaluation.summary(change['val'], '+.2%')} | {evaluation.summary(change['test'], '+.2%')} |")
+    """One row per claim whose two runs were made: val per seed, mean ± std [95% interval] and verdict; test."""
+    rows = ["| finding | A vs B | val, per seed | val: mean ± std [95% interval], verdict | test: mean ± std |",
+            "|---|---|---|---|---|"]
+    for claim, a, b, kind in CLAIMS:
+        change = {split: evaluation.paired_changes(report[split], a, b) for split in ("val", "test")}
+        if change["val"]:
+            rows.append(f"| {claim} | {a} vs {b} | {' '.join(f'{c:+.2%}' for c in change['val'])} | "
+                        f"{claim_cell(change['val'], kind)} | {evaluation.summary(change['test'], '+.2%')} |")
     return "\n".join(rows)
 
 
-def reliance_table(report):
-    """How much perplexity rises when the LM gets other plans than its own: what it draws from their content."""
+def summarise_sweep(args, out, reports):
+    """The findings at every value of the swept setting, as one table and one figure; -> nothing, written to
+    <out>/sweep.md, sweep.json and <out>/<name>-sweep.png."""
+    what = "ambiguity a" if args.ambiguities else "LM window (tokens)"
+    head = "| finding | A vs B | " + " | ".join(f"{what} = {v:g}" for v, _ in reports) + " |"
+    rows = [head, "|---" * (2 + len(reports)) + "|"]
+    for claim, a, b, kind in CLAIMS:
+        changes = [evaluation.paired_changes(r["val"], a, b) for _, r in reports]
+        if all(changes):
+            rows.append(f"| {claim} | {a} vs {b} | " + " | ".join(claim_cell(c, kind) for c in changes) + " |")
+    reliance = [{evaluation.run_name(x["run"]) for x in r["reliance"]} for _, r in reports]
+    for name in sorted(set.intersection(*reliance), key=run_names().index) if reliance else []:
+        cells = [reliance_rises(r)[name]["mean"] for _, r in reports]
+        rows.append(f"| plan reliance: the split's mean plan | {name} | " +
+                    " | ".join(evaluation.summary(c, "+.2%") for c in cells) + " |")
+    md = (f"{args.dataset}, the findings at each {what}: val perplexity of A against B of the same seed, "
+          f"mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict it gives\n\n" + "\n".join(rows))
+    print("\n" + md)
+    with data.atomic_write(out / "sweep.md") as tmp:
+        Path(tmp).write_text(md + "\n")
+    with data.atomic_write(out / "sweep.json") as tmp:
+        Path(tmp).write_text(json.dumps({"swept": what, "reports": [[v, r] for v, r in reports]}, indent=1))
+    try:
+        print(evaluation.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png", args.reference))
+    except evaluation.EvalError as e:
+        print(f"no figure: {e}")
+
+
+def reliance_rises(report):
+    """{run name: {"shuffled": [...], "mean": [...]}}: val perplexity with substituted plans / own, -1, per seed."""
     own = {r["run"]: r["perplexity"] for r in report["val"]}
     rises = {}
     for row in report["reliance"]:
         (how, ppl), = ((k, v) for k, v in row.items() if k != "run")
         rises.setdefault(evaluation.run_name(row["run"]), {}).setdefault(how, []).append(ppl / own[row["run"]] - 1)
+    return rises
+
+
+def reliance_table(report):
+    """How much perplexity rises when the LM gets other plans than its own: what it draws from their content."""
     return "\n".join(["| run | shuffled: another sentence's plan | mean: the split's mean plan |", "|---|---|---|"] +
                       [f"| {name} | {evaluation.summary(r['shuffled'], '+.2%')} | {evaluation.summary(r['mean'], '+.2%')} |"
-                       for name, r in rises.items()])
+                       for name, r in reliance_rises(report).items()])
 
 
 def following(run_dir, n_docs):

@@ -392,6 +392,16 @@ def synthetic_plan(rng, n_types):
     return own, picked[n_types * SYN_WORDS_PER_TYPE:], np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)])
 
 
+def synthetic_vocab(seed=0, n_types=16):
+    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised after
+    a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a synthetic
+    run predicts over these few hundred tokens instead of all 50,257 (see model.GPTConfig.vocab)."""
+    own, shared, _ = synthetic_plan(np.random.default_rng(seed), n_types)
+    enc, words = tokenizer(), [str(w) for w in (*own.ravel(), *shared)]
+    pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
+    return tuple(sorted({t for ids in enc.encode_ordinary_batch(pieces) for t in ids} | {EOT}))
+
+
 def second_successor(successor, seed):
     """Each theme's second successor of each type: always another type than the first."""
     n = successor.shape[1]

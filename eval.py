@@ -277,14 +277,19 @@ def read_log(run):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def figures(comparison, out_dir):
-    """Write <name>-val-loss.png and <name>-perplexity.png for a folder made by compare.py; -> their paths."""
+def pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
         raise EvalError("figures need matplotlib, an optional dependency: pip install matplotlib") from None
+    return plt
+
+
+def figures(comparison, out_dir):
+    """Write <name>-val-loss.png and <name>-perplexity.png for a folder made by compare.py; -> their paths."""
+    plt = pyplot()
     comparison, out_dir = Path(comparison), Path(out_dir)
     if not (comparison / "results.json").exists():
         raise EvalError(f"no results.json in {comparison}: give a folder made by compare.py")
@@ -302,6 +307,37 @@ def figures(comparison, out_dir):
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return written
+
+
+def paired_changes(results, a, b):
+    """Perplexity of run a against run b of the same seed, -1, for each seed that has both."""
+    ppl = {(run_name(r["run"]), r["seed"]): r["perplexity"] for r in results}
+    return [ppl[a, seed] / ppl[b, seed] - 1 for name, seed in ppl if name == a and (b, seed) in ppl]
+
+
+def sweep_figure(sweep_json, path, reference):
+    """For a sweep made by compare.py: every run's val perplexity against the reference run of the same
+    seed, mean ± std over seeds, against the swept setting; -> the path written."""
+    plt = pyplot()
+    sweep = json.loads(Path(sweep_json).read_text())
+    values, reports = [v for v, _ in sweep["reports"]], [r for _, r in sweep["reports"]]
+    names = list(dict.fromkeys(run_name(r["run"]) for r in reports[0]["val"]))
+    if reference not in names:
+        raise EvalError(f"--reference {reference} is not among the runs ({', '.join(names)})")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    nudge = 0.006 * (max(values) - min(values) or 1)  # side by side, so the error bars do not hide each other
+    for i, name in enumerate(n for n in names if n != reference):
+        change = [[100 * c for c in paired_changes(r["val"], name, reference)] for r in reports]
+        ax.errorbar(np.array(values, float) + nudge * (i - len(names) / 2), [np.mean(c) for c in change], [np.std(c, ddof=1) if len(c) > 1 else 0 for c in change],
+                    marker="o", ms=4, capsize=3, label=name, ls="--" if name in ("none", "fixed", "uniform", "oracle") else "-")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xticks=values, xlabel=sweep["swept"], ylabel=f"val perplexity vs {reference}, same seed (%)",
+           title=f"each run against {reference}: mean ± std over {len(reports[0]['val']) // len(names)} seeds")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def loss_curves(plt, results, title):

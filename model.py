@@ -27,22 +27,29 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50257  # GPT-2 BPE
+    vocab_size: int = 50257  # GPT-2 BPE; with a closed vocabulary, its length
+    vocab: tuple | None = None  # a closed vocabulary (the synthetic corpus): the GPT-2 ids it predicts over
     block_size: int = 256  # context length in tokens
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.0  # the corpora are small, but the runs are short: no dropout by default
     plan_dim: int = 128  # width of a plan vector = the codebook's D; 0 builds no adapters
+    bias: bool = False  # biases in the linear layers, as GPT-2; without them a constant plan is a bias (README)
+
+    def __post_init__(self):
+        if self.vocab is not None:
+            self.vocab = tuple(int(t) for t in self.vocab)
+            self.vocab_size = len(self.vocab)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd, n_head, dropout):
+    def __init__(self, n_embd, n_head, dropout, bias=False):
         super().__init__()
         assert n_embd % n_head == 0, f"n_embd {n_embd} must be a multiple of n_head {n_head}"
         self.n_head, self.dropout = n_head, dropout
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
-        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -53,10 +60,10 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd, dropout):
+    def __init__(self, n_embd, dropout, bias=False):
         super().__init__()
-        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
-        self.proj = nn.Linear(4 * n_embd, n_embd, bias=False)
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -66,12 +73,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block; with plan_dim > 0 it also has the plan adapter."""
 
-    def __init__(self, n_embd, n_head, dropout, plan_dim=0):
+    def __init__(self, n_embd, n_head, dropout, plan_dim=0, bias=False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
         self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout)
+        self.mlp = MLP(n_embd, dropout, bias)
         self.adapter = nn.Linear(plan_dim, n_embd, bias=False) if plan_dim else None
 
     def forward(self, x, plan=None):
@@ -89,10 +96,17 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, c.plan_dim) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, c.plan_dim, c.bias) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
+        if c.vocab is not None:
+            # A corpus that can only ever write a few hundred tokens gets a head of that many rows, not
+            # 50,257: token ids are mapped to rows on the way in and back to ids when sampling.
+            self.register_buffer("token_of_row", torch.tensor(c.vocab), persistent=False)
+            row_of_token = torch.full((max(c.vocab) + 1,), -1)
+            row_of_token[self.token_of_row] = torch.arange(len(c.vocab))
+            self.register_buffer("row_of_token", row_of_token, persistent=False)
         self.apply(init_gpt2)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections shrink with depth, as GPT-2
@@ -105,19 +119,29 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, plan=None):
         """idx, targets: [B, T] token ids (targets -1 = not scored); plan: [B, T, plan_dim] or None.
 
-        -> (logits [B, T, vocab], None) without targets; (None, mean loss over scored targets) with them:
+        -> (logits [B, T, vocab_size], None) without targets (with a closed vocabulary, row i is the token
+        config.vocab[i]); (None, mean loss over scored targets) with them:
         the loss never materialises the [B*T, vocab] logits (ChunkedHeadLoss)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
         if plan is not None and plan.shape != (B, T, self.config.plan_dim):
             raise ValueError(f"plan must be [B, T, plan_dim] = {[B, T, self.config.plan_dim]}, got {list(plan.shape)}")
+        if self.config.vocab is not None:
+            idx, targets = self.rows(idx), None if targets is None else self.rows(targets)
         h = self.features(idx, plan)
         if targets is None:
             return self.lm_head(h), None
         if not self.chunked_loss:  # the plain way, kept as the reference (tests, bench.py's side-by-side line)
             return None, head_loss(h, self.lm_head.weight, targets)
         return None, chunked_head_loss(h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1))
+
+    def rows(self, ids):
+        """GPT-2 ids -> rows of the closed vocabulary (-1, an unscored target, stays -1)."""
+        rows = self.row_of_token[ids.clamp(0, len(self.row_of_token) - 1)]
+        if ((rows < 0) & (ids >= 0)).any() or (ids >= len(self.row_of_token)).any():
+            raise ValueError("a token outside this LM's closed vocabulary (config.vocab)")
+        return torch.where(ids >= 0, rows, -1)
 
     def features(self, idx, plan=None):
         """The final hidden states [B, T, n_embd], before the head."""
@@ -136,12 +160,16 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             plan = plan_fn(idx)[:, -ctx.shape[1]:] if plan_fn else None
+            if self.config.vocab is not None:
+                ctx = self.rows(ctx)
             # the head, most of the compute at this size, is needed at the last position only
             logits = self.lm_head(self.features(ctx, plan)[:, -1]) / max(temperature, 1e-6)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, -float("inf"))
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            if self.config.vocab is not None:
+                nxt = self.token_of_row[nxt]
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 

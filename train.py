@@ -105,6 +105,8 @@ def make_parser():
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         g.add_argument("--" + name.replace("_", "-"), type=int)
     g.add_argument("--dropout", type=float)
+    g.add_argument("--bias", action="store_true",
+                   help="biases in the LM's linear layers, as GPT-2: then fixed (a constant plan) adds no capacity")
     g.add_argument("--planner-layers", type=int, default=2)
     g.add_argument("--planner-embd", type=int, default=128)
     g = p.add_argument_group("schedule")
@@ -221,8 +223,11 @@ def cpu_has_native_bf16():
 
 
 def gpt_config(args):
+    # The synthetic corpus has a closed vocabulary: its LM's head has a row per token the generator can
+    # write (~700), not 50,257, which made 97% of a small model's step and changes nothing it can learn.
+    vocab = data.synthetic_vocab(args.seed, args.synthetic_types) if args.dataset == "synthetic" else None
     return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                     dropout=args.dropout, plan_dim=args.embed_dim)
+                     dropout=args.dropout, plan_dim=args.embed_dim, bias=args.bias, vocab=vocab)
 
 
 def planner_config(args):
@@ -697,10 +702,14 @@ def finetune(args, corpus, splits, lm, planner):
     return net, out, metrics()
 
 
-def unigram_loss(corpus, batches):
-    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows."""
+def unigram_loss(corpus, batches, vocab=None):
+    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows (over the
+    LM's closed vocabulary, if it has one)."""
     counts = np.bincount(corpus.splits["train"].tokens, minlength=data.VOCAB_SIZE) + 1.0
-    logp = torch.as_tensor(np.log(counts / counts.sum()))
+    if vocab is not None:
+        counts[np.setdiff1d(np.arange(data.VOCAB_SIZE), vocab)] = 0
+    with np.errstate(divide="ignore"):  # log 0 = -inf for tokens outside the vocabulary: never targets
+        logp = torch.as_tensor(np.log(counts / counts.sum()))
     return float(np.mean([-logp[b["targets"].cpu()].mean().item() for b in batches]))
 
 
@@ -763,7 +772,8 @@ def check_split_sizes(corpus, args):
 
 def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):
     world = Context.get().world
-    uni = unigram_loss(corpus, [b for r in range(world) for b in fixed_windows(splits["val"], args, Context(r, world))])
+    uni = unigram_loss(corpus, [b for r in range(world) for b in fixed_windows(splits["val"], args, Context(r, world))],
+                       gpt_config(args).vocab)
     print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in {seconds:.0f} s; "
           f"pretrained LM {lm_dir}, planner {planner_dir}")
     print(f"val perplexity {math.exp(final['val_loss']):.1f} vs unigram {math.exp(uni):.1f} "

@@ -1,5 +1,9 @@
-"""Tests for compare.py: one tiny seed of the whole comparison, then a rerun that must redo nothing."""
+"""Tests for compare.py: one tiny seed of the whole comparison, then a rerun that must redo nothing; a sweep."""
+import argparse
 import json
+
+import numpy as np
+import pytest
 
 import compare
 import eval as evaluation
@@ -30,7 +34,8 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
     assert f"| soft (joint) beats hard | soft-joint vs hard-frozen | {ppl['soft-joint'] / ppl['hard-frozen'] - 1:+.2%} |" in md
     assert "Label baselines (top-1 / top-5): the most frequent label" in md
     reliance = {evaluation.run_name(r["run"]) for r in results["reliance"]}
-    assert reliance == set(names) - {"none"} and "| oracle | +" in md  # the oracle's perplexity rises without its plans
+    assert reliance == set(names) - {"none", "fixed", "uniform"}  # their plans are constant: nothing to swap
+    assert "| oracle | +" in md  # the oracle's perplexity rises without its plans
     assert (tmp_path / "cmp" / "cmp-val-loss.png").exists() and (tmp_path / "cmp" / "cmp-perplexity.png").exists()
 
     def redone(*a, **k):
@@ -39,3 +44,53 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
         monkeypatch.setattr(module, name, redone)
     compare.main(argv)
     assert (tmp_path / "cmp" / "results.md").read_text() == md
+
+
+def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
+    argv = FAST + ["--out-dir", str(tmp_path / "sw"), "--data-dir", str(tmp_path / "data"), "--seeds", "0,1",
+                   "--sample-docs", "0", "--ambiguities", "0,0.5", "--runs", "none,hard-frozen,soft-joint"]
+    compare.main(argv)
+    for a in ("a0", "a0.5"):
+        results = json.loads((tmp_path / "sw" / a / "results.json").read_text())
+        assert [evaluation.run_name(r["run"]) for r in results["val"]] == ["none", "hard-frozen", "soft-joint"] * 2
+        ck = train.load_checkpoint(tmp_path / "sw" / a / "seed1" / "soft-joint" / "ckpt.pt")
+        assert ck["config"]["synthetic_ambiguity"] == float(a[1:]) and ck["config"]["seed"] == 1
+    sweep = (tmp_path / "sw" / "sweep.md").read_text()
+    changes = evaluation.paired_changes(json.loads((tmp_path / "sw" / "a0.5" / "results.json").read_text())["val"],
+                                        "soft-joint", "hard-frozen")
+    assert "| finding | A vs B | ambiguity a = 0 | ambiguity a = 0.5 |" in sweep
+    assert "| soft (joint) beats hard | soft-joint vs hard-frozen | " in sweep and compare.claim_cell(changes, "beats") in sweep
+    assert "ST is not better" not in sweep  # no st-joint run: no row
+    assert "| plan reliance: the split's mean plan | soft-joint |" in sweep
+    assert (tmp_path / "sw" / "sw-sweep.png").exists()
+
+
+def test_the_t_interval_and_the_verdicts():
+    changes = [0.01, 0.02, 0.03]  # mean 0.02, std 0.01: half-width t_0.975(2) * 0.01 / sqrt 3
+    lo, hi = compare.interval(changes)
+    assert np.isclose(lo, 0.02 - 4.303 * 0.01 / np.sqrt(3)) and np.isclose(hi, 0.02 + 4.303 * 0.01 / np.sqrt(3))
+    assert compare.verdict(changes, "beats") == "not distinguishable"
+    assert compare.verdict([-0.03, -0.02, -0.025], "beats") == "holds"
+    assert compare.verdict([0.03, 0.02, 0.025], "beats") == "reversed"
+    assert compare.verdict([-0.03, -0.02, -0.025], "not better") == "does not hold: A is better"
+    assert compare.verdict([0.03, 0.02, 0.025], "not better") == "holds: A is worse"
+    assert compare.verdict([0.01], "beats") == "one seed: no verdict" and compare.interval([0.01]) is None
+
+
+def _settings(*argv):
+    p = argparse.Namespace(runs="none", ambiguities=None, block_sizes=None)
+    for flag, value in zip(argv[::2], argv[1::2]):
+        setattr(p, flag, value)
+    return p
+
+
+def test_block_sizes_keep_the_tokens_per_step():
+    settings = compare.sweep_settings(_settings("block_sizes", "32,64,128"), ["--batch-size", "8", "--block-size", "64"])
+    assert [(name, flags) for name, _, flags in settings] == [
+        ("block32", ["--block-size", "32", "--batch-size", "16"]), ("block64", ["--block-size", "64", "--batch-size", "8"]),
+        ("block128", ["--block-size", "128", "--batch-size", "4"])]
+    assert compare.sweep_settings(_settings("block_sizes", "64"), [])[0][2] == ["--block-size", "64", "--batch-size", "32"]
+    with pytest.raises(train.TrainError, match="must divide by every window"):
+        compare.sweep_settings(_settings("block_sizes", "48"), [])
+    with pytest.raises(train.TrainError, match="unknown run soft"):
+        compare.sweep_settings(_settings("runs", "none,soft"), [])

@@ -306,3 +306,12 @@ def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
     expected, counted = data.next_type_ceiling(types, n_types, seed, ambiguity)
     assert abs(expected - counted) < 0.02
     assert (expected < 0.45) if ambiguity else (expected > 0.6)
+
+
+def test_the_synthetic_vocabulary_holds_every_token_the_generator_writes():
+    for seed, ambiguity in ((0, 0.0), (5, 0.5)):
+        vocab = data.synthetic_vocab(seed, 16)
+        docs, _ = data.synthetic_corpus(800, 16, seed, ambiguity)
+        written = set(np.concatenate([data.tokenizer().encode_ordinary(d) for d in docs]).tolist()) | {data.EOT}
+        assert written <= set(vocab) and len(vocab) < 1000 and list(vocab) == sorted(vocab)
+        assert len(written) > 0.8 * len(vocab)  # no more than the generator can write: nearly all of it is written

@@ -162,3 +162,24 @@ def test_generate_with_plans():
     for t in range(3, 8):  # each greedy token is the argmax of the full forward pass at that point
         logits = model(greedy[:, :t], plan=plan_fn(greedy[:, :t]))[0][:, -1]
         assert torch.equal(greedy[:, t], logits.argmax(-1))
+
+
+def test_a_closed_vocabulary_predicts_over_its_own_tokens():
+    """With config.vocab, ids map to rows on the way in and back when sampling; the loss is the
+    cross-entropy over the vocabulary's rows; an id outside it is refused."""
+    vocab = (3, 10, 17, 40, 63, 50256)
+    model = _model(vocab=vocab, vocab_size=0)  # vocab_size follows from the vocabulary
+    assert model.config.vocab_size == 6 and model.lm_head.weight.shape == (6, 32)
+    ids = torch.tensor(vocab)[torch.randint(0, 6, (2, 12))]
+    targets = torch.tensor(vocab)[torch.randint(0, 6, (2, 12))]
+    targets[0, :3] = -1
+    logits, _ = model(ids)
+    rows = {t: i for i, t in enumerate(vocab)}
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 6), torch.tensor([rows.get(int(t), -1) for t in targets.reshape(-1)]), ignore_index=-1)
+    torch.testing.assert_close(model(ids, targets)[1], expected)
+    out = model.generate(ids[:, :2], 30, generator=torch.Generator().manual_seed(0))
+    assert set(out.reshape(-1).tolist()) <= set(vocab)
+    for outside in (4, 50000):
+        with pytest.raises(ValueError, match="closed vocabulary"):
+            model(torch.tensor([[3, outside]]))
