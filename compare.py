@@ -1,14 +1,20 @@
 """
 The paper's comparison at small scale: every estimator and control, over several seeds, as one table.
 
-    python compare.py --dataset synthetic <flags>   # the README's synthetic table (flags there)
     python compare.py --dataset wiki <flags>        # the README's wiki table
+    python compare.py --dataset synthetic --ambiguities 0,0.25,0.5 <flags>   # the README's synthetic sweep
+    python compare.py --dataset wiki --block-sizes 32,64,128 --runs none,fixed,oracle,hard-frozen,soft-joint
 
 Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
 go to train.py unchanged. Finished runs, their evaluations and their samples (cached next to each
 checkpoint) are skipped, so an interrupted comparison picks up where it stopped. The tables are
-printed and written to <out-dir>/results.md and .json.
+printed and written to <out-dir>/results.md and .json. Each finding gets the 95% t-interval of its
+mean over seeds and the verdict that interval gives ("holds", "reversed", "not distinguishable").
+
+A sweep (--ambiguities or --block-sizes) makes the whole comparison at each value, in
+<out-dir>/a<value>/ or block<value>/, then sets the findings side by side in <out-dir>/sweep.md and
+draws each run against --reference (the same seed) against the swept value.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write

@@ -1,5 +1,4 @@
 """Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code from a file."""
-import math
 import os
 import signal
 import subprocess

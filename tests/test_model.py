@@ -183,3 +183,15 @@ def test_a_closed_vocabulary_predicts_over_its_own_tokens():
     for outside in (4, 50000):
         with pytest.raises(ValueError, match="closed vocabulary"):
             model(torch.tensor([[3, outside]]))
+
+
+def test_biases_start_at_zero_and_then_it_is_the_bias_free_gpt():
+    with_bias, plain = _model(bias=True), _model()
+    biases = {k for k in with_bias.state_dict() if k.endswith(".bias") and ".ln_" not in k and "ln_f" not in k}
+    assert len(biases) == 4 * TINY["n_layer"] and not any(".adapter." in k for k in biases)  # qkv, proj, fc, mlp proj
+    with_bias.load_state_dict({**plain.state_dict(), **{k: with_bias.state_dict()[k] for k in biases}})
+    idx = torch.randint(0, 64, (2, 16))
+    torch.testing.assert_close(with_bias(idx)[0], plain(idx)[0])
+    with torch.no_grad():
+        with_bias.blocks[0].attn.proj.bias.fill_(0.5)
+    assert not torch.allclose(with_bias(idx)[0], plain(idx)[0])

@@ -1,0 +1,39 @@
+"""Tests for tune.py: the one-decision-at-a-time search, on a tiny synthetic setting, then a rerun that redoes nothing."""
+import json
+
+import eval as evaluation
+import train
+import tune
+from test_compare import FAST
+
+
+def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "WINDOWS", (16, 32))
+    monkeypatch.setattr(tune, "LRS", (1e-3, 3e-3))
+    monkeypatch.setattr(tune, "LM_SHARES", (0.5, 0.625))
+    monkeypatch.setattr(tune, "CONFIRM_SEEDS", (1,))
+    pairs = [FAST[i:i + 2] for i in range(0, len(FAST), 2)]
+    flags = [f for pair in pairs if pair[0] not in ("--seeds", "--sample-docs") for f in pair]  # tokens a step: 4 x 32
+    argv = flags + ["--out-dir", str(tmp_path / "tune"), "--data-dir", str(tmp_path / "data")]
+    tune.main(argv)
+    md = (tmp_path / "tune" / "results.md").read_text()
+    runs = sorted((tmp_path / "tune").glob("*/seed*/soft-joint"))
+    # window 16 and 32 (lr 2e-3, 10 of 16 steps pretraining); lr 1e-3 and 3e-3 at the better window;
+    # 8 and 10 pretraining steps at the better of those; the best two again on seed 1
+    assert len({r.parent.parent.name for r in runs}) == 5 and sum(r.parent.name == "seed1" for r in runs) == 2
+    ppl = {}
+    for run in runs:
+        ck = train.load_checkpoint(run / "ckpt.pt")["config"]
+        assert ck["batch_size"] * ck["block_size"] == 128 and ck["lm_iters"] + ck["finetune_iters"] == 16
+        assert ck["finetune_lr"] == ck["lr"] / 2 and ck["mode"] == "soft"
+        if run.parent.name == "seed0":
+            ppl[run.parent.parent.name] = json.loads((run / "eval-val.json").read_text())["perplexity"]
+    assert md.count("| confirm |") == 2 and md.count("| 1. window |") == 2
+    assert f"- best on seed 0: {min(ppl, key=ppl.get)};" in md
+
+    def redone(*a, **k):
+        raise AssertionError("a finished run or evaluation was redone")
+    monkeypatch.setattr(train, "main", redone)
+    monkeypatch.setattr(evaluation, "evaluate", redone)
+    tune.main(argv)
+    assert (tmp_path / "tune" / "results.md").read_text() == md
