@@ -182,18 +182,23 @@ def summary(values, fmt):
 def table(results):
     """Markdown comparison, one row per (mode, planner), mean ± std over the seeds given.
 
-    'vs none' is the change in perplexity against the run of mode none with the same seed.
+    'vs none' is the change in perplexity against the run of mode none with the same seed; 'vs fixed'
+    (when there are fixed runs) against fixed, one learned plan vector for every sentence: the same
+    parameters as any planned mode without the information, so what the plans' content adds.
     """
     groups = {}
     for r in results:
         groups.setdefault((r["mode"], r["planner"]), []).append(r)
-    none = {r["seed"]: r["perplexity"] for r in groups.get(("none", None), [])}
-    rows = ["| run | mode | planner | perplexity | vs none | planner top-1 | planner top-5 |", "|---" * 7 + "|"]
+    refs = ["none"] + (["fixed"] if ("fixed", None) in groups else [])
+    base = {ref: {r["seed"]: r["perplexity"] for r in groups.get((ref, None), [])} for ref in refs}
+    rows = ["| run | mode | planner | perplexity | " + " | ".join(f"vs {ref}" for ref in refs) + " | planner top-1 | planner top-5 |",
+            "|---" * (6 + len(refs)) + "|"]
     for (mode, planner), rs in groups.items():
-        change = [r["perplexity"] / none[r["seed"]] - 1 for r in rs if r["seed"] in none]
+        change = [summary([r["perplexity"] / base[ref][r["seed"]] - 1 for r in rs if r["seed"] in base[ref]], "+.1%")
+                  for ref in refs]
         name = run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
         rows.append(f"| {name} | {mode} | {planner or ''} | {summary([r['perplexity'] for r in rs], '.2f')} | "
-                    f"{summary(change, '+.1%')} | {summary([r['planner_top1'] for r in rs], '.3f')} | "
+                    f"{' | '.join(change)} | {summary([r['planner_top1'] for r in rs], '.3f')} | "
                     f"{summary([r['planner_top5'] for r in rs], '.3f')} |")
     return "\n".join(rows)
 

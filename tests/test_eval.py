@@ -24,3 +24,10 @@ def test_table_pairs_seeds_against_none():
     assert lines[3] == "| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | 0.200 ± 0.100 | 0.500 ± 0.000 |"
     single = evaluation.table(rows[:2]).splitlines()
     assert single[3] == "| soft-joint | soft | joint | 90.00 | -10.0% | 0.100 | 0.500 |"
+    fixed = [dict(r, run=r["run"].replace("none", "fixed"), mode="fixed", perplexity=r["perplexity"] - 5)
+             for r in rows if r["mode"] == "none"]
+    with_fixed = evaluation.table(rows + fixed).splitlines()  # then also against fixed: the plans' content
+    # fixed is 5 below none: 95, 105, 115 against soft's 90, 100, 110: -5.3%, -4.8%, -4.3%
+    assert with_fixed[0] == "| run | mode | planner | perplexity | vs none | vs fixed | planner top-1 | planner top-5 |"
+    assert with_fixed[1] == "|---" * 8 + "|"
+    assert with_fixed[3] == "| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | -4.8% ± 0.5% | 0.200 ± 0.100 | 0.500 ± 0.000 |"
