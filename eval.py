@@ -333,8 +333,9 @@ def sweep_figure(sweep_json, path, reference):
     nudge = 0.006 * (max(values) - min(values) or 1)  # side by side, so the error bars do not hide each other
     for i, name in enumerate(n for n in names if n != reference):
         change = [[100 * c for c in paired_changes(r["val"], name, reference)] for r in reports]
-        ax.errorbar(np.array(values, float) + nudge * (i - len(names) / 2), [np.mean(c) for c in change], [np.std(c, ddof=1) if len(c) > 1 else 0 for c in change],
-                    marker="o", ms=4, capsize=3, label=name, ls="--" if name in ("none", "fixed", "uniform", "oracle") else "-")
+        ax.errorbar(np.array(values, float) + nudge * (i - len(names) / 2), [np.mean(c) for c in change],
+                    [np.std(c, ddof=1) if len(c) > 1 else 0 for c in change], marker="o", ms=4, capsize=3,
+                    label=name, ls="--" if name in ("none", "fixed", "uniform", "oracle") else "-")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xticks=values, xlabel=sweep["swept"], ylabel=f"val perplexity vs {reference}, same seed (%)",
            title=f"each run against {reference}: mean ± std over {len(reports[0]['val']) // len(names)} seeds")

@@ -224,7 +224,7 @@ def cpu_has_native_bf16():
 
 def gpt_config(args):
     # The synthetic corpus has a closed vocabulary: its LM's head has a row per token the generator can
-    # write (~700), not 50,257, which made 97% of a small model's step and changes nothing it can learn.
+    # write (~700), not 50,257 rows for tokens that never occur, which made 97% of a small model's step.
     vocab = data.synthetic_vocab(args.seed, args.synthetic_types) if args.dataset == "synthetic" else None
     return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                      dropout=args.dropout, plan_dim=args.embed_dim, bias=args.bias, vocab=vocab)
