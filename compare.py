@@ -50,6 +50,9 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
+CONSTANT_PLANS = ("none", "fixed", "uniform")  # no plan, or the same one for every sentence: nothing to swap or follow
+
+
 def run_names():
     return [mode + (f"-{planner}" if planner else "") for mode, planner in RUNS]
 
@@ -127,14 +130,14 @@ def compare(args, train_flags, out):
     print("\n" + tables[-1])
     report["reliance"] = [{"run": str(r), how: cached(r, f"eval-val-{how}.json",
                                                       lambda: evaluation.evaluate(r, "val", args.device, how))["perplexity"]}
-                          for r in runs if r.name not in ("none", "fixed", "uniform") for how in ("shuffled", "mean")]
+                          for r in runs if r.name not in CONSTANT_PLANS for how in ("shuffled", "mean")]
     tables.append(f"{title}, plan reliance: val perplexity with every plan replaced, against the run's own plans "
                   f"(same seed)\n\n{reliance_table(report)}")
     print("\n" + tables[-1])
     if args.sample_docs:
         first = f"seed{args.seeds.split(',')[0]}"
         report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs))
-                               for r in runs if r.parent.name == first and r.name.split("-")[0] not in ("none", "fixed", "uniform")]
+                               for r in runs if r.parent.name == first and r.name not in CONSTANT_PLANS]
         tables.append(f"{title}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
                       f"\n\n{following_table(report['following'])}")
         print("\n" + tables[-1])
