@@ -12,7 +12,8 @@ would be 27 runs):
   2. the peak learning rate of pretraining (fine-tuning peaks at half of it, as in the defaults);
   3. how the LM's steps (550 with the defaults) are shared between pretraining and fine-tuning.
 Every run is train.py's, in out/tune/<setting>/seed<N>/; finished runs and their evaluations are
-skipped, so the search can be stopped and continued. The table goes to out/tune/results.md.
+skipped, so the search can be stopped and continued. The table so far goes to out/tune/results.md after
+every run.
 """
 
 import argparse
@@ -53,10 +54,15 @@ def search(args, train_flags):
 
     def measure(decision, candidates, seed=0):
         for setting in candidates:
-            rows.append((decision, setting, seed))
             if (name(setting), seed) not in results:
                 results[name(setting), seed] = run(args, train_flags, setting, tokens, steps, seed)
+            rows.append((decision, setting, seed))
+            write(table(rows, results, [], tokens, steps))  # a search stopped here leaves its table so far
         return min(candidates, key=lambda s: results[name(s), seed]["perplexity"])
+
+    def write(md):
+        with data.atomic_write(Path(args.out_dir) / "results.md") as tmp:
+            Path(tmp).write_text(md + "\n")
 
     best = measure("1. window", [{**best, "block": b} for b in WINDOWS if tokens % b == 0])
     best = measure("2. learning rate", [{**best, "lr": lr} for lr in LRS])
@@ -67,8 +73,7 @@ def search(args, train_flags):
         measure("confirm", [settings[n] for n in finalists], seed)
     md = table(rows, results, finalists, tokens, steps)
     print("\n" + md)
-    with data.atomic_write(Path(args.out_dir) / "results.md") as tmp:
-        Path(tmp).write_text(md + "\n")
+    write(md)
 
 
 def name(setting):

@@ -1,6 +1,8 @@
 """Tests for tune.py: the one-decision-at-a-time search, on a tiny synthetic setting, then a rerun that redoes nothing."""
 import json
 
+import pytest
+
 import eval as evaluation
 import train
 import tune
@@ -15,7 +17,23 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
     pairs = [FAST[i:i + 2] for i in range(0, len(FAST), 2)]
     flags = [f for pair in pairs if pair[0] not in ("--seeds", "--sample-docs") for f in pair]  # tokens a step: 4 x 32
     argv = flags + ["--out-dir", str(tmp_path / "tune"), "--data-dir", str(tmp_path / "data")]
-    tune.main(argv)
+    real_run, calls = tune.run, []
+
+    def stopped_after_two(*a):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(a)
+        return real_run(*a)
+    monkeypatch.setattr(tune, "run", stopped_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        tune.main(argv)
+    partial = (tmp_path / "tune" / "results.md").read_text()  # what a stopped search leaves: its table so far
+    assert partial.count("| 1. window |") == 2 and "best on seed 0" not in partial
+    monkeypatch.setattr(tune, "run", real_run)
+    real_train, trained = train.main, []
+    monkeypatch.setattr(train, "main", lambda argv: trained.append(argv) or real_train(argv))
+    tune.main(argv)  # continues where it stopped: 7 runs in all, the 2 finished ones not trained again
+    assert len(trained) == 5
     md = (tmp_path / "tune" / "results.md").read_text()
     runs = sorted((tmp_path / "tune").glob("*/seed*/soft-joint"))
     # window 16 and 32 (lr 2e-3, 10 of 16 steps pretraining); lr 1e-3 and 3e-3 at the better window;
