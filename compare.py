@@ -13,8 +13,8 @@ printed and written to <out-dir>/results.md and .json. Each finding gets the 95%
 mean over seeds and the verdict that interval gives ("holds", "reversed", "not distinguishable").
 
 A sweep (--ambiguities or --block-sizes) makes the whole comparison at each value, in
-<out-dir>/a<value>/ or block<value>/, then sets the findings side by side in <out-dir>/sweep.md and
-draws each run against --reference (the same seed) against the swept value.
+<out-dir>/a<value>/ or block<value>/, then sets the findings and the plan reliance side by side in
+<out-dir>/sweep.md and draws both against the swept value.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write
@@ -74,7 +74,6 @@ def main(argv=None):
     g = p.add_argument_group("a sweep: the whole comparison at each value, then the findings against it")
     g.add_argument("--ambiguities", help="comma-separated values of --synthetic-ambiguity (synthetic corpus)")
     g.add_argument("--block-sizes", help="comma-separated LM windows; --batch-size follows so tokens per step stay equal")
-    g.add_argument("--reference", default="hard-frozen", help="the run the sweep's figure sets every other against")
     args, train_flags = p.parse_known_args(argv)
     try:
         settings = sweep_settings(args, train_flags)
@@ -208,31 +207,39 @@ def claims_table(report):
 
 
 def summarise_sweep(args, out, reports):
-    """The findings at every value of the swept setting, as one table and one figure; -> nothing, written to
-    <out>/sweep.md, sweep.json and <out>/<name>-sweep.png."""
+    """The findings and the plan reliance at every value of the swept setting, as one table and one
+    figure; -> nothing, written to <out>/sweep.md, sweep.json and <out>/<name>-sweep.png."""
     what = "ambiguity a" if args.ambiguities else "LM window (tokens)"
+    findings = [{"claim": claim, "a": a, "b": b, "kind": kind,
+                 "changes": [evaluation.paired_changes(r["val"], a, b) for _, r in reports]} for claim, a, b, kind in CLAIMS]
+    findings = [f for f in findings if all(f["changes"])]
+    rises = [reliance_rises(r) for _, r in reports]
+    reliance = [{"run": name, "how": how, "rises": [r[name][how] for r in rises]}
+                for name in sorted(set.intersection(*map(set, rises)) if rises else (), key=run_names().index)
+                for how in ("shuffled", "mean")]
     head = "| finding | A vs B | " + " | ".join(f"{what} = {v:g}" for v, _ in reports) + " |"
     rows = [head, "|---" * (2 + len(reports)) + "|"]
-    for claim, a, b, kind in CLAIMS:
-        changes = [evaluation.paired_changes(r["val"], a, b) for _, r in reports]
-        if all(changes):
-            rows.append(f"| {claim} | {a} vs {b} | " + " | ".join(claim_cell(c, kind) for c in changes) + " |")
-    reliance = [{evaluation.run_name(x["run"]) for x in r["reliance"]} for _, r in reports]
-    for name in sorted(set.intersection(*reliance), key=run_names().index) if reliance else []:
-        cells = [reliance_rises(r)[name]["mean"] for _, r in reports]
-        rows.append(f"| plan reliance: the split's mean plan | {name} | " +
-                    " | ".join(evaluation.summary(c, "+.2%") for c in cells) + " |")
+    rows += [f"| {f['claim']} | {f['a']} vs {f['b']} | " + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
+             for f in findings]
+    rows += [f"| plan reliance: {RELIANCE[x['how']]} | {x['run']} | " + " | ".join(evaluation.summary(c, "+.2%") for c in x["rises"]) + " |"
+             for x in reliance]
     md = (f"{args.dataset}, the findings at each {what}: val perplexity of A against B of the same seed, "
-          f"mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict it gives\n\n" + "\n".join(rows))
+          f"mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict it gives; plan "
+          f"reliance: how much the run's val perplexity rises with other plans than its own\n\n" + "\n".join(rows))
     print("\n" + md)
     with data.atomic_write(out / "sweep.md") as tmp:
         Path(tmp).write_text(md + "\n")
+    sweep = {"swept": what, "values": [v for v, _ in reports], "seeds": args.seeds, "findings": findings,
+             "reliance": reliance, "reports": [[v, r] for v, r in reports]}
     with data.atomic_write(out / "sweep.json") as tmp:
-        Path(tmp).write_text(json.dumps({"swept": what, "reports": [[v, r] for v, r in reports]}, indent=1))
+        Path(tmp).write_text(json.dumps(sweep, indent=1))
     try:
-        print(evaluation.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png", args.reference))
+        print(evaluation.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png"))
     except evaluation.EvalError as e:
         print(f"no figure: {e}")
+
+
+RELIANCE = {"shuffled": "another sentence's plan", "mean": "the split's mean plan"}
 
 
 def reliance_rises(report):
@@ -247,7 +254,7 @@ def reliance_rises(report):
 
 def reliance_table(report):
     """How much perplexity rises when the LM gets other plans than its own: what it draws from their content."""
-    return "\n".join(["| run | shuffled: another sentence's plan | mean: the split's mean plan |", "|---|---|---|"] +
+    return "\n".join([f"| run | shuffled: {RELIANCE['shuffled']} | mean: {RELIANCE['mean']} |", "|---|---|---|"] +
                       [f"| {name} | {evaluation.summary(r['shuffled'], '+.2%')} | {evaluation.summary(r['mean'], '+.2%')} |"
                        for name, r in reliance_rises(report).items()])
 

@@ -320,26 +320,41 @@ def paired_changes(results, a, b):
     return [ppl[a, seed] / ppl[b, seed] - 1 for name, seed in ppl if name == a and (b, seed) in ppl]
 
 
-def sweep_figure(sweep_json, path, reference):
-    """For a sweep made by compare.py: every run's val perplexity against the reference run of the same
-    seed, mean ± std over seeds, against the swept setting; -> the path written."""
+def sd(xs):
+    return np.std(xs, ddof=1) if len(xs) > 1 else 0
+
+
+def sweep_figure(sweep_json, path):
+    """For a sweep made by compare.py, against the swept setting: left, each finding (A against B of the
+    same seed); right, each planned run's plan reliance; mean ± std over seeds. -> the path written."""
     plt = pyplot()
-    sweep = json.loads(Path(sweep_json).read_text())
-    values, reports = [v for v, _ in sweep["reports"]], [r for _, r in sweep["reports"]]
-    names = list(dict.fromkeys(run_name(r["run"]) for r in reports[0]["val"]))
-    if reference not in names:
-        raise EvalError(f"--reference {reference} is not among the runs ({', '.join(names)})")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    nudge = 0.006 * (max(values) - min(values) or 1)  # side by side, so the error bars do not hide each other
-    for i, name in enumerate(n for n in names if n != reference):
-        change = [[100 * c for c in paired_changes(r["val"], name, reference)] for r in reports]
-        ax.errorbar(np.array(values, float) + nudge * (i - len(names) / 2), [np.mean(c) for c in change],
-                    [np.std(c, ddof=1) if len(c) > 1 else 0 for c in change], marker="o", ms=4, capsize=3,
-                    label=name, ls="--" if name in ("none", "fixed", "uniform", "oracle") else "-")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xticks=values, xlabel=sweep["swept"], ylabel=f"val perplexity vs {reference}, same seed (%)",
-           title=f"each run against {reference}: mean ± std over {len(reports[0]['val']) // len(names)} seeds")
-    ax.legend(fontsize=8, ncol=2)
+    try:
+        sweep = json.loads(Path(sweep_json).read_text())
+        values, findings, reliance = np.array(sweep["values"], float), sweep["findings"], sweep["reliance"]
+    except (ValueError, KeyError, TypeError):
+        raise EvalError(f"{sweep_json} holds no sweep's findings: run compare.py with the sweep again to write it") from None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    nudge = 0.006 * (values.max() - values.min() or 1)  # side by side, so the error bars do not hide each other
+    for i, f in enumerate(findings):
+        pct = [[100 * c for c in per_seed] for per_seed in f["changes"]]
+        left.errorbar(values + nudge * (i - len(findings) / 2), [np.mean(c) for c in pct], [sd(c) for c in pct],
+                      marker="o", ms=4, capsize=3, label=f"{f['a']} vs {f['b']}")
+    # a ratio on a log axis: the oracle's plans can matter ten times more than a planner's, and both must show
+    runs = list(dict.fromkeys(x["run"] for x in reliance))
+    for i, x in enumerate(reliance):
+        ratio = [[1 + c for c in per_seed] for per_seed in x["rises"]]
+        right.errorbar(values + nudge * (i - len(reliance) / 2), [np.mean(r) for r in ratio], [sd(r) for r in ratio],
+                       marker="o", ms=4, capsize=3, color=f"C{runs.index(x['run'])}", ls="-" if x["how"] == "shuffled" else "--",
+                       label=x["run"] if x["how"] == "shuffled" else None)
+    left.set(ylabel="val perplexity of A against B, same seed (%)", title="the findings")
+    left.axhline(0, color="grey", lw=0.8)
+    right.set(yscale="log", ylabel="val perplexity with other plans / with its own",
+              title="plan reliance: shuffled plans (solid), the mean plan (dashed)")
+    right.axhline(1, color="grey", lw=0.8)
+    for ax in (left, right):
+        ax.set(xticks=values, xlabel=sweep["swept"])
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"mean ± std over seeds {sweep['seeds']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -62,7 +62,14 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     assert "| soft (joint) beats hard | soft-joint vs hard-frozen | " in sweep and compare.claim_cell(changes, "beats") in sweep
     assert "ST is not better" not in sweep  # no st-joint run: no row
     assert "| plan reliance: the split's mean plan | soft-joint |" in sweep
+    assert "| plan reliance: another sentence's plan | hard-frozen |" in sweep
+    figure_data = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert figure_data["values"] == [0, 0.5] and figure_data["findings"][0]["changes"][1] == changes
+    assert [(x["run"], x["how"]) for x in figure_data["reliance"]] == [
+        ("hard-frozen", "shuffled"), ("hard-frozen", "mean"), ("soft-joint", "shuffled"), ("soft-joint", "mean")]
     assert (tmp_path / "sw" / "sw-sweep.png").exists()
+    with pytest.raises(evaluation.EvalError, match="holds no sweep"):
+        evaluation.sweep_figure(tmp_path / "sw" / "a0" / "results.json", tmp_path / "x.png")
 
 
 def test_the_t_interval_and_the_verdicts():
