@@ -8,7 +8,8 @@ The paper's comparison at small scale: every estimator and control, over several
 Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
 go to train.py unchanged. Finished runs, their evaluations and their samples (cached next to each
-checkpoint) are skipped, so an interrupted comparison picks up where it stopped. The tables are
+checkpoint) are skipped and a run cut short continues from its last checkpoint (train.py --resume),
+so an interrupted comparison picks up where it stopped. The tables are
 printed and written to <out-dir>/results.md and .json. Each finding gets the 95% t-interval of its
 mean over seeds and the verdict that interval gives ("holds", "reversed", "not distinguishable").
 
@@ -114,9 +115,10 @@ def compare(args, train_flags, out):
         for mode, planner in picked:
             name = mode + (f"-{planner}" if planner else "")
             run_dir = out / f"seed{seed}"
-            if not done(run_dir / name):
+            if not done(run_dir / name):  # a run cut short continues from its last checkpoint
                 train.main(train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir), "--device", args.device,
-                                          "--mode", mode] + (["--planner", planner] if planner else []))
+                                          "--mode", mode] + (["--planner", planner] if planner else []) +
+                           (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
             runs.append(run_dir / name)
     report, tables, title = {}, [], f"{args.dataset}{setting_title(out, args)}"
     for split in ("val", "test"):

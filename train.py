@@ -366,6 +366,19 @@ def identity(corpus):
     return {"tokenizer": data.GPT2_RANKS_SHA256, "labels": corpus.meta["key"]}
 
 
+# Where a run is kept, and on what hardware: a run can continue elsewhere, with or without torch.compile.
+NOT_THE_RUN = ("data_dir", "out_dir", "device", "compile", "resume")
+
+
+def refuse_other_settings(saved, args, ckpt_path):
+    """Continuing a run with other settings would make a run that no command describes."""
+    changed = [k for k in saved if k not in NOT_THE_RUN and saved[k] != vars(args).get(k)]
+    if changed:
+        flags = lambda values: ", ".join(f"--{k.replace('_', '-')} {values.get(k)}" for k in changed)
+        raise TrainError(f"--resume: {ckpt_path} was made with {flags(saved)}, not {flags(vars(args))}: "
+                         f"continue with the same flags, or delete {ckpt_path.parent} to start the run over")
+
+
 def checkpoint(net, args, corpus, stage, step, opt, done, best):
     ck = dict(stage=stage, step=step, done=done, config=vars(args), identity=identity(corpus),
               optimizer=opt.state_dict(), best_loss=best[0], best_step=best[1])
@@ -465,6 +478,8 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
     step, saved, best, log_path = 0, None, (math.inf, None), ckpt_path.parent / "log.jsonl"
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, args.device)
+        if stage == "finetune":  # a pretrained stage's folder is keyed by its settings; a run's is only named
+            refuse_other_settings(ck["config"], args, ckpt_path)
         load_state(net, ck)
         opt.load_state_dict(ck["optimizer"])
         step = saved = ck["step"]

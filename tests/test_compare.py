@@ -46,6 +46,25 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
     assert (tmp_path / "cmp" / "results.md").read_text() == md
 
 
+def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    calls = []
+
+    class Evaluated(Exception):
+        pass
+
+    def evaluated(*a, **k):
+        raise Evaluated
+    out = tmp_path / "cmp"
+    (out / "seed0" / "fixed").mkdir(parents=True)
+    (out / "seed0" / "fixed" / "ckpt.pt").write_bytes(b"")  # cut short: a checkpoint, not done
+    monkeypatch.setattr(compare, "done", lambda run_dir: False)
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(argv))
+    monkeypatch.setattr(evaluation, "evaluate", evaluated)
+    with pytest.raises(Evaluated):
+        compare.main(FAST + ["--out-dir", str(out), "--runs", "none,fixed"])
+    assert ["--resume" in argv for argv in calls] == [False, True]
+
+
 def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     argv = FAST + ["--out-dir", str(tmp_path / "sw"), "--data-dir", str(tmp_path / "data"), "--seeds", "0,1",
                    "--sample-docs", "0", "--ambiguities", "0,0.5", "--runs", "none,hard-frozen,soft-joint"]

@@ -95,6 +95,15 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tiny_out, tmp_pa
     assert not marker.exists()
 
 
+def test_resuming_a_run_with_other_settings_is_refused(tiny_out):
+    flags, root = tiny_out
+    saved = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)["config"]["finetune_lr"]
+    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--resume", "--finetune-lr", "0.123"]))
+    assert f"made with --finetune-lr {saved}, not --finetune-lr 0.123" in message
+    assert f"delete {root / 'out' / 'soft-joint'} to start the run over" in message
+    train.main(flags + ["--mode", "soft", "--resume", "--device", "cpu"])  # where it runs is not the run: allowed
+
+
 def test_a_truncated_checkpoint_is_one_line(tiny_out, tmp_path):
     flags, root = tiny_out
     raw = (root / "out" / "soft-joint" / "ckpt.pt").read_bytes()
