@@ -321,6 +321,7 @@ def paired_changes(results, a, b):
 
 
 def sd(xs):
+    """The standard deviation over seeds; 0 for one seed (no error bar)."""
     return np.std(xs, ddof=1) if len(xs) > 1 else 0
 
 
@@ -395,7 +396,7 @@ def perplexity_bars(plt, results, title):
         runs = [[r for r in results[split] if run_name(r["run"]) == name] for name in names]
         change = [[100 * (r["perplexity"] / none[r["seed"]] - 1) for r in rs if r["seed"] in none] for rs in runs]
         for ax, values in ((absolute, [[r["perplexity"] for r in rs] for rs in runs]), (paired, change)):
-            std = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+            std = [sd(v) for v in values]
             ax.barh(np.arange(len(names)) + 0.2 * (2 * i - 1), [np.mean(v) if v else 0 for v in values], 0.4,
                     xerr=std, capsize=2, label=split, color=f"C{i}")
     absolute.set_yticks(np.arange(len(names)), names)
