@@ -221,6 +221,13 @@ def summarise_sweep(args, out, reports):
                 for how in ("shuffled", "mean")]
     head = "| finding | A vs B | " + " | ".join(f"{what} = {v:g}" for v, _ in reports) + " |"
     rows = [head, "|---" * (2 + len(reports)) + "|"]
+    sweep = {"swept": what, "values": [v for v, _ in reports], "seeds": args.seeds}
+    if args.block_sizes:  # the premise of the window sweep, measured: how much of the document the LM misses
+        sweep["unseen"] = [evaluation.unseen_document(evaluation.load_run(r["val"][0]["run"])[2].splits["val"], v)
+                           for v, r in reports]
+        rows.append(f"| the document before the LM's window: the planner reads it, the LM does not | val text targets "
+                    f"it cuts / share of their document so far (seed {reports[0][1]['val'][0]['seed']}) | " +
+                    " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in sweep["unseen"]) + " |")
     rows += [f"| {f['claim']} | {f['a']} vs {f['b']} | " + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
              for f in findings]
     rows += [f"| plan reliance: {RELIANCE[x['how']]} | {x['run']} | " + " | ".join(evaluation.summary(c, "+.2%") for c in x["rises"]) + " |"
@@ -231,8 +238,7 @@ def summarise_sweep(args, out, reports):
     print("\n" + md)
     with data.atomic_write(out / "sweep.md") as tmp:
         Path(tmp).write_text(md + "\n")
-    sweep = {"swept": what, "values": [v for v, _ in reports], "seeds": args.seeds, "findings": findings,
-             "reliance": reliance, "reports": [[v, r] for v, r in reports]}
+    sweep.update(findings=findings, reliance=reliance, reports=[[v, r] for v, r in reports])
     with data.atomic_write(out / "sweep.json") as tmp:
         Path(tmp).write_text(json.dumps(sweep, indent=1))
     try:

@@ -90,6 +90,21 @@ def windows(n_targets, block_size):
     return out, block
 
 
+def unseen_document(split, block_size):
+    """What the planner reads and the LM does not, over the split's text targets scored as perplexity()
+    scores them: -> (share of the targets whose document's text begins before their window, mean share
+    of the document's text so far that lies before the window). The planner always reads it all."""
+    n = len(split.tokens) - 1
+    starts, firsts = np.array(windows(n, block_size)[0]).T
+    target = np.arange(1, n + 1)
+    window = starts[np.searchsorted(firsts, target, side="right") - 1]
+    opens = np.flatnonzero(split.tok_sent < 0)  # every document's <|endoftext|>, its text follows
+    text = opens[np.searchsorted(opens, target - 1, side="right") - 1] + 1
+    is_text = split.tok_sent[target] >= 0
+    before, so_far = np.maximum(window - text, 0)[is_text], (target - text)[is_text]
+    return float(np.mean(before > 0)), float(np.mean(before / np.maximum(so_far, 1)))
+
+
 @torch.no_grad()
 def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
     """-> (target tokens, mean NLL in nats) over the whole split.
@@ -352,8 +367,11 @@ def sweep_figure(sweep_json, path):
     right.set(yscale="log", ylabel="val perplexity with other plans / with its own",
               title="plan reliance: shuffled plans (solid), the mean plan (dashed)")
     right.axhline(1, color="grey", lw=0.8)
+    ticks = [f"{v:g}" for v in values]
+    if "unseen" in sweep:  # a window sweep: how much of the document so far each window leaves to the planner alone
+        ticks = [f"{t}\n{share:.0%} of the text so far unseen" for t, (_, share) in zip(ticks, sweep["unseen"])]
     for ax in (left, right):
-        ax.set(xticks=values, xlabel=sweep["swept"])
+        ax.set(xticks=values, xticklabels=ticks, xlabel=sweep["swept"])
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"mean ± std over seeds {sweep['seeds']}")
     fig.tight_layout()

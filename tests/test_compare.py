@@ -91,6 +91,19 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
         evaluation.sweep_figure(tmp_path / "sw" / "a0" / "results.json", tmp_path / "x.png")
 
 
+def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path):
+    out = tmp_path / "win"
+    compare.main(FAST + ["--out-dir", str(out), "--data-dir", str(tmp_path / "data"), "--sample-docs", "0",
+                         "--block-sizes", "8,32", "--runs", "fixed,oracle"])
+    sweep = json.loads((out / "sweep.json").read_text())
+    _, _, corpus = evaluation.load_run(out / "block8" / "seed0" / "oracle")
+    unseen = [list(evaluation.unseen_document(corpus.splits["val"], b)) for b in (8, 32)]
+    assert sweep["unseen"] == unseen and unseen[0][1] > unseen[1][1] > 0  # the smaller window hides more
+    cells = " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in unseen)
+    assert f"share of their document so far (seed 0) | {cells} |" in (out / "sweep.md").read_text()
+    assert (out / "win-sweep.png").exists()
+
+
 def test_the_t_interval_and_the_verdicts():
     changes = [0.01, 0.02, 0.03]  # mean 0.02, std 0.01: half-width t_0.975(2) * 0.01 / sqrt 3
     lo, hi = compare.interval(changes)

@@ -1,6 +1,8 @@
 """Tests for eval.py's pure parts: the windowing of the perplexity and the comparison table."""
+import numpy as np
 import pytest
 
+import data
 import eval as evaluation
 
 
@@ -12,6 +14,17 @@ def test_windows_score_every_target_once(n, block):
         scored += [t for t in range(start + 1, start + size + 1) if t >= first]
         assert start + size <= n  # a window never runs past the stream
     assert scored == list(range(1, n + 1))
+
+
+def test_unseen_document_counts_the_text_before_each_targets_window():
+    # two documents: 6 tokens in 2 sentences, then 3; the stream is <|endoftext|> a..f <|endoftext|> g h i
+    split = data.assemble([0, 1], np.arange(100, 109, dtype=np.uint16), np.array([3, 3, 3]), np.array([2, 1]))
+    # windows of 4 advance by 2: targets 1-4 seen from token 0, 5-6 from 2, 7-8 from 4, 9-10 from 6.
+    # Only targets 5 and 6 miss text of their document: token 1 of the 4 and 5 text tokens before them;
+    # target 7 is the <|endoftext|> (not text), 8-10 see their document's whole text.
+    targets, text = evaluation.unseen_document(split, 4)
+    assert targets == pytest.approx(2 / 9) and text == pytest.approx((1 / 4 + 1 / 5) / 9)
+    assert evaluation.unseen_document(split, 100) == (0.0, 0.0)  # one window holds the whole stream
 
 
 def test_table_pairs_seeds_against_none():
