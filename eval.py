@@ -367,13 +367,22 @@ def sweep_figure(sweep_json, path):
     right.set(yscale="log", ylabel="val perplexity with other plans / with its own",
               title="plan reliance: shuffled plans (solid), the mean plan (dashed)")
     right.axhline(1, color="grey", lw=0.8)
+    ticker = plt.matplotlib.ticker
+    if np.divide(*right.get_ylim()[::-1]) < 2:  # too narrow for a log axis' own ticks (1, 2, 3, ...)
+        right.yaxis.set_major_locator(ticker.MaxNLocator(6))
+    plain = ticker.FuncFormatter(lambda y, _: f"{y:g}")  # 1.05, not 1.05 x 10^0
+    right.yaxis.set_major_formatter(plain)
+    right.yaxis.set_minor_formatter(plain)
     ticks = [f"{v:g}" for v in values]
     if "unseen" in sweep:  # a window sweep: how much of the document so far each window leaves to the planner alone
-        ticks = [f"{t}\n{share:.0%} of the text so far unseen" for t, (_, share) in zip(ticks, sweep["unseen"])]
+        ticks = [f"{t}\n{share:.0%} unseen" for t, (_, share) in zip(ticks, sweep["unseen"])]
     for ax in (left, right):
+        if "unseen" in sweep:  # windows double: evenly spaced on a log axis
+            ax.set_xscale("log", base=2)
+            ax.minorticks_off()
         ax.set(xticks=values, xticklabels=ticks, xlabel=sweep["swept"])
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"mean ± std over seeds {sweep['seeds']}")
+    fig.suptitle(f"mean ± std over seeds {sweep['seeds']}" if "," in sweep["seeds"] else f"seed {sweep['seeds']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
