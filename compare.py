@@ -4,6 +4,7 @@ The paper's comparison at small scale: every estimator and control, over several
     python compare.py --dataset wiki <flags>        # the README's wiki table
     python compare.py --dataset synthetic --ambiguities 0,0.25,0.5 <flags>   # the README's synthetic sweep
     python compare.py --dataset wiki --block-sizes 32,64,128 --runs none,fixed,oracle,hard-frozen,soft-joint
+    python compare.py --dataset wiki --block-size 128 --batch-size 16 --eval-windows 32,64,128   # same LMs, less seen
 
 Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
@@ -15,7 +16,9 @@ mean over seeds and the verdict that interval gives ("holds", "reversed", "not d
 
 A sweep (--ambiguities or --block-sizes) makes the whole comparison at each value, in
 <out-dir>/a<value>/ or block<value>/, then sets the findings and the plan reliance side by side in
-<out-dir>/sweep.md and draws both against the swept value.
+<out-dir>/sweep.md and draws both against the swept value. --eval-windows trains nothing more: it
+scores the finished runs in shorter windows than they were trained in (val split), so that only what
+the LM sees of each document changes, not how well it was trained, and sums up the same way.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write
@@ -75,12 +78,16 @@ def main(argv=None):
     g = p.add_argument_group("a sweep: the whole comparison at each value, then the findings against it")
     g.add_argument("--ambiguities", help="comma-separated values of --synthetic-ambiguity (synthetic corpus)")
     g.add_argument("--block-sizes", help="comma-separated LM windows; --batch-size follows so tokens per step stay equal")
+    g.add_argument("--eval-windows", help="comma-separated windows (at most --block-size) to score the finished runs "
+                                          "in: the same LMs shown less of each document")
     args, train_flags = p.parse_known_args(argv)
     try:
         settings = sweep_settings(args, train_flags)
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
         reports = [(value, compare(args, train_flags + flags, out / name if name else out)) for name, value, flags in settings]
-        if len(settings) > 1:
+        if args.eval_windows:
+            reports = [(int(w), rescored(args, reports[0][1], int(w))) for w in args.eval_windows.split(",")]
+        if len(reports) > 1:
             summarise_sweep(args, out, reports)
     except (train.TrainError, evaluation.EvalError, data.DataError) as e:
         sys.exit(f"error: {e}")
@@ -91,8 +98,8 @@ def sweep_settings(args, train_flags):
     unknown = set(args.runs.split(",")) - set(run_names())
     if unknown:
         raise train.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: use some of {', '.join(run_names())}")
-    if args.ambiguities and args.block_sizes:
-        raise train.TrainError("--ambiguities and --block-sizes: sweep one at a time (two invocations)")
+    if sum(map(bool, (args.ambiguities, args.block_sizes, args.eval_windows))) > 1:
+        raise train.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a time (an invocation each)")
     if args.ambiguities:
         return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a]) for a in args.ambiguities.split(",")]
     if args.block_sizes:
@@ -129,9 +136,7 @@ def compare(args, train_flags, out):
         print("\n" + tables[-1])
     tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
     print("\n" + tables[-1])
-    report["reliance"] = [{"run": str(r), how: cached(r, f"eval-val-{how}.json",
-                                                      lambda: evaluation.evaluate(r, "val", args.device, how))["perplexity"]}
-                          for r in runs if r.name not in CONSTANT_PLANS for how in ("shuffled", "mean")]
+    report["reliance"] = reliance_rows(args, runs)
     tables.append(f"{title}, plan reliance: val perplexity with every plan replaced, against the run's own plans "
                   f"(same seed)\n\n{reliance_table(report)}")
     print("\n" + tables[-1])
@@ -151,6 +156,23 @@ def compare(args, train_flags, out):
     except evaluation.EvalError as e:
         print(f"no figures: {e}")
     return report
+
+
+def reliance_rows(args, runs, window=None):
+    """Each planned run's val perplexity with every plan replaced (shuffled, mean), scored in its own
+    windows or in windows of `window` tokens, cached next to its checkpoint."""
+    tag = f"-window{window}" if window else ""
+    return [{"run": str(r), how: cached(r, f"eval-val{tag}-{how}.json",
+                                        lambda: evaluation.evaluate(r, "val", args.device, how, window))["perplexity"]}
+            for r in runs if r.name not in CONSTANT_PLANS for how in ("shuffled", "mean")]
+
+
+def rescored(args, report, window):
+    """The report's finished runs scored in windows of `window` tokens: their val evaluations and plan
+    reliance, as compare() reports them at their own window."""
+    runs = [Path(r["run"]) for r in report["val"]]
+    return {"val": [cached(r, f"eval-val-window{window}.json", lambda: evaluation.evaluate(r, "val", args.device, window=window))
+                    for r in runs], "reliance": reliance_rows(args, runs, window)}
 
 
 def setting_title(out, args):
@@ -211,7 +233,7 @@ def claims_table(report):
 def summarise_sweep(args, out, reports):
     """The findings and the plan reliance at every value of the swept setting, as one table and one
     figure; -> nothing, written to <out>/sweep.md, sweep.json and <out>/<name>-sweep.png."""
-    what = "ambiguity a" if args.ambiguities else "LM window (tokens)"
+    what = "ambiguity a" if args.ambiguities else "LM window (tokens)" if args.block_sizes else "scoring window (tokens)"
     findings = [{"claim": claim, "a": a, "b": b, "kind": kind,
                  "changes": [evaluation.paired_changes(r["val"], a, b) for _, r in reports]} for claim, a, b, kind in CLAIMS]
     findings = [f for f in findings if all(f["changes"])]
@@ -222,7 +244,7 @@ def summarise_sweep(args, out, reports):
     head = "| finding | A vs B | " + " | ".join(f"{what} = {v:g}" for v, _ in reports) + " |"
     rows = [head, "|---" * (2 + len(reports)) + "|"]
     sweep = {"swept": what, "values": [v for v, _ in reports], "seeds": args.seeds}
-    if args.block_sizes:  # the premise of the window sweep, measured: how much of the document the LM misses
+    if args.block_sizes or args.eval_windows:  # the premise of a window sweep, measured: how much of the document the LM misses
         sweep["unseen"] = [evaluation.unseen_document(evaluation.load_run(r["val"][0]["run"])[2].splits["val"], v)
                            for v, r in reports]
         rows.append(f"| the document before the LM's window: the planner reads it, the LM does not | val text targets "

@@ -9,6 +9,7 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/soft-joint --browse 4            # the planner's guesses for val document 4
     python eval.py out/compare-wiki --figures assets    # PNG figures of a comparison (needs matplotlib)
     python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's (or: mean)
+    python eval.py out/soft-joint --window 16           # scored in 16-token windows: less of each document seen
 
 Perplexity counts every target token of the split exactly once (the split is one stream, every
 document opening with <|endoftext|>). Windows of block_size tokens advance by half a block; each
@@ -149,18 +150,25 @@ def substituted_plans(net, sd, how, seed=0):
     return table
 
 
-def evaluate(run, split="val", device="auto", plans="as-planned"):
+def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
+    """-> the run's perplexity on the split and its planner's accuracy, as a dict. window: score with
+    windows of this many tokens instead of the run's own block size: the same LM shown less of each document."""
     device = resolve_device(device)
     net, ck, corpus = load_run(run, device)
+    block = net.lm.config.block_size
+    if window is not None and window > block:
+        raise EvalError(f"--window {window}: {run} was trained on windows of {block} tokens (its positions end "
+                        f"there): give at most {block}")
     sd = SplitData(corpus.splits[split], device)
     table = None if plans == "as-planned" else substituted_plans(net, sd, plans).to(net.lm.wte.weight.dtype)
-    tokens, nll = perplexity(net, sd, net.lm.config.block_size, plan_table=table)
+    tokens, nll = perplexity(net, sd, window or block, plan_table=table)
     if not math.isfinite(nll):
         raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a lower learning rate")
     acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
             "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"], "seed": ck["config"]["seed"],
             "planner_top1": acc.get("planner_top1"), "planner_top5": acc.get("planner_top5"), "plans": plans,
+            "window": window or block,
             **label_baselines(corpus, split)}
 
 
@@ -485,6 +493,7 @@ def print_browse(args):
 # eval.py's numeric flags and their ranges, as train.FLAG_RANGES.
 FLAG_RANGES = [(("sample", "top_k"), lambda v: v >= 1, "at least 1"),
                (("browse", "seed"), lambda v: v >= 0, "zero or more"),
+               (("window",), lambda v: v >= 1, "at least 1 token"),
                (("temperature",), lambda v: 0 <= v < math.inf, "zero (always the likeliest token) or a positive number")]
 
 
@@ -496,6 +505,8 @@ def make_parser():
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="as train.py: a GPU if there is one")
     p.add_argument("--plans", default="as-planned", choices=PLANS,
                    help="replace every sentence's plan by a random other sentence's (shuffled) or the split's mean plan")
+    p.add_argument("--window", type=int, metavar="TOKENS",
+                   help="score with windows of TOKENS (at most the run's block size): the same LM shown less of each document")
     g = p.add_argument_group("sampling with plans (one run)")
     g.add_argument("--sample", type=int, metavar="N", help="write N sentences, each planned as it starts")
     g.add_argument("--prompt", default="", help="text to continue (default: a new document)")
@@ -521,14 +532,15 @@ def main(argv=None):
             return print_browse(args)
         if args.figures:
             return print(*figures(args.runs[0], args.figures), sep="\n")
-        results = [evaluate(r, args.split, args.device, args.plans) for r in args.runs]
+        results = [evaluate(r, args.split, args.device, args.plans, args.window) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
         print(f"{args.split} split, {results[0]['tokens']:,} target tokens" +
-              (f", every plan replaced ({args.plans})" if args.plans != "as-planned" else ""))
+              (f", every plan replaced ({args.plans})" if args.plans != "as-planned" else "") +
+              (f", scored in windows of {args.window} tokens" if args.window else ""))
         print(table(results))
         print(baselines_line(results))
 

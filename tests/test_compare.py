@@ -102,6 +102,15 @@ def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path
     cells = " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in unseen)
     assert f"share of their document so far (seed 0) | {cells} |" in (out / "sweep.md").read_text()
     assert (out / "win-sweep.png").exists()
+    # the 32-token runs scored again in 8- and 32-token windows: nothing trained, the same LMs shown less
+    compare.main(FAST + ["--out-dir", str(out / "block32"), "--data-dir", str(tmp_path / "data"), "--sample-docs", "0",
+                         "--eval-windows", "8,32", "--runs", "fixed,oracle"])
+    rescored = json.loads((out / "block32" / "sweep.json").read_text())
+    assert rescored["swept"] == "scoring window (tokens)" and rescored["unseen"] == unseen
+    own = json.loads((out / "block32" / "results.json").read_text())["val"]
+    assert [r["perplexity"] for r in rescored["reports"][1][1]["val"]] == [r["perplexity"] for r in own]
+    assert [r["window"] for r in rescored["reports"][0][1]["val"]] == [8, 8]
+    assert "| plan reliance: another sentence's plan | oracle |" in (out / "block32" / "sweep.md").read_text()
 
 
 def test_the_t_interval_and_the_verdicts():
@@ -117,7 +126,7 @@ def test_the_t_interval_and_the_verdicts():
 
 
 def _settings(*argv):
-    p = argparse.Namespace(runs="none", ambiguities=None, block_sizes=None)
+    p = argparse.Namespace(runs="none", ambiguities=None, block_sizes=None, eval_windows=None)
     for flag, value in zip(argv[::2], argv[1::2]):
         setattr(p, flag, value)
     return p

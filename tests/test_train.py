@@ -298,6 +298,20 @@ def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
         evaluation.main([str(root / "out" / "none"), "--plans", "mean"])
 
 
+def test_scoring_in_shorter_windows_shows_the_lm_less(dirs, capsys):
+    """The run's own window reproduces its figure; a shorter one scores every target once, with less of
+    its document in sight: another figure. (Not necessarily a worse one: this LM, trained briefly, scores
+    better in 8-token windows than in its own 64, as the wiki LMs do at 32 tokens against 128.)"""
+    _, root = dirs
+    own, same, short = (evaluation.evaluate(root / "out" / "none", window=w) for w in (None, 64, 8))
+    assert same["perplexity"] == own["perplexity"] and (own["window"], short["window"]) == (64, 8)
+    assert short["tokens"] == own["tokens"] and abs(short["perplexity"] / own["perplexity"] - 1) > 0.01
+    with pytest.raises(SystemExit, match="trained on windows of 64 tokens .*give at most 64"):
+        evaluation.main([str(root / "out" / "none"), "--window", "65"])
+    evaluation.main([str(root / "out" / "none"), "--window", "8"])
+    assert "scored in windows of 8 tokens" in capsys.readouterr().out
+
+
 def test_label_baselines_count_what_they_say():
     split = lambda labels, doc_sent: type("S", (), {"labels": np.array(labels), "doc_sent": np.array(doc_sent)})()
     corpus = type("C", (), {"codebook": np.zeros((3, 2)), "splits": {
