@@ -245,8 +245,8 @@ def summarise_sweep(args, out, reports):
     rows = [head, "|---" * (2 + len(reports)) + "|"]
     sweep = {"swept": what, "values": [v for v, _ in reports], "seeds": args.seeds}
     if args.block_sizes or args.eval_windows:  # the premise of a window sweep, measured: how much of the document the LM misses
-        sweep["unseen"] = [evaluation.unseen_document(evaluation.load_run(r["val"][0]["run"])[2].splits["val"], v)
-                           for v, r in reports]
+        val = evaluation.load_run(reports[0][1]["val"][0]["run"])[2].splits["val"]  # the same split at every window
+        sweep["unseen"] = [evaluation.unseen_document(val, v) for v, _ in reports]
         rows.append(f"| the document before the LM's window: the planner reads it, the LM does not | val text targets "
                     f"it cuts / share of their document so far (seed {reports[0][1]['val'][0]['seed']}) | " +
                     " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in sweep["unseen"]) + " |")
