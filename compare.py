@@ -170,6 +170,8 @@ def reliance_rows(args, runs, window=None):
 def rescored(args, report, window):
     """The report's finished runs scored in windows of `window` tokens: their val evaluations and plan
     reliance, as compare() reports them at their own window."""
+    if all(r.get("window") == window for r in report["val"]):  # their own window: compare() scored them in it
+        return report
     runs = [Path(r["run"]) for r in report["val"]]
     return {"val": [cached(r, f"eval-val-window{window}.json", lambda: evaluation.evaluate(r, "val", args.device, window=window))
                     for r in runs], "reliance": reliance_rows(args, runs, window)}
