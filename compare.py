@@ -20,6 +20,11 @@ A sweep (--ambiguities or --block-sizes) makes the whole comparison at each valu
 scores the finished runs in shorter windows than they were trained in (val split), so that only what
 the LM sees of each document changes, not how well it was trained, and sums up the same way.
 
+    python compare.py --holds out/compare-synthetic-ambiguity,out/compare-wiki-window --out-dir out/holds
+
+--holds trains nothing either: it sets the findings of finished comparisons and sweeps side by side,
+one row a setting, each with its verdict (README's "What holds" table).
+
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write
 a sentence of the label it was given? Last, the figures of eval.py --figures are written next to
@@ -80,8 +85,12 @@ def main(argv=None):
     g.add_argument("--block-sizes", help="comma-separated LM windows; --batch-size follows so tokens per step stay equal")
     g.add_argument("--eval-windows", help="comma-separated windows (at most --block-size) to score the finished runs "
                                           "in: the same LMs shown less of each document")
+    p.add_argument("--holds", help="comma-separated out-dirs of finished comparisons or sweeps: trains nothing, sets every "
+                                   "finding's verdict in each of their settings side by side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
     try:
+        if args.holds:
+            return what_holds(args)
         settings = sweep_settings(args, train_flags)
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
         reports = [(value, compare(args, train_flags + flags, out / name if name else out)) for name, value, flags in settings]
@@ -91,6 +100,40 @@ def main(argv=None):
             summarise_sweep(args, out, reports)
     except (train.TrainError, evaluation.EvalError, data.DataError) as e:
         sys.exit(f"error: {e}")
+
+
+def what_holds(args):
+    """Each finding's verdict in every setting of finished comparisons, one row a setting: the README's
+    "What holds" table; -> nothing, printed and written to <out-dir>/holds.md."""
+    if args.ambiguities or args.block_sizes or args.eval_windows:
+        raise train.TrainError("--holds sums up finished comparisons and trains nothing: give it without a sweep")
+    settings = []
+    for d in map(Path, args.holds.split(",")):
+        try:
+            if (d / "sweep.json").exists():
+                sweep = json.loads((d / "sweep.json").read_text())
+                settings += [(f"{d}: {sweep['swept']} = {v:g}", report) for v, report in sweep["reports"]]
+            else:
+                settings.append((str(d), json.loads((d / "results.json").read_text())))
+        except (OSError, ValueError, KeyError) as e:
+            raise train.TrainError(f"--holds: {d} holds no finished comparison ({e}): give the --out-dir of a "
+                                   f"compare.py run that has written its results.json or sweep.json") from None
+    claims = [c for c in CLAIMS if any(evaluation.paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
+    rows = ["| setting | seeds | " + " | ".join(f"{claim} ({a} vs {b})" for claim, a, b, _ in claims) +
+            f" | plan reliance of soft-joint: {RELIANCE['shuffled']} |", "|---" * (3 + len(claims)) + "|"]
+    for name, report in settings:
+        changes = [evaluation.paired_changes(report["val"], a, b) for _, a, b, _ in claims]
+        shuffled = reliance_rises(report).get("soft-joint", {}).get("shuffled", [])
+        rows.append(f"| {name} | {len({r['seed'] for r in report['val']})} | " +
+                    " | ".join(claim_cell(c, kind) if c else "" for c, (*_, kind) in zip(changes, claims)) +
+                    f" | {evaluation.summary(shuffled, '+.2%')} |")
+    md = ("What holds: val perplexity of A against B of the same seed, mean ± std over seeds [95% t-interval of "
+          "the mean] and the verdict it gives, in every setting\n\n" + "\n".join(rows))
+    print(md)
+    out = Path(args.out_dir or "out/holds")
+    out.mkdir(parents=True, exist_ok=True)
+    with data.atomic_write(out / "holds.md") as tmp:
+        Path(tmp).write_text(md + "\n")
 
 
 def sweep_settings(args, train_flags):

@@ -89,6 +89,14 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     assert (tmp_path / "sw" / "sw-sweep.png").exists()
     with pytest.raises(evaluation.EvalError, match="holds no sweep"):
         evaluation.sweep_figure(tmp_path / "sw" / "a0" / "results.json", tmp_path / "x.png")
+    # README's "What holds": the sweep's settings and a comparison given on its own, one row each
+    compare.main(["--holds", f"{tmp_path / 'sw'},{tmp_path / 'sw' / 'a0.5'}", "--out-dir", str(tmp_path / "holds")])
+    holds = (tmp_path / "holds" / "holds.md").read_text()
+    cell = compare.claim_cell(changes, "beats")
+    assert f"| {tmp_path / 'sw'}: ambiguity a = 0.5 | 2 | {cell} |" in holds
+    assert f"| {tmp_path / 'sw' / 'a0.5'} | 2 | {cell} |" in holds and "ST is not better" not in holds
+    with pytest.raises(SystemExit, match="holds no finished comparison"):
+        compare.main(["--holds", str(tmp_path / "nothing")])
 
 
 def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path):
