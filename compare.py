@@ -23,7 +23,8 @@ the LM sees of each document changes, not how well it was trained, and sums up t
     python compare.py --holds out/compare-synthetic-ambiguity,out/compare-wiki-window --out-dir out/holds
 
 --holds trains nothing either: it sets the findings of finished comparisons and sweeps side by side,
-one row a setting, each with its verdict (README's "What holds" table).
+one row a setting, each with its verdict (README's "What holds" table). A folder gives its sweep.json
+if it has one, else its results.json; name either file to choose.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write
@@ -109,15 +110,17 @@ def what_holds(args):
         raise train.TrainError("--holds sums up finished comparisons and trains nothing: give it without a sweep")
     settings = []
     for d in map(Path, args.holds.split(",")):
+        path = d if d.suffix == ".json" else d / "sweep.json" if (d / "sweep.json").exists() else d / "results.json"
         try:
-            if (d / "sweep.json").exists():
-                sweep = json.loads((d / "sweep.json").read_text())
-                settings += [(f"{d}: {sweep['swept']} = {v:g}", report) for v, report in sweep["reports"]]
-            else:
-                settings.append((str(d), json.loads((d / "results.json").read_text())))
-        except (OSError, ValueError, KeyError) as e:
-            raise train.TrainError(f"--holds: {d} holds no finished comparison ({e}): give the --out-dir of a "
-                                   f"compare.py run that has written its results.json or sweep.json") from None
+            found = json.loads(path.read_text())
+            reports = ([(f"{d}: {found['swept']} = {v:g}", report) for v, report in found["reports"]]
+                       if "reports" in found else [(str(d), found)])
+            if not all(report["val"] and "seed" in report["val"][0] for _, report in reports):
+                raise ValueError("no val evaluations")
+            settings += reports
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise train.TrainError(f"--holds: {path} is no finished comparison ({e}): give the --out-dir of a compare.py "
+                                   f"run, or its results.json or sweep.json") from None
     claims = [c for c in CLAIMS if any(evaluation.paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
     rows = ["| setting | seeds | " + " | ".join(f"{claim} ({a} vs {b})" for claim, a, b, _ in claims) +
             f" | plan reliance of soft-joint: {RELIANCE['shuffled']} |", "|---" * (3 + len(claims)) + "|"]
