@@ -29,12 +29,14 @@ if it has one, else its results.json; name either file to choose.
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write
 a sentence of the label it was given? Last, the figures of eval.py --figures are written next to
-the tables (if matplotlib is installed).
+the tables (if matplotlib is installed), and it says what it made and the wall time each kind of
+work took.
 """
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,9 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 CONSTANT_PLANS = ("none", "fixed", "uniform")  # no plan, or the same one for every sentence: nothing to swap or follow
+# A comparison runs for hours: what this invocation made (cached results cost nothing), and the wall
+# time it took, per kind of work: {"training runs": [seconds, count], "evaluations": ..., "samplings": ...}
+SPENT = {}
 
 
 def run_names():
@@ -89,6 +94,7 @@ def main(argv=None):
     p.add_argument("--holds", help="comma-separated out-dirs of finished comparisons or sweeps: trains nothing, sets every "
                                    "finding's verdict in each of their settings side by side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
+    SPENT.clear()
     try:
         if args.holds:
             return what_holds(args)
@@ -99,6 +105,7 @@ def main(argv=None):
             reports = [(int(w), rescored(args, reports[0][1], int(w))) for w in args.eval_windows.split(",")]
         if len(reports) > 1:
             summarise_sweep(args, out, reports)
+        print("\n" + spent())
     except (train.TrainError, evaluation.EvalError, data.DataError) as e:
         sys.exit(f"error: {e}")
 
@@ -169,9 +176,10 @@ def compare(args, train_flags, out):
             name = mode + (f"-{planner}" if planner else "")
             run_dir = out / f"seed{seed}"
             if not done(run_dir / name):  # a run cut short continues from its last checkpoint
-                train.main(train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir), "--device", args.device,
-                                          "--mode", mode] + (["--planner", planner] if planner else []) +
-                           (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
+                argv = (train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir), "--device", args.device,
+                                       "--mode", mode] + (["--planner", planner] if planner else []) +
+                        (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
+                timed("training runs", lambda: train.main(argv))
             runs.append(run_dir / name)
     report, tables, title = {}, [], f"{args.dataset}{setting_title(out, args)}"
     for split in ("val", "test"):
@@ -188,7 +196,7 @@ def compare(args, train_flags, out):
     print("\n" + tables[-1])
     if args.sample_docs:
         first = f"seed{args.seeds.split(',')[0]}"
-        report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs))
+        report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs), "samplings")
                                for r in runs if r.parent.name == first and r.name not in CONSTANT_PLANS]
         tables.append(f"{title}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
                       f"\n\n{following_table(report['following'])}")
@@ -229,15 +237,31 @@ def setting_title(out, args):
     return f", {out.name[5:]}-token window" if args.block_sizes else ""
 
 
-def cached(run_dir, name, compute):
+def cached(run_dir, name, compute, work="evaluations"):
     """compute(), kept as JSON in the run's folder until the run's checkpoint changes."""
     cache = run_dir / name
     if cache.exists() and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime:
         return json.loads(cache.read_text())
-    result = compute()
+    result = timed(work, compute)
     with data.atomic_write(cache) as tmp:
         Path(tmp).write_text(json.dumps(result))
     return result
+
+
+def timed(work, compute):
+    t0 = time.perf_counter()
+    result = compute()
+    seconds, count = SPENT.get(work, (0.0, 0))
+    SPENT[work] = (seconds + time.perf_counter() - t0, count + 1)
+    return result
+
+
+def spent():
+    if not SPENT:
+        return "nothing to make: every run, evaluation and sample was there already"
+    parts = ", ".join(f"{count} {work} {seconds / 60:.1f} min" for work, (seconds, count) in SPENT.items())
+    total = sum(seconds for seconds, _ in SPENT.values()) / 60
+    return f"made by this invocation, in wall time: {parts}; {total:.1f} min in all (a seed's first training run includes its pretraining)"
 
 
 def interval(changes):

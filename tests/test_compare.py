@@ -16,9 +16,13 @@ FAST = ["--dataset", "synthetic", "--seeds", "0", "--sample-docs", "1", "--synth
         "--device", "cpu"]
 
 
-def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
+def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, capsys):
     argv = FAST + ["--out-dir", str(tmp_path / "cmp"), "--data-dir", str(tmp_path / "data")]
     compare.main(argv)
+    # 9 runs; each evaluated on val and test, the 6 that take labels twice more with other plans, and sampled
+    assert "made by this invocation, in wall time: 9 training runs" in capsys.readouterr().out
+    assert compare.SPENT.keys() == {"training runs", "evaluations", "samplings"}
+    assert [count for _, count in compare.SPENT.values()] == [9, 9 + 9 + 6 * 2, 6]
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     names = [evaluation.run_name(r["run"]) for r in results["val"]]
     assert names == ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen", "soft-joint",
@@ -44,6 +48,7 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch):
         monkeypatch.setattr(module, name, redone)
     compare.main(argv)
     assert (tmp_path / "cmp" / "results.md").read_text() == md
+    assert "nothing to make: every run, evaluation and sample was there already" in capsys.readouterr().out
 
 
 def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
