@@ -64,7 +64,7 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 CONSTANT_PLANS = ("none", "fixed", "uniform")  # no plan, or the same one for every sentence: nothing to swap or follow
 # A comparison runs for hours: what this invocation made (cached results cost nothing), and the wall
-# time it took, per kind of work: {"training runs": [seconds, count], "evaluations": ..., "samplings": ...}
+# time it took, per kind of work: {"training runs": (seconds, count), "evaluations": ..., "samplings": ...}
 SPENT = {}
 
 
@@ -138,7 +138,8 @@ def what_holds(args):
                     " | ".join(claim_cell(c, kind) if c else "" for c, (*_, kind) in zip(changes, claims)) +
                     f" | {evaluation.summary(shuffled, '+.2%')} |")
     md = ("What holds: val perplexity of A against B of the same seed, mean ± std over seeds [95% t-interval of "
-          "the mean] and the verdict it gives, in every setting\n\n" + "\n".join(rows))
+          "the mean] and the verdict it gives, in every setting; plan reliance: how much soft-joint's val perplexity "
+          "rises with another sentence's plan than its own\n\n" + "\n".join(rows))
     print(md)
     out = Path(args.out_dir or "out/holds")
     out.mkdir(parents=True, exist_ok=True)
