@@ -100,7 +100,7 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     cell = compare.claim_cell(changes, "beats")
     assert f"| {tmp_path / 'sw'}: ambiguity a = 0.5 | 2 | {cell} |" in holds
     assert f"| {tmp_path / 'sw' / 'a0.5'} | 2 | {cell} |" in holds and "ST is not better" not in holds
-    with pytest.raises(SystemExit, match="holds no finished comparison"):
+    with pytest.raises(SystemExit, match="nothing.results.json is no finished comparison"):
         compare.main(["--holds", str(tmp_path / "nothing")])
 
 
