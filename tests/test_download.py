@@ -23,11 +23,16 @@ def wikitext_raw(first, n):
 SPLITS = {"train": wikitext_raw(0, ARTICLES - 4), "valid": wikitext_raw(ARTICLES - 4, 2), "test": wikitext_raw(ARTICLES - 2, 2)}
 
 
+def member(name):
+    """A zip entry with a fixed date: writestr(name) stamps the clock, so two builds a second apart would differ."""
+    return zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+
+
 def archive():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for split, text in SPLITS.items():
-            z.writestr(f"wikitext-103-raw/wiki.{split}.raw", text)
+            z.writestr(member(f"wikitext-103-raw/wiki.{split}.raw"), text, compress_type=zipfile.ZIP_DEFLATED)
     return buf.getvalue()
 
 
@@ -149,8 +154,8 @@ def test_a_corrupted_archive_is_deleted_and_the_next_source_tried(server, monkey
 def zipfile_with(text):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for member in data.WIKITEXT_MEMBERS:
-            z.writestr(member, text)
+        for name in data.WIKITEXT_MEMBERS:
+            z.writestr(member(name), text)
     return buf.getvalue()
 
 
