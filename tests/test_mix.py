@@ -12,11 +12,24 @@ def _inputs(lead, k=6, d=3, seed=0):
     return torch.randn(*lead, k, generator=g, requires_grad=True), torch.randn(k, d, generator=g)
 
 
+def by_hand(name, logits, codebook, temperature):
+    """Each estimator's value written out in float64, one row of logits at a time."""
+    rows = []
+    for z in logits.detach().double().reshape(-1, logits.shape[-1]):
+        p = torch.exp(z / temperature) / torch.exp(z / temperature).sum()
+        rows.append(codebook.double()[int(z.argmax())] if name in ("hard", "st") else p @ codebook.double())
+    return torch.stack(rows).reshape(*logits.shape[:-1], codebook.shape[1])
+
+
 @pytest.mark.parametrize("lead", SHAPES)
-def test_shapes_for_any_leading_dims(lead):
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_every_estimator_by_hand_for_any_leading_dims(lead, temperature):
+    """hard = C[argmax z], st = the same forward, soft = softmax(z / T) @ C, gumbel at evaluation = soft."""
     logits, codebook = _inputs(lead)
     for name, f in mix.ESTIMATORS.items():
-        assert f(logits, codebook).shape == (*lead, 3), name
+        kwargs = {"training": False} if name == "gumbel" else {}
+        expected = by_hand("soft" if name == "gumbel" else name, logits, codebook, temperature)
+        torch.testing.assert_close(f(logits, codebook, temperature, **kwargs).double(), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("lead", SHAPES)
@@ -46,11 +59,18 @@ def test_hard_sends_no_gradient_to_logits():
     assert codebook.grad.abs().sum() > 0  # the codebook rows it picked still learn
 
 
-def test_soft_gradcheck():
+def test_soft_gradient_is_the_softmax_jacobian():
+    """d(softmax(z / T) @ C)/dz = (diag(p) - p p^T) C / T and d/dC = p, written out, against autograd."""
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    z = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
     codebook = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z, c: mix.soft(z, c, 0.8), (logits, codebook))
+    upstream = torch.randn(4, dtype=torch.float64, generator=g)
+    T = 0.8
+    (mix.soft(z, codebook, T) @ upstream).backward()
+    p = torch.exp(z / T) / torch.exp(z / T).sum()
+    jacobian = (torch.diag(p) - torch.outer(p, p)) @ codebook / T  # [K, D]: d e_d / d z_k
+    torch.testing.assert_close(z.grad, (jacobian @ upstream).detach())
+    torch.testing.assert_close(codebook.grad, torch.outer(p, upstream).detach())
 
 
 def test_gumbel_is_soft_in_eval_and_a_mixture_in_training():
@@ -76,15 +96,22 @@ def test_plans_controls():
     assert not torch.allclose(fixed[0, 0], uniform[0, 0])
 
 
-def test_plans_estimators_and_trainable_codebook():
+@pytest.mark.parametrize("mode", ["hard", "st", "soft", "gumbel"])
+def test_plans_estimators_and_trainable_codebook(mode):
+    """Plans in eval mode give each estimator's value by hand from its own codebook, which starts as
+    the centroids and learns; in training, gumbel draws a sample that is not the soft mean."""
     logits, centroids = _inputs((2, 3))
-    plans = mix.Plans("soft", centroids, temperature=0.5)
+    plans = mix.Plans(mode, centroids, temperature=0.5).eval()
     assert isinstance(plans.codebook, torch.nn.Parameter) and torch.equal(plans.codebook, centroids)
-    assert plans.uses_planner and not mix.Plans("oracle", centroids).uses_planner
+    assert plans.codebook is not centroids and plans.uses_planner and not mix.Plans("oracle", centroids).uses_planner
     out = plans(logits=logits)
-    torch.testing.assert_close(out, mix.soft(logits, centroids, 0.5))
+    torch.testing.assert_close(out.double(), by_hand("soft" if mode == "gumbel" else mode, logits, centroids, 0.5))
     out.sum().backward()
-    assert plans.codebook.grad.abs().sum() > 0 and logits.grad.abs().sum() > 0
+    assert plans.codebook.grad.abs().sum() > 0
+    assert (logits.grad is None) == (mode == "hard")
+    if mode == "gumbel":
+        sample = plans.train()(logits=logits, generator=torch.Generator().manual_seed(0))
+        assert not torch.allclose(sample, out)
 
 
 def test_unknown_mode_lists_the_valid_ones():

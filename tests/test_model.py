@@ -149,8 +149,8 @@ def test_generate_with_plans():
     calls = []
 
     def plan_fn(idx):
-        calls.append(idx.shape[1])
-        return torch.ones(idx.shape[0], idx.shape[1], 8) * idx.shape[1]
+        calls.append(idx.shape[1])  # a different plan at every position
+        return torch.sin(torch.arange(idx.shape[1])[:, None] * torch.arange(1, 9)).expand(idx.shape[0], -1, -1)
 
     prompt = torch.zeros(2, 3, dtype=torch.long)
     out = model.generate(prompt, 40, plan_fn=plan_fn, generator=torch.Generator().manual_seed(0))

@@ -37,8 +37,15 @@ def test_padding_never_changes_real_rows():
 
 
 def test_documents_longer_than_max_sentences():
+    """Sentences past max_sentences share its last position embedding, and the planner stays causal there."""
     planner = _planner(max_sentences=4)
-    assert planner(torch.randn(2, 10, 8)).shape == (2, 10, 6)
+    emb = torch.randn(2, 10, 8)
+    changed = emb.clone()
+    changed[:, 8] += 1.0
+    a, b = planner(emb), planner(changed)
+    assert a.shape == (2, 10, 6)
+    torch.testing.assert_close(a[:, :9], b[:, :9], rtol=0, atol=0)  # row s reads sentences < s only
+    assert not torch.allclose(a[:, 9], b[:, 9])
 
 
 def test_tiny_planner_learns_a_deterministic_label_sequence():

@@ -44,15 +44,18 @@ def test_plans_lower_perplexity_end_to_end(dirs):
     the oracle plan and the jointly trained soft planner must both beat no plan."""
     _, root = dirs
     ppl = {name: evaluation.evaluate(root / "out" / name)["perplexity"] for name in ("none", "oracle", "soft-joint")}
-    assert ppl["oracle"] < 0.85 * ppl["none"]
-    assert ppl["soft-joint"] < 0.95 * ppl["none"]
+    assert ppl["oracle"] < 0.35 * ppl["none"]  # measured: 0.21
+    assert ppl["soft-joint"] < 0.9 * ppl["none"]  # measured: 0.78
 
 
 def test_logs_are_written_and_parsed(dirs):
     _, root = dirs
     log = evaluation.read_log(root / "out" / "soft-joint")
     assert [r["step"] for r in log] == [40, 80]
-    assert all({"train_loss", "val_loss", "lr", "per_s", "planner_top1"} <= set(r) for r in log)
+    for r in log:  # the schedule's lr at the step logged (peak 3e-3, warmup 10 of 80), and values that can be
+        assert r["lr"] == pytest.approx(train.lr_at(r["step"] - 1, 80, 3e-3, 10))
+        assert 0 < r["train_loss"] < 10 and 0 < r["val_loss"] < 10 and r["per_s"] > 0 and 0 <= r["planner_top1"] <= 1
+    assert log[-1]["best_step"] == min(log, key=lambda r: r["val_loss"])["step"]
     assert log[-1]["val_loss"] < evaluation.read_log(next((root / "out" / "pretrain").glob("lm-*")))[0]["val_loss"]
     assert evaluation.read_log(root / "out" / "oracle" / "ckpt.pt")[-1]["step"] == 300
     with pytest.raises(evaluation.EvalError, match="no training log at"):
@@ -293,7 +296,7 @@ def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
                                  plan_table=evaluation.substituted_plans(net, sd, "as-planned"))[1]
     assert math.isclose(own, same, rel_tol=1e-6)
     ppl = {how: evaluation.evaluate(root / "out" / "oracle", plans=how)["perplexity"] for how in evaluation.PLANS}
-    assert ppl["shuffled"] > 1.1 * ppl["as-planned"] and ppl["mean"] > 1.05 * ppl["as-planned"]
+    assert ppl["shuffled"] > 3 * ppl["as-planned"] and ppl["mean"] > 1.8 * ppl["as-planned"]  # measured: 6.8, 3.2
     with pytest.raises(SystemExit, match="mode none has no plans to substitute"):
         evaluation.main([str(root / "out" / "none"), "--plans", "mean"])
 
