@@ -36,10 +36,11 @@ import torch
 
 import data
 from eval import read_log
-from mix import Plans
+from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from train import CPU_DEFAULTS, CUDA_MODELS, PlannedLM, autocast, autocast_dtype, resolve_device
+from runtime import CUDA_MODELS, atomic_write, autocast, autocast_dtype, resolve_device
+from train import CPU_DEFAULTS
 
 MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen", "soft-joint", "gumbel-joint"]
 SENTENCE_TOKENS = 28  # the wiki corpus's mean sentence length in GPT-2 tokens
@@ -173,7 +174,7 @@ def write_wikitext_like(path, tokens, seed=0):
             lines += [" " + " ".join(sentences[next(picks)] for _ in range(min(PARAGRAPH, n - p))) + " ", ""]
         split = "train" if i < WIKITEXT_ARTICLES - 120 else "valid" if i < WIKITEXT_ARTICLES - 60 else "test"
         splits[split].append("\n".join(lines))
-    with data.atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         for member, split in zip(data.WIKITEXT_MEMBERS, splits):
             z.writestr(member, "\n".join(splits[split]) + "\n")
 
@@ -213,7 +214,7 @@ def pipeline(args):
     print(f"k-means: {corpus.meta['kmeans_steps']} steps on {min(data.KMEANS_SAMPLE, len(corpus.splits['train'].labels)):,} "
           "sampled training sentences")
     from eval import windows
-    from train import SplitData
+    from data import SplitData
     t = time.perf_counter()
     splits = {k: SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
     print(f"SplitData (tensors of every split): {time.perf_counter() - t:.1f} s")

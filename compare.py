@@ -43,6 +43,7 @@ import numpy as np
 
 import data
 import eval as evaluation
+import runtime
 import train
 
 RUNS = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
@@ -74,7 +75,7 @@ def run_names():
 
 def done(run_dir):
     ck = run_dir / "ckpt.pt"
-    return ck.exists() and train.load_checkpoint(ck)["done"]
+    return ck.exists() and runtime.load_checkpoint(ck)["done"]
 
 
 def main(argv=None):
@@ -106,7 +107,7 @@ def main(argv=None):
         if len(reports) > 1:
             summarise_sweep(args, out, reports)
         print("\n" + spent())
-    except (train.TrainError, evaluation.EvalError, data.DataError) as e:
+    except (runtime.TrainError, evaluation.EvalError, data.DataError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -114,7 +115,7 @@ def what_holds(args):
     """Each finding's verdict in every setting of finished comparisons, one row a setting: the README's
     "What holds" table; -> nothing, printed and written to <out-dir>/holds.md."""
     if args.ambiguities or args.block_sizes or args.eval_windows:
-        raise train.TrainError("--holds sums up finished comparisons and trains nothing: give it without a sweep")
+        raise runtime.TrainError("--holds sums up finished comparisons and trains nothing: give it without a sweep")
     settings = []
     for d in map(Path, args.holds.split(",")):
         path = d if d.suffix == ".json" else d / "sweep.json" if (d / "sweep.json").exists() else d / "results.json"
@@ -126,7 +127,7 @@ def what_holds(args):
                 raise ValueError("no val evaluations")
             settings += reports
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise train.TrainError(f"--holds: {path} is no finished comparison ({e}): give the --out-dir of a compare.py "
+            raise runtime.TrainError(f"--holds: {path} is no finished comparison ({e}): give the --out-dir of a compare.py "
                                    f"run, or its results.json or sweep.json") from None
     claims = [c for c in CLAIMS if any(evaluation.paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
     rows = ["| setting | seeds | " + " | ".join(f"{claim} ({a} vs {b})" for claim, a, b, _ in claims) +
@@ -143,7 +144,7 @@ def what_holds(args):
     print(md)
     out = Path(args.out_dir or "out/holds")
     out.mkdir(parents=True, exist_ok=True)
-    with data.atomic_write(out / "holds.md") as tmp:
+    with runtime.atomic_write(out / "holds.md") as tmp:
         Path(tmp).write_text(md + "\n")
 
 
@@ -151,9 +152,9 @@ def sweep_settings(args, train_flags):
     """-> [(sub-folder, value, train.py flags)]: one setting, or one per value of the swept flag."""
     unknown = set(args.runs.split(",")) - set(run_names())
     if unknown:
-        raise train.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: use some of {', '.join(run_names())}")
+        raise runtime.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: use some of {', '.join(run_names())}")
     if sum(map(bool, (args.ambiguities, args.block_sizes, args.eval_windows))) > 1:
-        raise train.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a time (an invocation each)")
+        raise runtime.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a time (an invocation each)")
     if args.ambiguities:
         return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a]) for a in args.ambiguities.split(",")]
     if args.block_sizes:
@@ -161,7 +162,7 @@ def sweep_settings(args, train_flags):
         tokens = (given.batch_size or train.CPU_DEFAULTS["batch_size"]) * (given.block_size or train.CPU_DEFAULTS["block_size"])
         blocks = [int(b) for b in args.block_sizes.split(",")]
         if any(tokens % b for b in blocks):
-            raise train.TrainError(f"--block-sizes: {tokens} tokens a step (--batch-size x --block-size) must divide "
+            raise runtime.TrainError(f"--block-sizes: {tokens} tokens a step (--batch-size x --block-size) must divide "
                                    f"by every window: choose windows that divide {tokens}")
         return [(f"block{b}", b, ["--block-size", str(b), "--batch-size", str(tokens // b)]) for b in blocks]
     return [("", None, [])]
@@ -202,9 +203,9 @@ def compare(args, train_flags, out):
         tables.append(f"{title}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
                       f"\n\n{following_table(report['following'])}")
         print("\n" + tables[-1])
-    with data.atomic_write(out / "results.json") as tmp:
+    with runtime.atomic_write(out / "results.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1))
-    with data.atomic_write(out / "results.md") as tmp:
+    with runtime.atomic_write(out / "results.md") as tmp:
         Path(tmp).write_text("\n\n".join(tables) + "\n")
     try:
         print(*evaluation.figures(out, out), sep="\n")
@@ -244,7 +245,7 @@ def cached(run_dir, name, compute, work="evaluations"):
     if cache.exists() and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime:
         return json.loads(cache.read_text())
     result = timed(work, compute)
-    with data.atomic_write(cache) as tmp:
+    with runtime.atomic_write(cache) as tmp:
         Path(tmp).write_text(json.dumps(result))
     return result
 
@@ -331,10 +332,10 @@ def summarise_sweep(args, out, reports):
           f"mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict it gives; plan "
           f"reliance: how much the run's val perplexity rises with other plans than its own\n\n" + "\n".join(rows))
     print("\n" + md)
-    with data.atomic_write(out / "sweep.md") as tmp:
+    with runtime.atomic_write(out / "sweep.md") as tmp:
         Path(tmp).write_text(md + "\n")
     sweep.update(findings=findings, reliance=reliance, reports=[[v, r] for v, r in reports])
-    with data.atomic_write(out / "sweep.json") as tmp:
+    with runtime.atomic_write(out / "sweep.json") as tmp:
         Path(tmp).write_text(json.dumps(sweep, indent=1))
     try:
         print(evaluation.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png"))

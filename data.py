@@ -23,7 +23,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +38,8 @@ import numpy as np
 import tiktoken
 import torch
 from tqdm import tqdm
+
+from runtime import atomic_write, first_line
 
 ROOT = Path(__file__).resolve().parent
 GPT2_RANKS = ROOT / "assets" / "gpt2.tiktoken"
@@ -678,6 +679,10 @@ class Corpus:
         """Label of each embedding: the index of its nearest centroid."""
         return nearest(emb, self.codebook).numpy()
 
+    def identity(self):
+        """What a checkpoint must agree with to be used on this corpus."""
+        return {"tokenizer": GPT2_RANKS_SHA256, "labels": self.meta["key"]}
+
     def sentence_text(self, split, s):
         sp = self.splits[split]
         return tokenizer().decode(sp.tokens[sp.sent_start[s]:sp.sent_start[s] + sp.sent_len[s]].tolist())
@@ -707,53 +712,47 @@ def build(docs, n_labels, embed_dim, seed):
     return Corpus(meta, splits, codebook, embedder)
 
 
-class atomic_write:
-    """`with atomic_write(path) as tmp:` write tmp; it replaces path only if the block succeeds.
+# ----------------------------------------------------------------------------- batches with plans
 
-    The temp file is named <path>.<pid>.<random>.tmp, so that one left by a process killed mid-write
-    (kill -9 skips every cleanup) is recognised and swept by the next write of the same path.
-    """
+class SplitData:
+    """One split of the corpus as tensors, and the batches cut from it."""
 
-    def __init__(self, path):
-        self.path = Path(path)
+    def __init__(self, split, device):
+        long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
+        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
+        self.emb = torch.as_tensor(split.emb, device=device)
+        self.sent_doc = torch.repeat_interleave(torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
+        self.device = device
 
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(self.path)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.{os.getpid()}.", suffix=".tmp")
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
-        return self.tmp
+    def documents(self, docs, n_sent):
+        """Sentence embeddings and labels of documents docs, their first n_sent sentences, zero-padded."""
+        first = self.doc_sent[docs]
+        grid = first[:, None] + torch.arange(n_sent, device=self.device)
+        mask = grid < self.doc_sent[docs + 1][:, None]
+        grid = grid.clamp_max(len(self.labels) - 1)
+        return self.emb[grid] * mask[..., None], self.labels[grid], mask
 
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
+    def lm_batch(self, starts, block_size):
+        """Windows at starts. Position t is conditioned on the plan of the sentence of target t.
 
+        The planner input holds the documents the targets belong to, from their first sentence on, so
+        sentence s is planned from sentences < s of its own document, even those before the window.
+        """
+        pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
+        window, tsent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
+        sents, which = torch.unique(tsent[tsent >= 0], return_inverse=True)
+        plan_index = torch.full_like(tsent, -1)  # into sents; -1: the target is <|endoftext|>, no plan
+        plan_index[tsent >= 0] = which
+        docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
+        sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
+        emb, _, _ = self.documents(docs, int(sent_pos.max()) + 1 if len(sents) else 1)
+        return dict(idx=window[:, :-1], targets=window[:, 1:], plan_index=plan_index, emb=emb,
+                    doc_row=doc_row, sent_pos=sent_pos, labels=self.labels[sents])
 
-def sweep_stale_temps(path):
-    """Remove temp files of path whose writing process no longer runs."""
-    for tmp in Path(path).parent.glob(f"{glob_escape(Path(path).name)}.*.tmp"):
-        pid = tmp.name[len(Path(path).name) + 1:].split(".", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def glob_escape(name):
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    def planner_batch(self, docs):
+        n = int((self.doc_sent[docs + 1] - self.doc_sent[docs]).max())
+        emb, labels, mask = self.documents(docs, n)
+        return dict(emb=emb, labels=labels, mask=mask)
 
 
 def save(corpus, path):
@@ -811,11 +810,6 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
         raise DataError(f"interrupted while building the data cache; nothing was written to {path}: "
                         "run the same command again to build it") from None
     return corpus
-
-
-def first_line(e):
-    """An exception's message, first line only (some span pages), or its type when it has none."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 # ----------------------------------------------------------------------------- command line

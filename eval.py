@@ -17,7 +17,7 @@ window scores only the targets no earlier window scored, so every target but tho
 window sees at least half a block of context. Plans are computed as in training: sentence s of a
 document is planned from that document's sentences < s (evaluation mode: gumbel becomes soft).
 It runs in float32, so the figure does not depend on autocast; the head is computed for the
-scored targets only (model.ChunkedHeadLoss). A run is judged by its best.pt (lowest validation loss).
+scored targets only (fastloss.py). A run is judged by its best.pt (lowest validation loss).
 """
 
 import argparse
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 import data
-from mix import Plans
+from data import SplitData
+from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
-from planner import Planner, PlannerConfig
-from train import (PlannedLM, SplitData, TrainError, check_ranges, identity, load_checkpoint, planner_metrics,
-                   resolve_device, sentence_logits)
+from planner import Planner, PlannerConfig, planner_metrics, sentence_logits
+from runtime import TrainError, check_ranges, load_checkpoint, resolve_device
 
 
 class EvalError(Exception):
@@ -63,9 +63,9 @@ def load_run(run, device="cpu"):
     corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
                        c["synthetic_types"], c["data_dir"], quiet=True, synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
     for what, want in ck["identity"].items():
-        if identity(corpus)[what] != want:
+        if corpus.identity()[what] != want:
             raise EvalError(f"{path} was trained with other {what} than --dataset {c['dataset']} gives now "
-                            f"({want} vs {identity(corpus)[what]}): restore that data or retrain")
+                            f"({want} vs {corpus.identity()[what]}): restore that data or retrain")
     lm = GPT(GPTConfig(**ck["model_args"]))
     lm.load_state_dict(ck["model"])
     planner = None

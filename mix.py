@@ -12,6 +12,8 @@ Controls that use no planner: oracle (the true label of the sentence being predi
 fixed (one learned vector for every sentence), uniform (the codebook's mean), none (no plan at all).
 """
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,3 +80,42 @@ class Plans(nn.Module):
         if self.mode == "gumbel":
             return gumbel(logits, self.codebook, self.temperature, self.training, generator)
         return ESTIMATORS[self.mode](logits, self.codebook, self.temperature)
+
+
+# ----------------------------------------------------------------------------- the conditioned model
+
+class PlannedLM(nn.Module):
+    """The LM, the planner and the estimator, as one module: batch in, losses out."""
+
+    def __init__(self, lm, planner, plans, planner_frozen=True):
+        super().__init__()
+        self.lm, self.planner, self.plans, self.planner_frozen = lm, planner, plans, planner_frozen
+        # What this mode leaves unused is frozen, so that neither the optimizer nor DDP sees it.
+        if planner is not None:
+            planner.requires_grad_(not planner_frozen)
+        plans.codebook.requires_grad_(plans.mode not in ("none", "fixed"))
+        for b in lm.blocks:
+            b.adapter.requires_grad_(plans.mode != "none")
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.planner is not None and self.planner_frozen:
+            self.planner.eval()  # a frozen planner has no dropout noise either
+        return self
+
+    def sentence_logits(self, emb, doc_row, sent_pos):
+        if not self.plans.uses_planner:
+            return None
+        with torch.no_grad() if self.planner_frozen else contextlib.nullcontext():
+            return self.planner(emb)[doc_row, sent_pos].float()
+
+    def forward(self, idx, targets, plan_index, emb, doc_row, sent_pos, labels, generator=None):
+        """-> (LM loss, the planner's cross-entropy on these sentences or None)."""
+        logits = self.sentence_logits(emb, doc_row, sent_pos)
+        vectors = self.plans(logits=logits, labels=labels, generator=generator)  # [n_sentences, D] or None
+        plan = None
+        if vectors is not None:
+            vectors = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])  # row 0: no plan
+            plan = vectors[plan_index + 1].to(self.lm.wte.weight.dtype)
+        _, loss = self.lm(idx, targets, plan)
+        return loss, (F.cross_entropy(logits, labels) if logits is not None else None)

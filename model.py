@@ -13,8 +13,8 @@ so the first token of a sentence is already predicted with that sentence's plan.
     logits, _ = GPT(GPTConfig())(idx, plan=None)        # [B, T, vocab]
     _, loss = GPT(GPTConfig())(idx, targets, plan=None)  # the mean cross-entropy, without the logits
 
-The loss is written twice, plainly (head_loss: logits, then F.cross_entropy) and, as an
-optimisation that forward uses, by rows with its backward written out (ChunkedHeadLoss).
+The loss is written here plainly (head_loss: logits, then F.cross_entropy); forward uses its
+optimisation in fastloss.py, which gives the same value and gradients without the full logits.
 """
 
 import math
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import fastloss
 
 
 @dataclass
@@ -114,14 +116,15 @@ class GPT(nn.Module):
             if ".adapter." in name:
                 nn.init.zeros_(p)  # a new adapter changes nothing until fine-tuning moves it
 
-    chunked_loss = True  # False: the plain head and F.cross_entropy (the reference for tests and bench.py)
+    # The loss: fastloss.py's optimisation of head_loss below (the same value and gradients, without the
+    # [B*T, vocab] logits); False: head_loss itself, the reference for tests and bench.py's side-by-side line.
+    chunked_loss = True
 
     def forward(self, idx, targets=None, plan=None):
         """idx, targets: [B, T] token ids (targets -1 = not scored); plan: [B, T, plan_dim] or None.
 
         -> (logits [B, T, vocab_size], None) without targets (with a closed vocabulary, row i is the token
-        config.vocab[i]); (None, mean loss over scored targets) with them:
-        the loss never materialises the [B*T, vocab] logits (ChunkedHeadLoss)."""
+        config.vocab[i]); (None, mean loss over scored targets) with them."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
@@ -132,9 +135,8 @@ class GPT(nn.Module):
         h = self.features(idx, plan)
         if targets is None:
             return self.lm_head(h), None
-        if not self.chunked_loss:  # the plain way, kept as the reference (tests, bench.py's side-by-side line)
-            return None, head_loss(h, self.lm_head.weight, targets)
-        return None, chunked_head_loss(h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1))
+        loss = fastloss.chunked_head_loss if self.chunked_loss else head_loss
+        return None, loss(h, self.lm_head.weight, targets)
 
     def rows(self, ids):
         """GPT-2 ids -> rows of the closed vocabulary (-1, an unscored target, stays -1)."""
@@ -189,65 +191,6 @@ def head_loss(h, weight, targets):
     """The LM loss, plainly: logits for every position, then the mean cross-entropy over targets != -1."""
     logits = h @ weight.T
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-
-
-# Rows of the head computed at a time by ChunkedHeadLoss. Measured on 2 CPU cores, default model and batch
-# (2,048 rows), fp32: 512 rows 3.38 s/step, 1,024 rows 3.0 s, 2,048 rows 2.9 s; the plain loss 3.5-3.8 s.
-LOSS_CHUNK = 2048
-
-
-class ChunkedHeadLoss(torch.autograd.Function):
-    """Optimisation of head_loss: the same value and gradients, without a [rows, vocab] float32 tensor.
-
-    With hidden states h [N, C], the tied head W [V, C], logits z = h W^T and the n rows whose target
-    t_i is not -1 (the set S):
-        loss       = (1/n) sum_{i in S} (logsumexp_j z_ij - z_{i,t_i})
-        dloss/dz   = G,  G_ij = (softmax(z_i)_j - [j = t_i]) / n for i in S, 0 elsewhere
-        dloss/dh   = G W            dloss/dW = G^T h
-    Only the rows of S are computed (evaluation scores half of each window), `chunk` at a time: z of
-    a chunk (matmul in the autocast dtype), its softmax in float32 and, when a gradient is wanted, G's
-    chunk turned at once into its share of dh and dW. Backward only scales them by the incoming
-    gradient: the logits are never stored, nor computed twice.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, chunk, want_grad):
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-        scored = targets >= 0
-        hs, ts, w, n = h[scored].to(dtype), targets[scored], weight.to(dtype), int(scored.sum())
-        total = torch.zeros((), device=h.device, dtype=torch.float32)
-        grad_hs = torch.empty_like(hs) if want_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
-        for lo in range(0, n, chunk):
-            hc, tc = hs[lo:lo + chunk], ts[lo:lo + chunk]
-            z = (hc @ w.T).float()
-            z_target, z_max = z.gather(1, tc[:, None])[:, 0], z.amax(1, keepdim=True)
-            e = z.sub_(z_max).exp_()  # in place of z: one pass over the chunk's logits for exp
-            norm = e.sum(1, keepdim=True)
-            total += ((z_max + norm.log())[:, 0] - z_target).sum()
-            if want_grad:
-                g = e.mul_(1 / (n * norm))  # softmax / n, in place again
-                g[torch.arange(len(tc), device=g.device), tc] -= 1 / n
-                g = g.to(dtype)
-                grad_hs[lo:lo + chunk] = g @ w
-                grad_w += (g.T @ hc).float()
-        grad_h = None
-        if want_grad:
-            grad_h = torch.zeros_like(h)
-            grad_h[scored] = grad_hs.to(h.dtype)
-        ctx.save_for_backward(grad_h, grad_w)
-        return total / n if n else total.new_tensor(float("nan"))  # nan: as F.cross_entropy, a mean of nothing
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None
-
-
-def chunked_head_loss(h, weight, targets, chunk=None):
-    """head_loss(h, weight, targets), by ChunkedHeadLoss; the gradients are worked out only if wanted."""
-    want_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return ChunkedHeadLoss.apply(h, weight, targets, chunk or LOSS_CHUNK, want_grad)
 
 
 def init_gpt2(module):

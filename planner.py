@@ -77,3 +77,23 @@ def accuracy(logits, labels, mask, ks=(1, 5)):
     logits, labels = logits[mask], labels[mask]
     top = logits.topk(max(ks), dim=-1).indices
     return {f"top{k}": (top[:, :k] == labels[:, None]).any(-1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def sentence_logits(planner, sd, chunk=256):
+    """The planner's logits for every sentence of a split, in split order (row s from sentences < s)."""
+    was_training, n_docs, logits = planner.training, len(sd.doc_sent) - 1, []
+    planner.eval()
+    for lo in range(0, n_docs, chunk):
+        b = sd.planner_batch(torch.arange(lo, min(lo + chunk, n_docs), device=sd.device))
+        logits.append(planner(b["emb"]).float()[b["mask"]])
+    planner.train(was_training)
+    return torch.cat(logits)
+
+
+@torch.no_grad()
+def planner_metrics(planner, sd):
+    """Planner loss and top-1/top-5 accuracy over every sentence of a split."""
+    logits, every = sentence_logits(planner, sd), torch.ones_like(sd.labels, dtype=torch.bool)
+    return {"planner_val_loss": planner_loss(logits, sd.labels, every).item(),
+            **{f"planner_{k}": v for k, v in accuracy(logits, sd.labels, every).items()}}

@@ -25,6 +25,7 @@ from pathlib import Path
 import compare
 import data
 import eval as evaluation
+import runtime
 import train
 
 WINDOWS = (32, 64, 128)
@@ -41,7 +42,7 @@ def main(argv=None):
     args, train_flags = p.parse_known_args(argv)
     try:
         search(args, train_flags)
-    except (train.TrainError, evaluation.EvalError, data.DataError) as e:
+    except (runtime.TrainError, evaluation.EvalError, data.DataError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -61,7 +62,7 @@ def search(args, train_flags):
         return min(candidates, key=lambda s: results[name(s), seed]["perplexity"])
 
     def write(md):
-        with data.atomic_write(Path(args.out_dir) / "results.md") as tmp:
+        with runtime.atomic_write(Path(args.out_dir) / "results.md") as tmp:
             Path(tmp).write_text(md + "\n")
 
     best = measure("1. window", [{**best, "block": b} for b in WINDOWS if tokens % b == 0])
@@ -91,7 +92,7 @@ def run(args, train_flags, setting, tokens, steps, seed):
                                   "--batch-size", str(tokens // setting["block"]), "--lr", str(setting["lr"]),
                                   "--finetune-lr", str(setting["lr"] / 2), "--lm-iters", str(setting["lm_iters"]),
                                   "--finetune-iters", str(steps - setting["lm_iters"])])
-        with data.atomic_write(timing) as tmp:
+        with runtime.atomic_write(timing) as tmp:
             Path(tmp).write_text(json.dumps(time.perf_counter() - start))
     result = compare.cached(run_dir / "soft-joint", "eval-val.json", lambda: evaluation.evaluate(run_dir / "soft-joint", "val", args.device))
     return {"perplexity": result["perplexity"], "seconds": json.loads(timing.read_text()) if timing.exists() else None}

@@ -7,6 +7,7 @@ import pytest
 
 import compare
 import eval as evaluation
+import runtime
 import train
 
 FAST = ["--dataset", "synthetic", "--seeds", "0", "--sample-docs", "1", "--synthetic-docs", "200",
@@ -77,7 +78,7 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     for a in ("a0", "a0.5"):
         results = json.loads((tmp_path / "sw" / a / "results.json").read_text())
         assert [evaluation.run_name(r["run"]) for r in results["val"]] == ["none", "hard-frozen", "soft-joint"] * 2
-        ck = train.load_checkpoint(tmp_path / "sw" / a / "seed1" / "soft-joint" / "ckpt.pt")
+        ck = runtime.load_checkpoint(tmp_path / "sw" / a / "seed1" / "soft-joint" / "ckpt.pt")
         assert ck["config"]["synthetic_ambiguity"] == float(a[1:]) and ck["config"]["seed"] == 1
     sweep = (tmp_path / "sw" / "sweep.md").read_text()
     changes = evaluation.paired_changes(json.loads((tmp_path / "sw" / "a0.5" / "results.json").read_text())["val"],

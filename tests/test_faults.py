@@ -10,6 +10,8 @@ import torch
 
 import data
 import eval as evaluation
+import mix
+import runtime
 import train
 from conftest import TINY
 
@@ -37,7 +39,7 @@ def bad_values(parser, table):
                     yield "--" + name.replace("_", "-"), raw
 
 
-@pytest.mark.parametrize("flag, value", list(bad_values(train.make_parser(), train.FLAG_RANGES)))
+@pytest.mark.parametrize("flag, value", list(bad_values(train.make_parser(), runtime.FLAG_RANGES)))
 def test_train_flag_out_of_range_is_one_line(flag, value):
     assert flag in one_line_error(lambda: train.main([flag, value, "--device", "cpu"]))
 
@@ -48,7 +50,7 @@ def test_eval_flag_out_of_range_is_one_line(flag, value):
 
 
 def test_every_numeric_flag_has_a_range():
-    for parser, table in ((train.make_parser(), train.FLAG_RANGES), (evaluation.make_parser(), evaluation.FLAG_RANGES)):
+    for parser, table in ((train.make_parser(), runtime.FLAG_RANGES), (evaluation.make_parser(), evaluation.FLAG_RANGES)):
         numeric = {a.dest for a in parser._actions if a.type in (int, float)}
         assert numeric == {name for names, _, _ in table for name in names}
 
@@ -151,9 +153,9 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out,
             fired.append(point)
             sigint()
 
-    HOOKED = {(train, "step_rng"): "batch", (train.PlannedLM, "forward"): "forward",
+    HOOKED = {(train, "step_rng"): "batch", (mix.PlannedLM, "forward"): "forward",
               (torch.nn.utils, "clip_grad_norm_"): "clip", (torch.optim.AdamW, "step"): "optimizer",
-              (train, "val_loss"): "validation", (train, "save"): "save"}
+              (train, "val_loss"): "validation", (runtime, "save"): "save"}
 
     def hook(target, name):
         real = getattr(target, name)
@@ -181,7 +183,7 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out,
 
 def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, monkeypatch):
     flags, root = tiny_out
-    real, calls = train.PlannedLM.forward, []
+    real, calls = mix.PlannedLM.forward, []
 
     def twice(self, *a, **k):
         calls.append(self.training)
@@ -189,7 +191,7 @@ def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, 
             sigint()
             sigint()
         return real(self, *a, **k)
-    monkeypatch.setattr(train.PlannedLM, "forward", twice)
+    monkeypatch.setattr(mix.PlannedLM, "forward", twice)
     message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "twice"]))
     assert "interrupted twice during step 5 of finetune: that step was not saved. The last good checkpoint (step 4)" in message
     assert torch.load(root / "out" / "twice" / "ckpt.pt", weights_only=True)["step"] == 4
@@ -209,13 +211,13 @@ def test_a_nan_validation_is_never_saved(tiny_out, monkeypatch):
 
 def test_a_nan_loss_names_only_a_checkpoint_that_exists(tiny_out, monkeypatch):
     flags, root = tiny_out
-    real, calls = train.PlannedLM.forward, []
+    real, calls = mix.PlannedLM.forward, []
 
     def poisoned(self, *a, **k):
         loss, aux = real(self, *a, **k)
         calls.append(self.training)
         return (loss * float("nan") if self.training and sum(calls) >= 3 else loss), aux
-    monkeypatch.setattr(train.PlannedLM, "forward", poisoned)
+    monkeypatch.setattr(mix.PlannedLM, "forward", poisoned)
     message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "nanloss"]))
     assert "the loss became nan at step 3; stopped. The last good checkpoint (step 2) is kept at" in message
     ck = torch.load(root / "out" / "nanloss" / "ckpt.pt", weights_only=True)
@@ -290,14 +292,14 @@ def test_temp_files_of_dead_writers_are_swept(tmp_path):
     other = tmp_path / f"other.pt.{int(dead.stdout)}.ghi.tmp"
     for f in (stale, live, other):
         f.write_bytes(b"half")
-    train.save({"step": 1}, tmp_path / "ckpt.pt")
+    runtime.save({"step": 1}, tmp_path / "ckpt.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pt", live.name, other.name])
 
 
 def test_files_written_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        train.save({"step": 1}, tmp_path / "ckpt.pt")
+        runtime.save({"step": 1}, tmp_path / "ckpt.pt")
         data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
     finally:
         os.umask(old)

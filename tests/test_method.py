@@ -13,9 +13,11 @@ import torch.nn.functional as F
 
 import data
 import eval as evaluation
+import runtime
 import train
 from conftest import TINY
 from model import GPT, GPTConfig
+from planner import planner_metrics
 
 MODES = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
          ("soft", "frozen"), ("st", "joint"), ("soft", "joint"), ("gumbel", "joint")]
@@ -32,7 +34,7 @@ def stages(tmp_path_factory):
     def fresh(*flags):
         args = train.get_args(base + list(flags))
         corpus = data.load_from_args(args)
-        splits = {k: train.SplitData(sp, args.device) for k, sp in corpus.splits.items()}
+        splits = {k: data.SplitData(sp, args.device) for k, sp in corpus.splits.items()}
         lm, _ = train.pretrain_lm(args, corpus, splits)
         planner, _ = train.pretrain_planner(args, corpus, splits)
         return args, corpus, splits, lm, planner
@@ -141,7 +143,7 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
         args = train.get_args(flags + ["--out-dir", str(tmp_path / f"b{batch}"), "--batch-size", str(batch),
                                        "--grad-accum", str(accum)])
         corpus = data.load_from_args(args)
-        splits = {k: train.SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
+        splits = {k: data.SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
         lm, out = train.pretrain_lm(args, corpus, splits)
         ends[batch], logs[batch] = snapshot(lm), evaluation.read_log(out)
     assert [r["step"] for r in logs[8]] == [r["step"] for r in logs[4]] == [2, 4]
@@ -175,9 +177,9 @@ def test_the_log_holds_the_values_the_loop_used(stages):
     for r in log:
         assert r["lr"] == pytest.approx(train.lr_at(r["step"] - 1, 4, args.finetune_lr, args.warmup_iters))
     loaded, _, _ = evaluation.load_run(out / "ckpt.pt")
-    windows = train.fixed_windows(splits["val"], args, train.Context())
+    windows = train.fixed_windows(splits["val"], args, runtime.Context())
     assert train.val_loss(loaded, windows, args)["val_loss"] == pytest.approx(log[-1]["val_loss"], rel=1e-6)
-    assert log[-1]["planner_top1"] == pytest.approx(train.planner_metrics(loaded.planner, splits["val"])["planner_top1"])
+    assert log[-1]["planner_top1"] == pytest.approx(planner_metrics(loaded.planner, splits["val"])["planner_top1"])
 
 
 # ----------------------------------------------------------------------------- evaluation is deterministic

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import model as model_module
+import fastloss
 from model import GPT, GPTConfig
 
 TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, plan_dim=8)
@@ -68,7 +68,7 @@ def test_chunked_head_loss_equals_the_plain_loss_and_every_gradient(dtype, tol, 
     idx, targets, plan = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16)), torch.randn(3, 16, 8)
     targets[0, :5] = -1
     targets[2, 9] = -1
-    monkeypatch.setattr(model_module, "LOSS_CHUNK", chunk)
+    monkeypatch.setattr(fastloss, "LOSS_CHUNK", chunk)
     out = {}
     for chunked in (False, True):
         model.chunked_loss = chunked

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import eval as evaluation
+import runtime
 import train
 
 
@@ -21,7 +22,7 @@ def test_each_stage_prints_tokens_per_step_and_passes(tiny_out, capsys):
 def test_many_passes_warn_with_the_fix(tiny_out, capsys, monkeypatch, tmp_path):
     flags, _ = tiny_out
     flags = flags[:flags.index("--out-dir")] + ["--out-dir", str(tmp_path)] + flags[flags.index("--out-dir") + 2:]
-    monkeypatch.setattr(train, "WARN_PASSES", 0.1)  # LM pretraining makes 0.12 passes, fine-tuning 0.04
+    monkeypatch.setattr(runtime, "WARN_PASSES", 0.1)  # LM pretraining makes 0.12 passes, fine-tuning 0.04
     train.main(flags + ["--mode", "none"])
     err = capsys.readouterr().err
     assert "passes over the corpus: the LM will overfit long before the end" in err and "fewer --lm-iters" in err
@@ -62,18 +63,18 @@ def test_the_best_checkpoint_by_val_loss_is_what_counts(tiny_out, monkeypatch, c
     (98_000_000, 25_700, "large", round(200e6 / (32 * 2 * 512))),  # WikiText-103: the token budget
 ])
 def test_gpu_defaults_follow_from_the_corpus(tokens, docs, model, lm_iters):
-    d = train.cuda_defaults(tokens, docs)
-    assert {k: d[k] for k in train.CUDA_MODELS[model]} == train.CUDA_MODELS[model]
+    d = runtime.cuda_defaults(tokens, docs)
+    assert {k: d[k] for k in runtime.CUDA_MODELS[model]} == runtime.CUDA_MODELS[model]
     per_step = d["batch_size"] * d["grad_accum"] * d["block_size"]
-    assert d["lm_iters"] == lm_iters and d["lm_iters"] * per_step <= train.MAX_PASSES * tokens * 1.001
+    assert d["lm_iters"] == lm_iters and d["lm_iters"] * per_step <= runtime.MAX_PASSES * tokens * 1.001
     assert d["finetune_iters"] == round(d["lm_iters"] / 3) and d["eval_interval"] == d["finetune_iters"] // 8
-    assert d["planner_iters"] * 64 <= min(train.CUDA_PLANNER_DOCS, train.PLANNER_PASSES * docs) * 1.001
+    assert d["planner_iters"] * 64 <= min(runtime.CUDA_PLANNER_DOCS, runtime.PLANNER_PASSES * docs) * 1.001
     assert d["n_embd"] % d["n_head"] == 0
 
 
 def test_gpu_defaults_wait_for_the_corpus_and_a_flag_still_wins(monkeypatch):
-    monkeypatch.setattr(train, "resolve_device", lambda name: "cuda")
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: "cuda")
     args = train.get_args(["--lm-iters", "7", "--n-layer", "3"])
     assert args.n_embd is None and args.dropout is None  # filled by main() once the corpus is known
-    train.fill_defaults(args, train.cuda_defaults(1e6, 1000))
+    runtime.fill_defaults(args, runtime.cuda_defaults(1e6, 1000))
     assert args.lm_iters == 7 and args.n_layer == 3 and args.n_embd == 384 and args.dropout == 0.1

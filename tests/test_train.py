@@ -11,6 +11,9 @@ import torch
 
 import data
 import eval as evaluation
+import mix
+import planner
+import runtime
 import train
 from mix import Plans
 from model import GPT, GPTConfig
@@ -64,7 +67,7 @@ def test_logs_are_written_and_parsed(dirs):
 
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    train.save({"step": 1, "w": torch.ones(3)}, path)
+    runtime.save({"step": 1, "w": torch.ones(3)}, path)
     real = torch.save
 
     def dies_midway(obj, f):
@@ -74,7 +77,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(OSError):
-        train.save({"step": 2, "w": torch.zeros(3)}, path)
+        runtime.save({"step": 2, "w": torch.zeros(3)}, path)
     assert torch.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
@@ -137,7 +140,7 @@ def _tiny_system(mode, frozen):
     for b in lm.blocks:  # as after a few fine-tuning steps: the zero-initialised adapters have moved
         torch.nn.init.normal_(b.adapter.weight, std=0.1)
     planner = Planner(PlannerConfig(n_labels=4, embed_dim=8, n_layer=1, n_head=2, n_embd=16))
-    return train.PlannedLM(lm, planner, Plans(mode, torch.randn(4, 8)), planner_frozen=frozen)
+    return mix.PlannedLM(lm, planner, Plans(mode, torch.randn(4, 8)), planner_frozen=frozen)
 
 
 @pytest.mark.parametrize("mode, frozen, reaches", [
@@ -145,7 +148,7 @@ def _tiny_system(mode, frozen):
     ("hard", True, False), ("soft", True, False), ("st", True, False)])
 def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reaches, tmp_path):
     corpus = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
-    sd = train.SplitData(corpus.splits["train"], "cpu")
+    sd = data.SplitData(corpus.splits["train"], "cpu")
     net = _tiny_system(mode, frozen)
     loss, _ = net(**sd.lm_batch(torch.tensor([0, 40]), 32), generator=torch.Generator().manual_seed(0))
     loss.backward()
@@ -247,7 +250,7 @@ def test_browse_guesses_match_planner_accuracy(dirs, capsys):
             assert len(guesses) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
             hits += guesses[0][0] == true
             total += 1
-    top1 = train.planner_metrics(net.planner, train.SplitData(sp, "cpu"))["planner_top1"]
+    top1 = planner.planner_metrics(net.planner, data.SplitData(sp, "cpu"))["planner_top1"]
     assert math.isclose(hits / total, top1, abs_tol=1e-6)
     evaluation.main([str(root / "out" / "soft-joint"), "--browse", "1"])
     out = capsys.readouterr().out
@@ -290,7 +293,7 @@ def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
     oracle run, which leans on its plans, gets worse with another sentence's plan or the mean plan."""
     _, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "oracle")
-    sd = train.SplitData(corpus.splits["val"], "cpu")
+    sd = data.SplitData(corpus.splits["val"], "cpu")
     own = evaluation.perplexity(net, sd, net.lm.config.block_size)[1]
     same = evaluation.perplexity(net, sd, net.lm.config.block_size,
                                  plan_table=evaluation.substituted_plans(net, sd, "as-planned"))[1]

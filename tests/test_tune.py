@@ -4,6 +4,7 @@ import json
 import pytest
 
 import eval as evaluation
+import runtime
 import train
 import tune
 from test_compare import FAST
@@ -41,7 +42,7 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
     assert len({r.parent.parent.name for r in runs}) == 5 and sum(r.parent.name == "seed1" for r in runs) == 2
     ppl = {}
     for run in runs:
-        ck = train.load_checkpoint(run / "ckpt.pt")["config"]
+        ck = runtime.load_checkpoint(run / "ckpt.pt")["config"]
         assert ck["batch_size"] * ck["block_size"] == 128 and ck["lm_iters"] + ck["finetune_iters"] == 16
         assert ck["finetune_lr"] == ck["lr"] / 2 and ck["mode"] == "soft"
         if run.parent.name == "seed0":
