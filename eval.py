@@ -7,7 +7,6 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it starts
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
     python eval.py out/soft-joint --browse 4            # the planner's guesses for val document 4
-    python eval.py out/compare-wiki --figures assets    # PNG figures of a comparison (needs matplotlib)
     python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's (or: mean)
     python eval.py out/soft-joint --window 16           # scored in 16-token windows: less of each document seen
 
@@ -305,38 +304,6 @@ def read_log(run):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise EvalError("figures need matplotlib, an optional dependency: pip install matplotlib") from None
-    return plt
-
-
-def figures(comparison, out_dir):
-    """Write <name>-val-loss.png and <name>-perplexity.png for a folder made by compare.py; -> their paths."""
-    plt = pyplot()
-    comparison, out_dir = Path(comparison), Path(out_dir)
-    if not (comparison / "results.json").exists():
-        raise EvalError(f"no results.json in {comparison}: give a folder made by compare.py")
-    try:
-        results = json.loads((comparison / "results.json").read_text())
-        assert results["val"] and results["test"]
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise EvalError(f"{comparison / 'results.json'} holds no comparison (not JSON, or no val and test "
-                        "results): run compare.py again to write it") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / f"{comparison.name}-val-loss.png", out_dir / f"{comparison.name}-perplexity.png"]
-    for draw, path in zip((loss_curves, perplexity_bars), written):
-        fig = draw(plt, results, comparison.name)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return written
-
-
 def paired_changes(results, a, b):
     """Perplexity of run a against run b of the same seed, -1, for each seed that has both."""
     ppl = {(run_name(r["run"]), r["seed"]): r["perplexity"] for r in results}
@@ -346,104 +313,6 @@ def paired_changes(results, a, b):
 def sd(xs):
     """The standard deviation over seeds; 0 for one seed (no error bar)."""
     return np.std(xs, ddof=1) if len(xs) > 1 else 0
-
-
-def sweep_figure(sweep_json, path):
-    """For a sweep made by compare.py, against the swept setting: left, each finding (A against B of the
-    same seed); right, each planned run's plan reliance; mean ± std over seeds. -> the path written."""
-    plt = pyplot()
-    try:
-        sweep = json.loads(Path(sweep_json).read_text())
-        values, findings, reliance = np.array(sweep["values"], float), sweep["findings"], sweep["reliance"]
-    except (ValueError, KeyError, TypeError):
-        raise EvalError(f"{sweep_json} holds no sweep's findings: run compare.py with the sweep again to write it") from None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    nudge = 0.006 * (values.max() - values.min() or 1)  # side by side, so the error bars do not hide each other
-    for i, f in enumerate(findings):
-        pct = [[100 * c for c in per_seed] for per_seed in f["changes"]]
-        left.errorbar(values + nudge * (i - len(findings) / 2), [np.mean(c) for c in pct], [sd(c) for c in pct],
-                      marker="o", ms=4, capsize=3, label=f"{f['a']} vs {f['b']}")
-    # a ratio on a log axis: the oracle's plans can matter ten times more than a planner's, and both must show
-    runs = list(dict.fromkeys(x["run"] for x in reliance))
-    for i, x in enumerate(reliance):
-        ratio = [[1 + c for c in per_seed] for per_seed in x["rises"]]
-        right.errorbar(values + nudge * (i - len(reliance) / 2), [np.mean(r) for r in ratio], [sd(r) for r in ratio],
-                       marker="o", ms=4, capsize=3, color=f"C{runs.index(x['run'])}", ls="-" if x["how"] == "shuffled" else "--",
-                       label=x["run"] if x["how"] == "shuffled" else None)
-    left.set(ylabel="val perplexity of A against B, same seed (%)", title="the findings")
-    left.axhline(0, color="grey", lw=0.8)
-    right.set(yscale="log", ylabel="val perplexity with other plans / with its own",
-              title="plan reliance: shuffled plans (solid), the mean plan (dashed)")
-    right.axhline(1, color="grey", lw=0.8)
-    ticker = plt.matplotlib.ticker
-    if np.divide(*right.get_ylim()[::-1]) < 2:  # too narrow for a log axis' own ticks (1, 2, 3, ...)
-        right.yaxis.set_major_locator(ticker.MaxNLocator(6))
-    plain = ticker.FuncFormatter(lambda y, _: f"{y:g}")  # 1.05, not 1.05 x 10^0
-    right.yaxis.set_major_formatter(plain)
-    right.yaxis.set_minor_formatter(plain)
-    ticks = [f"{v:g}" for v in values]
-    if "unseen" in sweep:  # a window sweep: how much of the document so far each window leaves to the planner alone
-        ticks = [f"{t}\n{share:.0%} unseen" for t, (_, share) in zip(ticks, sweep["unseen"])]
-    for ax in (left, right):
-        if "unseen" in sweep:  # windows double: evenly spaced on a log axis
-            ax.set_xscale("log", base=2)
-            ax.minorticks_off()
-        ax.set(xticks=values, xticklabels=ticks, xlabel=sweep["swept"])
-        ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"mean ± std over seeds {sweep['seeds']}" if "," in sweep["seeds"] else f"seed {sweep['seeds']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def loss_curves(plt, results, title):
-    """Fine-tuning val loss of every run, mean over seeds, each from its seed's pretrained LM.
-
-    Step 0 is the last record of the seed's pretraining log (pretrain/lm-*/log.jsonl, if there is
-    exactly one): with zero-initialised adapters every mode starts from exactly that loss.
-    """
-    fig, (pre, fine) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
-    names, curves = list(dict.fromkeys(run_name(r["run"]) for r in results["val"])), {}
-    for r in results["val"]:
-        pretrained = list((Path(r["run"]).parent / "pretrain").glob("lm-*/log.jsonl"))
-        start = read_log(pretrained[0].parent) if len(pretrained) == 1 else []
-        first = [{"step": 0, "val_loss": start[-1]["val_loss"]}] if start else []
-        curves.setdefault(run_name(r["run"]), []).append(first + read_log(r["run"]))
-        if start and run_name(r["run"]) == names[0]:
-            pre.plot([x["step"] for x in start], [x["val_loss"] for x in start], color="grey", lw=1)
-    for name in names:
-        loss = np.mean([[x["val_loss"] for x in log] for log in curves[name]], axis=0)
-        control = name in ("none", "fixed", "uniform", "oracle")
-        fine.plot([x["step"] for x in curves[name][0]], loss, marker="o", ms=3, label=name, ls="--" if control else "-")
-    pre.set(title="pretraining the LM (each seed)", xlabel="step", ylabel="val loss (nats/token)")
-    fine.set(title=f"{title}: fine-tuning, mean of {len(curves[names[0]])} seed(s)", xlabel="step")
-    fine.legend(fontsize=8, ncol=2)
-    return fig
-
-
-def perplexity_bars(plt, results, title):
-    """Val and test perplexity of every run, and its change against none of the same seed: mean ± std."""
-    names = list(dict.fromkeys(run_name(r["run"]) for r in results["val"]))
-    fig, (absolute, paired) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.4), sharey=True)
-    for i, split in enumerate(("val", "test")):
-        none = {r["seed"]: r["perplexity"] for r in results[split] if run_name(r["run"]) == "none"}
-        runs = [[r for r in results[split] if run_name(r["run"]) == name] for name in names]
-        change = [[100 * (r["perplexity"] / none[r["seed"]] - 1) for r in rs if r["seed"] in none] for rs in runs]
-        for ax, values in ((absolute, [[r["perplexity"] for r in rs] for rs in runs]), (paired, change)):
-            std = [sd(v) for v in values]
-            ax.barh(np.arange(len(names)) + 0.2 * (2 * i - 1), [np.mean(v) if v else 0 for v in values], 0.4,
-                    xerr=std, capsize=2, label=split, color=f"C{i}")
-    absolute.set_yticks(np.arange(len(names)), names)
-    absolute.invert_yaxis()
-    low = min(r["perplexity"] for split in ("val", "test") for r in results[split])
-    absolute.set_xlim(left=0.95 * low)  # the differences are a few percent: start the axis near them
-    seeds = len(runs[0])
-    absolute.set(title=title, xlabel=f"perplexity (mean ± std over {seeds} seed(s))")
-    paired.set(title="paired by seed", xlabel="change against none of the same seed (%)")
-    paired.axvline(0, color="black", lw=0.8)
-    absolute.legend(fontsize=8)
-    return fig
 
 
 def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
@@ -516,7 +385,6 @@ def make_parser():
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("looking inside")
     g.add_argument("--browse", type=int, metavar="DOC", help="the planner's top-5 labels for every sentence of document DOC of --split")
-    g.add_argument("--figures", metavar="DIR", help="RUN is a folder made by compare.py: write its PNG figures into DIR")
     return p
 
 
@@ -524,14 +392,12 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     try:
         check_ranges(args, FLAG_RANGES)
-        if (args.sample or args.browse is not None or args.figures) and len(args.runs) != 1:
-            raise EvalError("--sample, --browse and --figures take one RUN")
+        if (args.sample or args.browse is not None) and len(args.runs) != 1:
+            raise EvalError("--sample and --browse take one RUN")
         if args.sample is not None:
             return print_samples(args)
         if args.browse is not None:
             return print_browse(args)
-        if args.figures:
-            return print(*figures(args.runs[0], args.figures), sep="\n")
         results = [evaluate(r, args.split, args.device, args.plans, args.window) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")

@@ -1,35 +1,38 @@
 """
 The LM loss without the logits: an optimisation of model.head_loss (logits for every position, then
-F.cross_entropy), which model.GPT uses by default. Same value and gradients (tests/test_model.py holds
-the two equal, in float32 and under bf16 autocast); at GPT-2's vocabulary the [rows, vocab] float32
-logits are most of a small model's memory and much of its step.
+F.cross_entropy), which model.GPT uses by default. Same value and gradients (tests/test_model.py
+holds the two equal, in float32 and under bf16 autocast); at GPT-2's vocabulary the [rows, vocab]
+float32 logits are most of a small model's memory and much of its step.
 """
 
 import torch
 
 
-# Rows of the head computed at a time by ChunkedHeadLoss. Measured on 2 CPU cores, default model and batch
-# (2,048 rows), fp32: 512 rows 3.38 s/step, 1,024 rows 3.0 s, 2,048 rows 2.9 s; the plain loss 3.5-3.8 s.
+# Rows of the head computed at a time by ChunkedHeadLoss. Measured on 2 CPU cores, default model and
+# batch (2,048 rows), fp32: 512 rows 3.38 s/step, 1,024 rows 3.0 s, 2,048 rows 2.9 s; the plain loss
+# 3.5-3.8 s.
 LOSS_CHUNK = 2048
 
 
 class ChunkedHeadLoss(torch.autograd.Function):
-    """Optimisation of head_loss: the same value and gradients, without a [rows, vocab] float32 tensor.
+    """Optimisation of head_loss: the same value and gradients, without a [rows, vocab] float32
+    tensor.
 
-    With hidden states h [N, C], the tied head W [V, C], logits z = h W^T and the n rows whose target
-    t_i is not -1 (the set S):
+    With hidden states h [N, C], the tied head W [V, C], logits z = h W^T and the n rows whose
+    target t_i is not -1 (the set S):
         loss       = (1/n) sum_{i in S} (logsumexp_j z_ij - z_{i,t_i})
         dloss/dz   = G,  G_ij = (softmax(z_i)_j - [j = t_i]) / n for i in S, 0 elsewhere
         dloss/dh   = G W            dloss/dW = G^T h
     Only the rows of S are computed (evaluation scores half of each window), `chunk` at a time: z of
-    a chunk (matmul in the autocast dtype), its softmax in float32 and, when a gradient is wanted, G's
-    chunk turned at once into its share of dh and dW. Backward only scales them by the incoming
+    a chunk (matmul in the autocast dtype), its softmax in float32 and, when a gradient is wanted,
+    G's chunk turned at once into its share of dh and dW. Backward only scales them by the incoming
     gradient: the logits are never stored, nor computed twice.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, chunk, want_grad):
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        dtype = (torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type)
+                 else h.dtype)
         scored = targets >= 0
         hs, ts, w, n = h[scored].to(dtype), targets[scored], weight.to(dtype), int(scored.sum())
         total = torch.zeros((), device=h.device, dtype=torch.float32)
@@ -53,7 +56,8 @@ class ChunkedHeadLoss(torch.autograd.Function):
             grad_h = torch.zeros_like(h)
             grad_h[scored] = grad_hs.to(h.dtype)
         ctx.save_for_backward(grad_h, grad_w)
-        return total / n if n else total.new_tensor(float("nan"))  # nan: as F.cross_entropy, a mean of nothing
+        # nan: as F.cross_entropy, a mean of nothing
+        return total / n if n else total.new_tensor(float("nan"))
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -62,7 +66,8 @@ class ChunkedHeadLoss(torch.autograd.Function):
 
 
 def chunked_head_loss(h, weight, targets, chunk=None):
-    """model.head_loss(h [..., C], weight, targets [...]) by ChunkedHeadLoss; gradients only if wanted."""
+    """model.head_loss(h [..., C], weight, targets [...]) by ChunkedHeadLoss; gradients only if
+    wanted."""
     want_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return ChunkedHeadLoss.apply(h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1), chunk or LOSS_CHUNK,
-                                 want_grad)
+    return ChunkedHeadLoss.apply(h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1),
+                                 chunk or LOSS_CHUNK, want_grad)

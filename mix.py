@@ -8,8 +8,9 @@ vector e (D-dim) that conditions the LM, given the codebook C [K, D] of label em
                                                    and the LM sees the whole distribution
     gumbel:   a Gumbel-softmax sample in training, soft at evaluation
 
-Controls that use no planner: oracle (the true label of the sentence being predicted: an upper bound),
-fixed (one learned vector for every sentence), uniform (the codebook's mean), none (no plan at all).
+Controls that use no planner: oracle (the true label of the sentence being predicted: an upper
+bound), fixed (one learned vector for every sentence), uniform (the codebook's mean), none (no plan
+at all).
 """
 
 import contextlib
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 
 
 def hard(logits, codebook, temperature=1.0):
-    """The planner's single best guess; argmax has no gradient, so the planner must be trained alone."""
+    """The planner's single best guess; argmax has no gradient, so the planner must be trained
+    alone."""
     return codebook[logits.argmax(-1)]
 
 
@@ -30,7 +32,8 @@ def soft(logits, codebook, temperature=1.0):
 
 
 def straight_through(logits, codebook, temperature=1.0):
-    """Exactly hard's value, with soft's gradient: the soft term is zero forward but not backward."""
+    """Exactly hard's value, with soft's gradient: the soft term is zero forward but not
+    backward."""
     p = F.softmax(logits / temperature, dim=-1)
     return hard(logits, codebook) + (p - p.detach()) @ codebook
 
@@ -49,7 +52,8 @@ MODES = CONTROLS + tuple(ESTIMATORS)
 
 
 class Plans(nn.Module):
-    """The trainable codebook (it starts as the k-means centroids) and one mode's way to plan vectors."""
+    """The trainable codebook (it starts as the k-means centroids) and one mode's way to plan
+    vectors."""
 
     def __init__(self, mode, codebook, temperature=1.0):
         super().__init__()
@@ -57,20 +61,24 @@ class Plans(nn.Module):
             raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode, self.temperature = mode, temperature
         self.codebook = nn.Parameter(torch.as_tensor(codebook, dtype=torch.float32).clone())
-        # 'fixed' learns one vector that carries no information; it starts at a random centroid's scale.
+        # 'fixed' learns one vector that carries no information; it starts at a random centroid's
+        # scale.
         g = torch.Generator().manual_seed(0)
-        self.fixed = nn.Parameter(F.normalize(torch.randn(self.codebook.shape[1], generator=g), dim=0)
-                                  * self.codebook.norm(dim=1).mean()) if mode == "fixed" else None
+        self.fixed = nn.Parameter(
+            F.normalize(torch.randn(self.codebook.shape[1], generator=g), dim=0)
+            * self.codebook.norm(dim=1).mean()) if mode == "fixed" else None
 
     @property
     def uses_planner(self):
         return self.mode in ESTIMATORS
 
     def forward(self, logits=None, labels=None, generator=None):
-        """logits [..., K] (estimators) or labels [...] (oracle; others use their shape) -> [..., D] or None."""
+        """logits [..., K] (estimators) or labels [...] (oracle; others use their shape) -> [..., D]
+        or None."""
         if self.mode == "none":
             return None
-        shape = (logits.shape[:-1] if logits is not None else labels.shape) + self.codebook.shape[1:]
+        shape = ((logits.shape[:-1] if logits is not None else labels.shape)
+                 + self.codebook.shape[1:])
         if self.mode == "fixed":
             return self.fixed.expand(shape)
         if self.mode == "uniform":
@@ -82,7 +90,7 @@ class Plans(nn.Module):
         return ESTIMATORS[self.mode](logits, self.codebook, self.temperature)
 
 
-# ----------------------------------------------------------------------------- the conditioned model
+# ---------------------------------------------------------------------------- the conditioned model
 
 class PlannedLM(nn.Module):
     """The LM, the planner and the estimator, as one module: batch in, losses out."""
@@ -112,10 +120,12 @@ class PlannedLM(nn.Module):
     def forward(self, idx, targets, plan_index, emb, doc_row, sent_pos, labels, generator=None):
         """-> (LM loss, the planner's cross-entropy on these sentences or None)."""
         logits = self.sentence_logits(emb, doc_row, sent_pos)
-        vectors = self.plans(logits=logits, labels=labels, generator=generator)  # [n_sentences, D] or None
+        # [n_sentences, D] or None
+        vectors = self.plans(logits=logits, labels=labels, generator=generator)
         plan = None
         if vectors is not None:
-            vectors = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])  # row 0: no plan
+            # row 0: no plan
+            vectors = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])
             plan = vectors[plan_index + 1].to(self.lm.wte.weight.dtype)
         _, loss = self.lm(idx, targets, plan)
         return loss, (F.cross_entropy(logits, labels) if logits is not None else None)

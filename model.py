@@ -11,7 +11,8 @@ so the first token of a sentence is already predicted with that sentence's plan.
 
     from model import GPT, GPTConfig
     logits, _ = GPT(GPTConfig())(idx, plan=None)        # [B, T, vocab]
-    _, loss = GPT(GPTConfig())(idx, targets, plan=None)  # the mean cross-entropy, without the logits
+    # the mean cross-entropy, without the logits
+    _, loss = GPT(GPTConfig())(idx, targets, plan=None)
 
 The loss is written here plainly (head_loss: logits, then F.cross_entropy); forward uses its
 optimisation in fastloss.py, which gives the same value and gradients without the full logits.
@@ -30,14 +31,16 @@ import fastloss
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257  # GPT-2 BPE; with a closed vocabulary, its length
-    vocab: tuple | None = None  # a closed vocabulary (the synthetic corpus): the GPT-2 ids it predicts over
+    # a closed vocabulary (the synthetic corpus): the GPT-2 ids it predicts over
+    vocab: tuple | None = None
     block_size: int = 256  # context length in tokens
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.0  # the corpora are small, but the runs are short: no dropout by default
     plan_dim: int = 128  # width of a plan vector = the codebook's D; 0 builds no adapters
-    bias: bool = False  # biases in the linear layers, as GPT-2; without them a constant plan is a bias (README)
+    # biases in the linear layers, as GPT-2; without them a constant plan is a bias (README)
+    bias: bool = False
 
     def __post_init__(self):
         if self.vocab is not None:
@@ -56,8 +59,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -98,13 +104,14 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, c.plan_dim, c.bias) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, c.plan_dim, c.bias)
+                                    for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
         if c.vocab is not None:
-            # A corpus that can only ever write a few hundred tokens gets a head of that many rows, not
-            # 50,257: token ids are mapped to rows on the way in and back to ids when sampling.
+            # A corpus that can only ever write a few hundred tokens gets a head of that many rows,
+            # not 50,257: token ids are mapped to rows on the way in and back to ids when sampling.
             self.register_buffer("token_of_row", torch.tensor(c.vocab), persistent=False)
             row_of_token = torch.full((max(c.vocab) + 1,), -1)
             row_of_token[self.token_of_row] = torch.arange(len(c.vocab))
@@ -116,20 +123,23 @@ class GPT(nn.Module):
             if ".adapter." in name:
                 nn.init.zeros_(p)  # a new adapter changes nothing until fine-tuning moves it
 
-    # The loss: fastloss.py's optimisation of head_loss below (the same value and gradients, without the
-    # [B*T, vocab] logits); False: head_loss itself, the reference for tests and bench.py's side-by-side line.
+    # The loss: fastloss.py's optimisation of head_loss below (the same value and gradients, without
+    # the [B*T, vocab] logits); False: head_loss itself, the reference for tests and bench.py's
+    # side-by-side line.
     chunked_loss = True
 
     def forward(self, idx, targets=None, plan=None):
         """idx, targets: [B, T] token ids (targets -1 = not scored); plan: [B, T, plan_dim] or None.
 
-        -> (logits [B, T, vocab_size], None) without targets (with a closed vocabulary, row i is the token
-        config.vocab[i]); (None, mean loss over scored targets) with them."""
+        -> (logits [B, T, vocab_size], None) without targets (with a closed vocabulary, row i is the
+        token config.vocab[i]); (None, mean loss over scored targets) with them."""
         B, T = idx.shape
         if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+            raise ValueError(f"sequence of {T} tokens is longer than block_size "
+                             f"{self.config.block_size}")
         if plan is not None and plan.shape != (B, T, self.config.plan_dim):
-            raise ValueError(f"plan must be [B, T, plan_dim] = {[B, T, self.config.plan_dim]}, got {list(plan.shape)}")
+            raise ValueError(f"plan must be [B, T, plan_dim] = {[B, T, self.config.plan_dim]}, "
+                             f"got {list(plan.shape)}")
         if self.config.vocab is not None:
             idx, targets = self.rows(idx), None if targets is None else self.rows(targets)
         h = self.features(idx, plan)
@@ -153,7 +163,8 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, plan_fn=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, plan_fn=None,
+                 generator=None):
         """Sample max_new_tokens after idx [B, T].
 
         plan_fn(idx) -> [B, T, plan_dim]: the plans for every position of idx, asked for again
@@ -178,19 +189,24 @@ class GPT(nn.Module):
     def num_params(self, adapters=True):
         """Parameters (the tied head counted once), with or without the plan adapters."""
         n = sum(p.numel() for p in self.parameters())
-        return n if adapters else n - sum(p.numel() for b in self.blocks if b.adapter for p in b.adapter.parameters())
+        return n if adapters else n - sum(p.numel() for b in self.blocks if b.adapter
+                                          for p in b.adapter.parameters())
 
     def flops_per_token(self, adapters=True):
-        """Training FLOPs (forward + backward) per token at full context: 6 per weight, plus attention."""
+        """Training FLOPs (forward + backward) per token at full context: 6 per weight, plus
+        attention."""
         c = self.config
-        matmul_weights = self.num_params(adapters) - self.wpe.weight.numel()  # wte counts as the head
+        # wte counts as the head
+        matmul_weights = self.num_params(adapters) - self.wpe.weight.numel()
         return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.block_size
 
 
 def head_loss(h, weight, targets):
-    """The LM loss, plainly: logits for every position, then the mean cross-entropy over targets != -1."""
+    """The LM loss, plainly: logits for every position, then the mean cross-entropy over
+    targets != -1."""
     logits = h @ weight.T
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=-1)
 
 
 def init_gpt2(module):

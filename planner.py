@@ -30,7 +30,8 @@ class PlannerConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
-    max_sentences: int = 64  # sentences past this share the last position embedding: any length works
+    # sentences past this share the last position embedding: any length works
+    max_sentences: int = 64
 
 
 class Planner(nn.Module):
@@ -73,7 +74,8 @@ def planner_loss(logits, labels, mask):
 
 @torch.no_grad()
 def accuracy(logits, labels, mask, ks=(1, 5)):
-    """-> {'top1': ..., 'top5': ...}: how often the true label is among the k best, over real sentences."""
+    """-> {'top1': ..., 'top5': ...}: how often the true label is among the k best, over real
+    sentences."""
     logits, labels = logits[mask], labels[mask]
     top = logits.topk(max(ks), dim=-1).indices
     return {f"top{k}": (top[:, :k] == labels[:, None]).any(-1).float().mean().item() for k in ks}
@@ -81,7 +83,8 @@ def accuracy(logits, labels, mask, ks=(1, 5)):
 
 @torch.no_grad()
 def sentence_logits(planner, sd, chunk=256):
-    """The planner's logits for every sentence of a split, in split order (row s from sentences < s)."""
+    """The planner's logits for every sentence of a split, in split order (row s from
+    sentences < s)."""
     was_training, n_docs, logits = planner.training, len(sd.doc_sent) - 1, []
     planner.eval()
     for lo in range(0, n_docs, chunk):

@@ -39,9 +39,12 @@ class TrainError(Exception):
 
 def resolve_device(name):
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
-        raise TrainError(f"--device {name} is not available on this machine: use --device cpu or auto")
+        return ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available()
+                else "cpu")
+    if (name == "cuda" and not torch.cuda.is_available()
+            or name == "mps" and not torch.backends.mps.is_available()):
+        raise TrainError(f"--device {name} is not available on this machine: "
+                         f"use --device cpu or auto")
     return name
 
 def autocast_dtype(args):
@@ -65,18 +68,22 @@ def cpu_has_native_bf16():
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-# ----------------------------------------------------------------------------- defaults and flag checks
+# ------------------------------------------------------------------------- defaults and flag checks
 
 
-# On a GPU the defaults follow from the corpus, by arithmetic (cuda_defaults; README says why). The model:
-# the larger one only where the corpus can feed it; on ~1M tokens it would memorise the corpus.
+# On a GPU the defaults follow from the corpus, by arithmetic (cuda_defaults; README says why). The
+# model: the larger one only where the corpus can feed it; on ~1M tokens it would memorise the
+# corpus.
 LARGE_CORPUS = 20e6  # training tokens: WikiText-103 has ~98M, wiki ~0.93M
 
-CUDA_MODELS = {"large": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32, grad_accum=2, dropout=0.0),
-               "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32, grad_accum=1, dropout=0.1)}
+CUDA_MODELS = {"large": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32,
+                             grad_accum=2, dropout=0.0),
+               "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32,
+                             grad_accum=1, dropout=0.1)}
 
-# The schedule: a token budget that one GPU gets through in minutes, capped at a number of passes over
-# the corpus past which the LM only memorises it (the best checkpoint by val loss guards what is left).
+# The schedule: a token budget that one GPU gets through in minutes, capped at a number of passes
+# over the corpus past which the LM only memorises it (the best checkpoint by val loss guards what
+# is left).
 CUDA_LM_TOKENS = 200e6
 
 CUDA_PLANNER_DOCS = 200_000
@@ -98,7 +105,8 @@ def cuda_defaults(train_tokens, train_docs, world=1, planner_batch=64):
     lm_tokens = min(CUDA_LM_TOKENS, MAX_PASSES * train_tokens)
     finetune_iters = max(1, round(FINETUNE_SHARE * lm_tokens / per_step))
     return dict(d, lm_iters=max(1, round(lm_tokens / per_step)), finetune_iters=finetune_iters,
-                planner_iters=max(1, round(min(CUDA_PLANNER_DOCS, PLANNER_PASSES * train_docs) / (planner_batch * world))),
+                planner_iters=max(1, round(min(CUDA_PLANNER_DOCS, PLANNER_PASSES * train_docs)
+                                           / (planner_batch * world))),
                 eval_interval=max(1, finetune_iters // EVALS_PER_FINETUNE), eval_iters=50)
 
 def fill_defaults(args, defaults):
@@ -108,16 +116,20 @@ def fill_defaults(args, defaults):
 
 # Every numeric flag's range, in one place: (flags, test, what the flag must be).
 FLAG_RANGES = [
-    (("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval", "eval_iters",
-      "planner_batch", "planner_layers", "planner_embd", "n_labels", "embed_dim", "synthetic_types"),
+    (("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval",
+      "eval_iters", "planner_batch", "planner_layers", "planner_embd", "n_labels", "embed_dim",
+      "synthetic_types"),
      lambda v: v >= 1, "at least 1"),
     (("lm_iters", "planner_iters", "finetune_iters"), lambda v: v >= 1,
-     "at least 1 (every stage must train: fine-tuning an untrained LM or planner measures nothing)"),
-    (("synthetic_docs",), lambda v: v >= 3, "at least 3 (train, val and test take one document each at least)"),
+     "at least 1 (every stage must train: fine-tuning an untrained LM or planner measures "
+     "nothing)"),
+    (("synthetic_docs",), lambda v: v >= 3,
+     "at least 3 (train, val and test take one document each at least)"),
     (("seed", "warmup_iters"), lambda v: v >= 0, "zero or more"),
-    (("lr", "planner_lr", "finetune_lr", "planner_finetune_lr", "temperature"), lambda v: 0 < v < math.inf,
-     "a positive number"),
-    (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf, "zero or a positive number"),
+    (("lr", "planner_lr", "finetune_lr", "planner_finetune_lr", "temperature"),
+     lambda v: 0 < v < math.inf, "a positive number"),
+    (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf,
+     "zero or a positive number"),
     (("dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1"),
     (("synthetic_ambiguity",), lambda v: 0 <= v <= 1, "a probability, from 0 to 1"),
 ]
@@ -146,7 +158,8 @@ class Context:
 
     @staticmethod
     def get():
-        return Context(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else Context()
+        return (Context(dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
+                else Context())
 
 def setup_distributed(args):
     if "RANK" not in os.environ:
@@ -173,7 +186,8 @@ class atomic_write:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(self.path)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.{os.getpid()}.", suffix=".tmp")
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent,
+                                        prefix=f"{self.path.name}.{os.getpid()}.", suffix=".tmp")
         os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
@@ -220,7 +234,8 @@ def checkpoint(net, args, corpus, stage, step, opt, done, best):
         ck.update(model_args=dataclasses.asdict(net.lm.config), model=net.lm.state_dict(),
                   mode=net.plans.mode, plans=net.plans.state_dict())
     if net.planner is not None:
-        ck.update(planner_args=dataclasses.asdict(net.planner.config), planner=net.planner.state_dict())
+        ck.update(planner_args=dataclasses.asdict(net.planner.config),
+                  planner=net.planner.state_dict())
     return ck
 
 def save(ck, path):
@@ -228,8 +243,9 @@ def save(ck, path):
         torch.save(ck, tmp)
 
 def keep_best(ckpt_path):
-    """best.pt beside ckpt.pt: the checkpoint of the lowest validation loss so far, as a second name of
-    the file just written (a hard link: no copy; a later ckpt.pt is a new file and leaves it alone)."""
+    """best.pt beside ckpt.pt: the checkpoint of the lowest validation loss so far, as a second name
+    of the file just written (a hard link: no copy; a later ckpt.pt is a new file and leaves it
+    alone)."""
     with atomic_write(ckpt_path.with_name("best.pt")) as tmp:
         os.remove(tmp)
         try:
@@ -238,17 +254,20 @@ def keep_best(ckpt_path):
             shutil.copyfile(ckpt_path, tmp)
 
 def load_checkpoint(path, device="cpu"):
-    """A checkpoint holds tensors and plain values only, so it is loaded without running any code it may carry."""
+    """A checkpoint holds tensors and plain values only, so it is loaded without running any code it
+    may carry."""
     if not zipfile.is_zipfile(path):
-        raise TrainError(f"{path} is damaged or not a checkpoint (cut short while copying?): delete it and "
-                         "train again, or copy it again")
+        raise TrainError(f"{path} is damaged or not a checkpoint (cut short while copying?): "
+                         "delete it and train again, or copy it again")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise TrainError(f"{path} holds more than tensors and plain values, so it was refused without running it "
-                         f"({first_line(e)[:80]}...): use a checkpoint written by train.py") from None
+        raise TrainError(f"{path} holds more than tensors and plain values, so it was refused "
+                         f"without running it ({first_line(e)[:80]}...): use a checkpoint "
+                         f"written by train.py") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise TrainError(f"{path} is damaged ({first_line(e)[:100]}): delete it and train again") from None
+        raise TrainError(f"{path} is damaged ({first_line(e)[:100]}): "
+                         f"delete it and train again") from None
 
 def load_state(net, ck):
     if hasattr(net, "plans"):
@@ -258,25 +277,30 @@ def load_state(net, ck):
     if net.planner is not None and "planner" in ck:
         net.planner.load_state_dict(ck["planner"])
 
-# Where a run is kept, and on what hardware: a run can continue elsewhere, with or without torch.compile.
+# Where a run is kept, and on what hardware: a run can continue elsewhere, with or without
+# torch.compile.
 NOT_THE_RUN = ("data_dir", "out_dir", "device", "compile", "resume")
 
 def refuse_other_settings(saved, args, ckpt_path):
     """Continuing a run with other settings would make a run that no command describes."""
     changed = [k for k in saved if k not in NOT_THE_RUN and saved[k] != vars(args).get(k)]
     if changed:
-        flags = lambda values: ", ".join(f"--{k.replace('_', '-')} {values.get(k)}" for k in changed)
-        raise TrainError(f"--resume: {ckpt_path} was made with {flags(saved)}, not {flags(vars(args))}: "
-                         f"continue with the same flags, or delete {ckpt_path.parent} to start the run over")
+        flags = lambda values: ", ".join(f"--{k.replace('_', '-')} {values.get(k)}"
+                                         for k in changed)
+        raise TrainError(f"--resume: {ckpt_path} was made with {flags(saved)}, "
+                         f"not {flags(vars(args))}: continue with the same flags, or delete "
+                         f"{ckpt_path.parent} to start the run over")
 
 def stage_dir(args, name, corpus, *settings):
     """Pretrained stages are keyed by everything that changes their result, so modes share them."""
-    key = json.dumps([corpus.identity(), args.seed, autocast_dtype(args).__repr__(), Context.get().world,
-                      *settings], sort_keys=True, default=str)
-    return Path(args.out_dir) / "pretrain" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    key = json.dumps([corpus.identity(), args.seed, autocast_dtype(args).__repr__(),
+                      Context.get().world, *settings], sort_keys=True, default=str)
+    return (Path(args.out_dir) / "pretrain"
+            / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
 
 def finished(ckpt_path, net, args):
-    """Load a pretrained stage that an earlier run completed; False if there is none (or it was cut short)."""
+    """Load a pretrained stage that an earlier run completed; False if there is none (or it was cut
+    short)."""
     if not ckpt_path.exists():
         return False
     try:
@@ -285,7 +309,8 @@ def finished(ckpt_path, net, args):
             load_state(net, ck if ck.get("best_step", ck["step"]) == ck["step"] else
                        load_checkpoint(ckpt_path.with_name("best.pt"), args.device))
     except TrainError as e:  # shared by every run in this out-dir: say which folder to delete
-        raise TrainError(f"pretrained stage {ckpt_path.parent}: {e} (rm -r {ckpt_path.parent} retrains it)") from None
+        raise TrainError(f"pretrained stage {ckpt_path.parent}: {e} "
+                         f"(rm -r {ckpt_path.parent} retrains it)") from None
     return ck["done"]
 
 
@@ -293,10 +318,11 @@ def finished(ckpt_path, net, args):
 
 
 class StopRequest:
-    """Ctrl-C in the loop: finish the step under way, then save and stop. A second Ctrl-C quits at once.
+    """Ctrl-C in the loop: finish the step under way, then save and stop. A second Ctrl-C quits at
+    once.
 
-    A KeyboardInterrupt raised mid-step can land inside opt.step() and leave some parameter groups one
-    update ahead of the others; a flag read between whole steps never saves half a step.
+    A KeyboardInterrupt raised mid-step can land inside opt.step() and leave some parameter groups
+    one update ahead of the others; a flag read between whole steps never saves half a step.
     """
 
     def __enter__(self):
@@ -311,7 +337,8 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step (Ctrl-C again quits without saving it)", file=sys.stderr)
+        print("\nCtrl-C: stopping after this step (Ctrl-C again quits without saving it)",
+              file=sys.stderr)
 
     def __exit__(self, *exc):
         if self.previous is not None:
@@ -326,26 +353,34 @@ class StopRequest:
         return bool(flag)
 
 def kept(saved, path):
-    """The sentence that ends a stopped run's message: it names a checkpoint only if this run wrote or read it."""
-    return f"The last good checkpoint (step {saved}) is kept at {path}" if saved is not None else "No checkpoint was written"
+    """The sentence that ends a stopped run's message: it names a checkpoint only if this run wrote
+    or read it."""
+    return (f"The last good checkpoint (step {saved}) is kept at {path}" if saved is not None
+            else "No checkpoint was written")
 
 def schedule(stage, iters, args, corpus):
-    """-> (what one step reads, a line saying what the schedule means for this corpus, passes over it)."""
+    """-> (what one step reads, a line saying what the schedule means for this corpus, passes over
+    it)."""
     world, split = Context.get().world, corpus.splits["train"]
     if stage == "planner":
-        per_step, unit, have = args.planner_batch * args.grad_accum * world, "documents", len(split.doc_sent) - 1
+        per_step, unit, have = (args.planner_batch * args.grad_accum * world, "documents",
+                                len(split.doc_sent) - 1)
     else:
-        per_step, unit, have = args.batch_size * args.grad_accum * world * args.block_size, "tokens", len(split.tokens)
+        per_step, unit, have = (args.batch_size * args.grad_accum * world * args.block_size,
+                                "tokens", len(split.tokens))
     passes = iters * per_step / have
-    return per_step, (f"{stage}: {per_step:,} {unit} a step x {iters:,} steps = {iters * per_step:,} {unit}, "
+    return per_step, (f"{stage}: {per_step:,} {unit} a step x {iters:,} steps = "
+                      f"{iters * per_step:,} {unit}, "
                       f"{passes:.2f} passes over the {have:,} training {unit}"), passes
 
 
 class Run:
     """One stage's run in ckpt_path's folder, as train.py's loop drives it:
 
-        first = run.begin(net, opt, resume)     # continue from the checkpoint, or start the log afresh
-        with run.stopping():                    # Ctrl-C / SIGTERM: finish the step under way, then stop
+        first = run.begin(net, opt, resume)     # continue from the checkpoint, or start the log
+                                                # afresh
+        with run.stopping():                    # Ctrl-C / SIGTERM: finish the step under way,
+                                                # then stop
             for step in run.steps():            # a progress bar; ends early once a stop is agreed
                 ...one optimisation step...
                 run.check_loss(total, step)     # the NaN guard, before the update is applied
@@ -354,7 +389,8 @@ class Run:
     """
 
     def __init__(self, stage, iters, args, corpus, ckpt_path):
-        self.stage, self.iters, self.args, self.corpus, self.ckpt = stage, iters, args, corpus, ckpt_path
+        self.stage, self.iters, self.args, self.corpus, self.ckpt = (
+            stage, iters, args, corpus, ckpt_path)
         self.ctx, self.log = Context.get(), ckpt_path.parent / "log.jsonl"
         self.saved, self.best, self.stop = None, (math.inf, None), None
 
@@ -363,7 +399,8 @@ class Run:
         step, args = 0, self.args
         if resume and self.ckpt.exists():
             ck = load_checkpoint(self.ckpt, args.device)
-            if self.stage == "finetune":  # a pretrained stage's folder is keyed by its settings; a run's is only named
+            # a pretrained stage's folder is keyed by its settings; a run's is only named
+            if self.stage == "finetune":
                 refuse_other_settings(ck["config"], args, self.ckpt)
             load_state(net, ck)
             opt.load_state_dict(ck["optimizer"])
@@ -373,14 +410,16 @@ class Run:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             self.log.write_text("")
         if args.compile and hasattr(net, "lm"):
-            net.lm.compile()  # the LM only: its shapes are fixed, the planner's change with every batch
+            # the LM only: its shapes are fixed, the planner's change with every batch
+            net.lm.compile()
         self.per_step, plan, passes = schedule(self.stage, self.iters, args, self.corpus)
         if self.ctx.master:
             print(plan)
             if self.stage != "planner" and passes > WARN_PASSES:
-                print(f"warning: {passes:.0f} passes over the corpus: the LM will overfit long before the end (the "
-                      f"checkpoint of the best val loss is kept): use fewer --{self.stage}-iters, a smaller model, "
-                      "--dropout 0.1, or a larger corpus", file=sys.stderr)
+                print(f"warning: {passes:.0f} passes over the corpus: the LM will overfit long "
+                      f"before the end (the checkpoint of the best val loss is kept): use fewer "
+                      f"--{self.stage}-iters, a smaller model, --dropout 0.1, or a larger corpus",
+                      file=sys.stderr)
         self.done = step
         return step
 
@@ -397,14 +436,16 @@ class Run:
     def stopping(self):
         name = self.args.run if self.stage == "finetune" else "shared"
         self.bar = tqdm(range(self.done, self.iters), initial=self.done, total=self.iters,
-                        desc=f"{self.stage} [{name}]", disable=None if self.ctx.master else True, dynamic_ncols=True)
+                        desc=f"{self.stage} [{name}]", disable=None if self.ctx.master else True,
+                        dynamic_ncols=True)
         self.t0, self.first = time.time(), self.done
         with StopRequest() as self.stop:
             try:
                 yield
             except KeyboardInterrupt:  # the second Ctrl-C, mid-step: nothing of that step is kept
-                raise TrainError(f"interrupted twice during step {self.done + 1} of {self.stage}: that step was "
-                                 f"not saved. {kept(self.saved, self.ckpt)}") from None
+                raise TrainError(f"interrupted twice during step {self.done + 1} of {self.stage}: "
+                                 f"that step was not saved. "
+                                 f"{kept(self.saved, self.ckpt)}") from None
             finally:
                 self.bar.close()
 
@@ -415,54 +456,64 @@ class Run:
             yield step
 
     def check_loss(self, total, step):
-        """Average the step's loss over processes; refuse to apply a step whose loss is not finite."""
+        """Average the step's loss over processes; refuse to apply a step whose loss is not
+        finite."""
         if self.ctx.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
         if not torch.isfinite(total):
-            raise TrainError(f"{self.stage}: the loss became {total.item()} at step {step + 1}; stopped. "
+            raise TrainError(f"{self.stage}: the loss became {total.item()} at step {step + 1}; "
+                             f"stopped. "
                              f"{kept(self.saved, self.ckpt)}: lower the learning rate and rerun")
 
     def step_done(self, done, total, opt, net, val_fn):
-        """Progress; at every eval_interval and at the end: validate, log, save, keep the best checkpoint."""
+        """Progress; at every eval_interval and at the end: validate, log, save, keep the best
+        checkpoint."""
         self.done, args = done, self.args
         rate = (done - self.first) * self.per_step / (time.time() - self.t0)
-        self.bar.set_postfix(loss=f"{total.item():.3f}", ppl=f"{math.exp(min(total.item(), 50)):.1f}",
+        self.bar.set_postfix(loss=f"{total.item():.3f}",
+                             ppl=f"{math.exp(min(total.item(), 50)):.1f}",
                              **{"tok/s" if self.stage != "planner" else "docs/s": f"{rate:,.0f}"})
         if done % args.eval_interval and done != self.iters:
             return
-        record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"], per_s=round(rate, 1),
-                      seconds=round(time.time() - self.t0, 1), **val_fn())
+        record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"],
+                      per_s=round(rate, 1), seconds=round(time.time() - self.t0, 1), **val_fn())
         if bad := [f"{k} {v}" for k, v in record.items() if not math.isfinite(v)]:
-            raise TrainError(f"{self.stage}: at step {done} {', '.join(bad)}; stopped without saving "
-                             f"that step. {kept(self.saved, self.ckpt)}: lower the learning rate and rerun")
+            raise TrainError(f"{self.stage}: at step {done} {', '.join(bad)}; stopped without "
+                             f"saving that step. "
+                             f"{kept(self.saved, self.ckpt)}: lower the learning rate and rerun")
         score = record.get("val_loss", record.get("planner_val_loss"))
         improved = score < self.best[0]
         self.best = (score, done) if improved else self.best
         if self.ctx.master:
-            self.bar.write(f"{self.stage} step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                                       if k != "step")
+            self.bar.write(f"{self.stage} step {done}: "
+                           + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
                            + (" (best so far)" if improved else f" (best: step {self.best[1]})"))
             with open(self.log, "a") as f:
                 f.write(json.dumps(dict(record, best_step=self.best[1])) + "\n")
-            save(checkpoint(net, args, self.corpus, self.stage, done, opt, done == self.iters, self.best), self.ckpt)
+            save(checkpoint(net, args, self.corpus, self.stage, done, opt, done == self.iters,
+                            self.best), self.ckpt)
             if improved:
                 keep_best(self.ckpt)
         self.saved = done
 
     def end(self, net, opt):
-        """A stop: save what is done and say how to go on. Else go on from the best checkpoint by val loss."""
+        """A stop: save what is done and say how to go on. Else go on from the best checkpoint by
+        val loss."""
         done, args = self.done, self.args
         if self.stop.requested:
             if self.saved != done:
                 if self.ctx.master:
-                    save(checkpoint(net, args, self.corpus, self.stage, done, opt, done == self.iters, self.best),
+                    save(checkpoint(net, args, self.corpus, self.stage, done, opt,
+                                    done == self.iters, self.best),
                          self.ckpt)
                 self.saved = done
-            raise TrainError(f"interrupted after step {done} of {self.stage}: saved {self.ckpt}; continue with "
-                             f"the same command{' and --resume' if self.stage == 'finetune' else ''}")
+            raise TrainError(f"interrupted after step {done} of {self.stage}: saved {self.ckpt}; "
+                             f"continue with the same command"
+                             f"{' and --resume' if self.stage == 'finetune' else ''}")
         if self.best[1] not in (None, done):
             if self.ctx.master:
-                print(f"{self.stage}: the best val loss ({self.best[0]:.4g}) was at step {self.best[1]} of {done}: "
+                print(f"{self.stage}: the best val loss ({self.best[0]:.4g}) was at step "
+                      f"{self.best[1]} of {done}: "
                       f"going on with that checkpoint, {self.ckpt.with_name('best.pt')}")
             if self.ctx.world > 1:
                 dist.barrier()  # rank 0 wrote it

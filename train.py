@@ -2,19 +2,22 @@
 Train the planner-conditioned GPT end to end, in the stages of the method:
 
   (a) data: sentences, embeddings, k-means plan labels and the codebook (data.py, cached)
-  (b) pretrain the LM with no plans                                  \\ cached under <out-dir>/pretrain,
-  (c) pretrain the planner on the labels (cross-entropy)             / shared by every mode
+  (b) pretrain the LM with no plans                              \\ cached under <out-dir>/pretrain,
+  (c) pretrain the planner on the labels (cross-entropy)         / shared by every mode
   (d) fine-tune the LM with plans from one estimator (mix.py), planner frozen or joint
 
     python train.py                                  # wiki corpus, --mode soft --planner joint
     python train.py --mode hard                      # planner frozen (the default for hard)
     python train.py --mode st                        # straight-through, planner joint
-    python train.py --mode oracle                    # the true label of each sentence: an upper bound
+    python train.py --mode oracle                    # the true label of each sentence: an upper
+                                                     # bound
     python train.py --dataset synthetic --device cpu
-    torchrun --standalone --nproc_per_node 2 train.py   # DDP: the global batch is split across processes
+    torchrun --standalone --nproc_per_node 2 train.py   # DDP: the global batch is split across
+                                                        # processes
 
-With the same --seed every mode starts from the same pretrained weights and sees the same batches, so
-differences come from the estimator alone. Then compare runs with `python eval.py out/none out/soft-joint ...`.
+With the same --seed every mode starts from the same pretrained weights and sees the same batches,
+so differences come from the estimator alone. Then compare runs with
+`python eval.py out/none out/soft-joint ...`.
 """
 
 
@@ -39,14 +42,17 @@ from planner import Planner, PlannerConfig, planner_loss, planner_metrics
 from runtime import Context, TrainError
 
 
-# Defaults that depend on the device; an explicit flag always wins. The CPU set is a budget: 2,048 tokens
-# a step and 550 LM steps, ~10 minutes for every stage on 2 cores with native bf16 on the wiki corpus; on a
-# CPU without it autocast stays float32 and a step is ~3x slower, so expect ~30 minutes. Within that budget
-# tune.py measured (exact val perplexity of the default run, README's table):
+# Defaults that depend on the device; an explicit flag always wins. The CPU set is a budget: 2,048
+# tokens a step and 550 LM steps, ~10 minutes for every stage on 2 cores with native bf16 on the
+# wiki corpus; on a CPU without it autocast stays float32 and a step is ~3x slower, so expect ~30
+# minutes. Within that budget tune.py measured (exact val perplexity of the default run, README's
+# table):
 CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, dropout=0.0,
-                    block_size=32, batch_size=64,  # measured: val perplexity 295; 64 x 32: 323; 128 x 16: 359
+                    # measured: val perplexity 295; 64 x 32: 323; 128 x 16: 359
+                    block_size=32, batch_size=64,
                     grad_accum=1,
-                    lm_iters=400, finetune_iters=150,  # measured: the LM's steps split 400/150 beat 275/275 and 468/82
+                    # measured: the LM's steps split 400/150 beat 275/275 and 468/82
+                    lm_iters=400, finetune_iters=150,
                     planner_iters=500, eval_interval=50, eval_iters=8)
 
 
@@ -54,42 +60,57 @@ CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, dropout=0.0,
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     data.add_data_args(p)
     g = p.add_argument_group("method")
     g.add_argument("--mode", default="soft", help=f"how plans reach the LM: {', '.join(MODES)}")
-    g.add_argument("--planner", choices=("frozen", "joint"), help="hard: frozen; st, soft, gumbel: joint")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of st/soft/gumbel")
+    g.add_argument("--planner", choices=("frozen", "joint"),
+                   help="hard: frozen; st, soft, gumbel: joint")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature of st/soft/gumbel")
     g.add_argument("--planner-loss-weight", type=float, default=0.0,
-                   help="keep the planner's own cross-entropy during joint training (0: pure end-to-end)")
+                   help="keep the planner's own cross-entropy during joint training "
+                        "(0: pure end-to-end)")
     g = p.add_argument_group("run")
-    g.add_argument("--out-dir", default="out", help="runs go to <out-dir>/<run>/, pretrained stages to <out-dir>/pretrain/")
+    g.add_argument("--out-dir", default="out",
+                   help="runs go to <out-dir>/<run>/, pretrained stages to <out-dir>/pretrain/")
     g.add_argument("--run", help="run name (default: the mode, plus -frozen/-joint)")
-    g.add_argument("--seed", type=int, default=0, help="data split, labels, initial weights, batches")
+    g.add_argument("--seed", type=int, default=0,
+                   help="data split, labels, initial weights, batches")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="autocast dtype; auto: bfloat16 where the device computes it natively")
     g.add_argument("--compile", action="store_true", help="torch.compile the LM")
-    g.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its checkpoint")
-    g = p.add_argument_group("model (defaults depend on the device and, on a GPU, the corpus: CPU_DEFAULTS, cuda_defaults)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the fine-tuning run from its checkpoint")
+    g = p.add_argument_group("model (defaults depend on the device and, on a GPU, the corpus: "
+                             "CPU_DEFAULTS, cuda_defaults)")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         g.add_argument("--" + name.replace("_", "-"), type=int)
     g.add_argument("--dropout", type=float)
     g.add_argument("--bias", action="store_true",
-                   help="biases in the LM's linear layers, as GPT-2: then fixed (a constant plan) adds no capacity")
+                   help="biases in the LM's linear layers, as GPT-2: then fixed (a constant plan) "
+                        "adds no capacity")
     g.add_argument("--planner-layers", type=int, default=2)
     g.add_argument("--planner-embd", type=int, default=128)
     g = p.add_argument_group("schedule")
-    for name in ("lm_iters", "planner_iters", "finetune_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters"):
+    for name in ("lm_iters", "planner_iters", "finetune_iters", "batch_size", "grad_accum",
+                 "eval_interval", "eval_iters"):
         g.add_argument("--" + name.replace("_", "-"), type=int)
-    g.add_argument("--planner-batch", type=int, default=64, help="documents per planner pretraining step")
-    # measured (tune.py, the CPU defaults): 2e-3 ends at val perplexity 295, 1e-3 at 345, 4e-3 at 372
+    g.add_argument("--planner-batch", type=int, default=64,
+                   help="documents per planner pretraining step")
+    # measured (tune.py, the CPU defaults): 2e-3 ends at val perplexity 295, 1e-3 at 345,
+    # 4e-3 at 372
     g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of LM pretraining")
-    g.add_argument("--planner-lr", type=float, default=2e-3, help="peak learning rate of planner pretraining")
-    g.add_argument("--finetune-lr", type=float, default=1e-3, help="peak learning rate of fine-tuning (tune.py: half of --lr)")
+    g.add_argument("--planner-lr", type=float, default=2e-3,
+                   help="peak learning rate of planner pretraining")
+    g.add_argument("--finetune-lr", type=float, default=1e-3,
+                   help="peak learning rate of fine-tuning (tune.py: half of --lr)")
     g.add_argument("--planner-finetune-lr", type=float, default=1e-4,
                    help="peak learning rate of a joint planner during fine-tuning")
-    g.add_argument("--warmup-iters", type=int, default=100, help="per stage, capped at a fifth of its iterations")
+    g.add_argument("--warmup-iters", type=int, default=100,
+                   help="per stage, capped at a fifth of its iterations")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
     return p
@@ -99,9 +120,11 @@ def get_args(argv=None):
     args = make_parser().parse_args(argv)
     args.device = runtime.resolve_device(args.device)
     if args.device != "cuda":
-        runtime.fill_defaults(args, CPU_DEFAULTS)  # on a GPU they wait for the corpus: see cuda_defaults
+        # on a GPU they wait for the corpus: see cuda_defaults
+        runtime.fill_defaults(args, CPU_DEFAULTS)
     runtime.check_ranges(args, runtime.FLAG_RANGES)
-    if args.n_embd is not None and args.n_head is not None:  # on a GPU the defaults come with the corpus
+    # on a GPU the defaults come with the corpus
+    if args.n_embd is not None and args.n_head is not None:
         check_shapes(args)
     check_method(args)
     return args
@@ -109,9 +132,11 @@ def get_args(argv=None):
 
 def check_shapes(args):
     if args.n_embd % args.n_head:
-        raise TrainError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}: change one of them")
+        raise TrainError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}: "
+                         f"change one of them")
     if args.planner_embd % PlannerConfig.n_head:
-        raise TrainError(f"--planner-embd {args.planner_embd} must be a multiple of the planner's {PlannerConfig.n_head} heads")
+        raise TrainError(f"--planner-embd {args.planner_embd} must be a multiple of the planner's "
+                         f"{PlannerConfig.n_head} heads")
 
 
 def check_method(args):
@@ -126,28 +151,34 @@ def check_method(args):
             raise TrainError("--mode hard sends no gradient to the planner: --planner joint needs "
                              "--planner-loss-weight > 0 (or use --planner frozen)")
     if args.planner_loss_weight and args.planner != "joint":
-        raise TrainError("--planner-loss-weight only applies to a joint planner: add --planner joint")
+        raise TrainError("--planner-loss-weight only applies to a joint planner: "
+                         "add --planner joint")
     args.run = args.run or args.mode + (f"-{args.planner}" if args.planner else "")
 
 
 def gpt_config(args):
-    # The synthetic corpus has a closed vocabulary: its LM's head has a row per token the generator can
-    # write (~700), not 50,257 rows for tokens that never occur, which made 97% of a small model's step.
-    vocab = data.synthetic_vocab(args.seed, args.synthetic_types) if args.dataset == "synthetic" else None
-    return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                     dropout=args.dropout, plan_dim=args.embed_dim, bias=args.bias, vocab=vocab)
+    # The synthetic corpus has a closed vocabulary: its LM's head has a row per token the generator
+    # can write (~700), not 50,257 rows for tokens that never occur, which made 97% of a small
+    # model's step.
+    vocab = (data.synthetic_vocab(args.seed, args.synthetic_types) if args.dataset == "synthetic"
+             else None)
+    return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                     n_embd=args.n_embd, dropout=args.dropout, plan_dim=args.embed_dim,
+                     bias=args.bias, vocab=vocab)
 
 
 def planner_config(args):
-    return PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim, n_layer=args.planner_layers,
-                         n_embd=args.planner_embd, dropout=args.dropout)
+    return PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim,
+                         n_layer=args.planner_layers, n_embd=args.planner_embd,
+                         dropout=args.dropout)
 
 
 # ----------------------------------------------------------------------------- the stages
 
 
 def step_rng(seed, stage, step):
-    """Batches depend on (seed, stage, step) alone: every mode sees the same ones, and a resumed run too."""
+    """Batches depend on (seed, stage, step) alone: every mode sees the same ones, and a resumed run
+    too."""
     return np.random.default_rng([seed, ["lm", "planner", "finetune"].index(stage), step])
 
 
@@ -156,18 +187,21 @@ def lm_batches(sd, args, stage):
 
     def batch(step, micro):
         rng = step_rng(args.seed, stage, step)
-        n = args.batch_size * args.grad_accum * ctx.world  # the global batch; this process takes its share
+        # the global batch; this process takes its share
+        n = args.batch_size * args.grad_accum * ctx.world
         starts = rng.integers(0, len(sd.tokens) - args.block_size - 1, n)
         mine = starts.reshape(args.grad_accum, ctx.world, args.batch_size)[micro, ctx.rank]
         b = sd.lm_batch(torch.as_tensor(mine, device=args.device), args.block_size)
-        share = ctx.rank * args.grad_accum + micro  # gumbel noise: a function of (seed, step, share) too
+        # gumbel noise: a function of (seed, step, share) too
+        share = ctx.rank * args.grad_accum + micro
         b["generator"] = torch.Generator(args.device).manual_seed(int(rng.integers(2**62)) + share)
         return b
     return batch
 
 
 def fixed_windows(sd, args, ctx):
-    """The same val windows at every evaluation, evenly spaced over the stream; this process's share."""
+    """The same val windows at every evaluation, evenly spaced over the stream; this process's
+    share."""
     n = args.eval_iters * ctx.world * args.batch_size
     starts = np.linspace(0, len(sd.tokens) - args.block_size - 2, n).astype(np.int64)
     return [sd.lm_batch(torch.as_tensor(s, device=args.device), args.block_size)
@@ -187,15 +221,18 @@ def val_loss(net, batches, args):
 
 def pretrain_lm(args, corpus, splits):
     cfg = gpt_config(args)
-    out = runtime.stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr, args.batch_size,
-                    args.grad_accum, min(args.warmup_iters, args.lm_iters // 5), args.weight_decay, args.grad_clip)
+    out = runtime.stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr,
+                            args.batch_size, args.grad_accum,
+                            min(args.warmup_iters, args.lm_iters // 5), args.weight_decay,
+                            args.grad_clip)
     torch.manual_seed(args.seed)
     net = PlannedLM(GPT(cfg), None, Plans("none", corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
     if runtime.finished(ck, net, args):
         return net.lm, out
     val = fixed_windows(splits["val"], args, Context.get())
-    train(net, "lm", args.lm_iters, args.lr, args, corpus, ck, lm_batches(splits["train"], args, "lm"),
+    train(net, "lm", args.lm_iters, args.lr, args, corpus, ck,
+          lm_batches(splits["train"], args, "lm"),
           lambda: val_loss(net, val, args), resume=True)
     return net.lm, out
 
@@ -213,8 +250,10 @@ class PlannerObjective(nn.Module):
 
 def pretrain_planner(args, corpus, splits):
     cfg = planner_config(args)
-    out = runtime.stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters, args.planner_lr,
-                    args.planner_batch, min(args.warmup_iters, args.planner_iters // 5), args.weight_decay, args.grad_clip)
+    out = runtime.stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters,
+                            args.planner_lr, args.planner_batch,
+                            min(args.warmup_iters, args.planner_iters // 5), args.weight_decay,
+                            args.grad_clip)
     torch.manual_seed(args.seed)
     net = PlannerObjective(Planner(cfg, corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
@@ -224,7 +263,8 @@ def pretrain_planner(args, corpus, splits):
     n_docs, ctx = len(train_sd.doc_sent) - 1, Context.get()
 
     def batch(step, micro):
-        docs = step_rng(args.seed, "planner", step).integers(0, n_docs, (args.grad_accum, ctx.world, args.planner_batch))
+        docs = step_rng(args.seed, "planner", step).integers(
+            0, n_docs, (args.grad_accum, ctx.world, args.planner_batch))
         return train_sd.planner_batch(torch.as_tensor(docs[micro, ctx.rank], device=args.device))
 
     train(net, "planner", args.planner_iters, args.planner_lr, args, corpus, ck, batch,
@@ -234,13 +274,15 @@ def pretrain_planner(args, corpus, splits):
 
 def finetune(args, corpus, splits, lm, planner):
     plans = Plans(args.mode, corpus.codebook, args.temperature)
-    net = PlannedLM(lm, planner if plans.uses_planner else None, plans, args.planner != "joint").to(args.device)
+    net = PlannedLM(lm, planner if plans.uses_planner else None, plans,
+                    args.planner != "joint").to(args.device)
     out = Path(args.out_dir) / args.run
     val = fixed_windows(splits["val"], args, Context.get())
 
     def metrics():
         m = val_loss(net, val, args)
-        return {**m, **planner_metrics(net.planner, splits["val"])} if net.planner is not None else m
+        return ({**m, **planner_metrics(net.planner, splits["val"])} if net.planner is not None
+                else m)
 
     train(net, "finetune", args.finetune_iters, args.finetune_lr, args, corpus, out / "ckpt.pt",
           lm_batches(splits["train"], args, "finetune"), metrics, resume=args.resume,
@@ -252,7 +294,8 @@ def finetune(args, corpus, splits, lm, planner):
 
 
 def lr_at(step, iters, peak, warmup):
-    """Linear warmup (over at most a fifth of the stage), then cosine decay to a tenth of the peak."""
+    """Linear warmup (over at most a fifth of the stage), then cosine decay to a tenth of the
+    peak."""
     warmup = min(warmup, iters // 5)
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -261,18 +304,23 @@ def lr_at(step, iters, peak, warmup):
 
 
 def make_optimizer(net, lr, weight_decay, planner_lr_scale=1.0):
-    """AdamW; no decay on gains, biases and vectors. A joint planner can learn at its own, slower pace."""
-    planner = {id(p) for p in net.planner.parameters()} if isinstance(net, PlannedLM) and net.planner else set()
+    """AdamW; no decay on gains, biases and vectors. A joint planner can learn at its own, slower
+    pace."""
+    planner = ({id(p) for p in net.planner.parameters()}
+               if isinstance(net, PlannedLM) and net.planner else set())
     groups = []
     for scale, params in ((1.0, [p for p in net.parameters() if id(p) not in planner]),
                           (planner_lr_scale, [p for p in net.parameters() if id(p) in planner])):
         params = [p for p in params if p.requires_grad]
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay,
+                    "lr_scale": scale},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0,
+                    "lr_scale": scale}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
 
 
-def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resume, planner_lr_scale=1.0):
+def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resume,
+          planner_lr_scale=1.0):
     """The loop shared by every stage. batch_fn(step, micro) -> dict of tensors for net.forward."""
     opt = make_optimizer(net, lr, args.weight_decay, planner_lr_scale)
     run = runtime.Run(stage, iters, args, corpus, ckpt_path)
@@ -282,9 +330,11 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
         for step in run.steps():
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, iters, lr, args.warmup_iters) * group["lr_scale"]
-            torch.manual_seed(args.seed * 1_000_003 + step)  # dropout noise: also a function of the step
+            # dropout noise: also a function of the step
+            torch.manual_seed(args.seed * 1_000_003 + step)
             total = torch.zeros((), device=args.device)
-            for micro in range(args.grad_accum):  # micro-batches: one batch of batch_size x grad_accum
+            # micro-batches: one batch of batch_size x grad_accum
+            for micro in range(args.grad_accum):
                 with runtime.autocast(args), run.no_sync(model, micro):
                     loss, aux = model(**batch_fn(step, micro))
                     if aux is not None and args.planner_loss_weight:
@@ -293,7 +343,8 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
                 total += loss.detach() / args.grad_accum
             run.check_loss(total, step)
             if args.grad_clip:
-                nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], args.grad_clip)
+                nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad],
+                                         args.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             run.step_done(step + 1, total, opt, net, val_fn)
@@ -308,7 +359,8 @@ def main(argv=None):
         args = get_args(argv)
         resume_from = Path(args.out_dir) / args.run / "ckpt.pt"
         if args.resume and not resume_from.exists():  # before hours of pretraining, not after
-            raise TrainError(f"--resume: there is no checkpoint at {resume_from}: drop --resume to start the run")
+            raise TrainError(f"--resume: there is no checkpoint at {resume_from}: "
+                             f"drop --resume to start the run")
         runtime.setup_distributed(args)
         ctx = Context.get()
         if ctx.world > 1 and not ctx.master:
@@ -318,8 +370,9 @@ def main(argv=None):
             dist.barrier()
         if args.device.startswith("cuda"):
             train_split = corpus.splits["train"]
-            runtime.fill_defaults(args, runtime.cuda_defaults(len(train_split.tokens), len(train_split.doc_sent) - 1, ctx.world,
-                                              args.planner_batch))
+            runtime.fill_defaults(args, runtime.cuda_defaults(len(train_split.tokens),
+                                                              len(train_split.doc_sent) - 1,
+                                                              ctx.world, args.planner_batch))
             check_shapes(args)
         check_split_sizes(corpus, args)
         splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
@@ -332,7 +385,8 @@ def main(argv=None):
     except (TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # outside the training loops, which stop between steps themselves
-        sys.exit("error: interrupted; every checkpoint written so far is whole: run the same command to go on")
+        sys.exit("error: interrupted; every checkpoint written so far is whole: "
+                 "run the same command to go on")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -347,35 +401,38 @@ def check_split_sizes(corpus, args):
         if n < args.block_size + 2:
             lower = f"lower --block-size to at most {n - 2}, or " if n > 2 else ""
             need = math.ceil((args.block_size + 2) / per_doc / share)
-            raise TrainError(f"the {name} split has {n} tokens, fewer than --block-size {args.block_size} + 2: {lower}"
-                             f"use a corpus of about {need} documents or more (it has {docs}, of ~{per_doc:.0f} tokens each)")
+            raise TrainError(f"the {name} split has {n} tokens, fewer than --block-size "
+                             f"{args.block_size} + 2: {lower}"
+                             f"use a corpus of about {need} documents or more (it has {docs}, "
+                             f"of ~{per_doc:.0f} tokens each)")
 
 
 def unigram_loss(corpus, batches, vocab=None):
-    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows (over the
-    LM's closed vocabulary, if it has one)."""
+    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows (over
+    the LM's closed vocabulary, if it has one)."""
     counts = np.bincount(corpus.splits["train"].tokens, minlength=data.VOCAB_SIZE) + 1.0
     if vocab is not None:
         counts[np.setdiff1d(np.arange(data.VOCAB_SIZE), vocab)] = 0
-    with np.errstate(divide="ignore"):  # log 0 = -inf for tokens outside the vocabulary: never targets
+    # log 0 = -inf for tokens outside the vocabulary: never targets
+    with np.errstate(divide="ignore"):
         logp = torch.as_tensor(np.log(counts / counts.sum()))
     return float(np.mean([-logp[b["targets"].cpu()].mean().item() for b in batches]))
 
 
 def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):
     world = Context.get().world
-    uni = unigram_loss(corpus, [b for r in range(world) for b in fixed_windows(splits["val"], args, Context(r, world))],
+    uni = unigram_loss(corpus, [b for r in range(world)
+                                for b in fixed_windows(splits["val"], args, Context(r, world))],
                        gpt_config(args).vocab)
-    print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in {seconds:.0f} s; "
+    print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in "
+          f"{seconds:.0f} s; "
           f"pretrained LM {lm_dir}, planner {planner_dir}")
     print(f"val perplexity {math.exp(final['val_loss']):.1f} vs unigram {math.exp(uni):.1f} "
-          f"(on {args.eval_iters * args.batch_size * world} fixed val windows; `python eval.py {out}` gives the exact figure)")
+          f"(on {args.eval_iters * args.batch_size * world} fixed val windows; "
+          f"`python eval.py {out}` gives the exact figure)")
     if "planner_top1" in final:
-        print(f"planner val accuracy: top-1 {final['planner_top1']:.3f}, top-5 {final['planner_top5']:.3f}")
-
-
-if __name__ == "__main__":
-    main()
+        print(f"planner val accuracy: top-1 {final['planner_top1']:.3f}, "
+              f"top-5 {final['planner_top5']:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench
+import corpora
 import data
 from conftest import TINY
 
@@ -36,8 +37,8 @@ def test_the_wikitext_like_corpus_has_its_shape(tmp_path):
     path = tmp_path / "wikitext-103-raw-v1.zip"
     bench.write_wikitext_like(path, 1_000_000)
     with zipfile.ZipFile(path) as z:
-        assert z.namelist() == data.WIKITEXT_MEMBERS
-    docs = data.parse_wikitext(data.wikitext_text([path]))
+        assert z.namelist() == corpora.WIKITEXT_MEMBERS
+    docs = corpora.parse_wikitext(corpora.wikitext_text([path]))
     assert len(docs) == bench.WIKITEXT_ARTICLES
     tokens = sum(map(len, data.tokenizer().encode_ordinary_batch(docs)))
     assert 0.8e6 < tokens < 1.2e6

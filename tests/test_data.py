@@ -4,6 +4,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+import corpora
 import data
 
 
@@ -63,7 +64,7 @@ def test_split_sentences(doc, expected):
 
 def test_sentences_tokenize_like_the_document():
     enc = data.tokenizer()
-    for doc in data.wiki_documents()[:300]:
+    for doc in corpora.wiki_documents()[:300]:
         sents = data.split_sentences(doc)
         assert "".join(sents) == doc
         assert [t for s in sents for t in enc.encode_ordinary(s)] == enc.encode_ordinary(doc)
@@ -193,19 +194,19 @@ def test_synthetic_types_have_long_range_structure():
 
 
 def test_wiki_corpus_size():
-    docs = data.wiki_documents()
+    docs = corpora.wiki_documents()
     assert 9000 < len(docs) < 11000
     assert 4_000_000 < sum(map(len, docs)) < 6_000_000
 
 
 def test_path_corpus_file_and_folder(tmp_path):
     (tmp_path / "one.txt").write_text("First doc. Two sentences.\n\n\nSecond doc here.\n  \nThird.")
-    assert data.path_documents(tmp_path / "one.txt") == ["First doc. Two sentences.", "Second doc here.", "Third."]
+    assert corpora.path_documents(tmp_path / "one.txt") == ["First doc. Two sentences.", "Second doc here.", "Third."]
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("Alpha.\n\nStill alpha.")
     (folder / "b.txt").write_text("Beta.")
-    assert data.path_documents(folder) == ["Alpha. Still alpha.", "Beta."]
+    assert corpora.path_documents(folder) == ["Alpha. Still alpha.", "Beta."]
 
 
 WIKITEXT_FIXTURE = """
@@ -224,7 +225,7 @@ WIKITEXT_FIXTURE = """
 
 
 def test_wikitext_parser():
-    assert data.parse_wikitext(WIKITEXT_FIXTURE) == [
+    assert corpora.parse_wikitext(WIKITEXT_FIXTURE) == [
         "Senjō no Valkyria is a tactical role-playing game. It sold 1,000 copies (in Japan). "
         "The game's battles are turn-based. It costs 3.5 dollars.",
         "The tower is tall.",
@@ -234,7 +235,7 @@ def test_wikitext_parser():
 # ----------------------------------------------------------------------------- bad input
 
 def test_wikitext_offline_fails_at_once_with_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "WIKITEXT_SOURCES", [("nowhere", "zip", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")])
+    monkeypatch.setattr(corpora, "WIKITEXT_SOURCES", [("nowhere", "zip", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")])
     with pytest.raises(data.DataError, match=f"put it at {tmp_path}"):
         data.load("wikitext103", data_dir=tmp_path)
     assert not list(tmp_path.iterdir())
@@ -260,7 +261,7 @@ def test_k_larger_than_training_sentences(tmp_path):
 
 def test_undecodable_bytes_are_replaced_and_reported(tmp_path, capsys):
     (tmp_path / "c.txt").write_bytes(b"Caf\xe9 one. Ok.\n\n" + b"\n\n".join(b"Doc %d. Fine." % i for i in range(10)))
-    docs = data.path_documents(tmp_path / "c.txt")
+    docs = corpora.path_documents(tmp_path / "c.txt")
     assert docs[0] == "Caf\ufffd one. Ok."
     assert "not valid UTF-8" in capsys.readouterr().err
     assert data.load(str(tmp_path / "c.txt"), n_labels=2, embed_dim=2, data_dir=tmp_path).splits["train"].tokens.size
@@ -274,7 +275,7 @@ def test_unknown_dataset_is_a_one_line_error(capsys):
 
 
 def test_tokenizing_by_document_equals_the_plain_way():
-    docs = data.wiki_documents()[:1500]
+    docs = corpora.wiki_documents()[:1500]
     sentences = [s for d in docs for s in data.split_sentences(d)]
     plain, fast = data.tokenize_sentences(sentences), data.tokenize_by_document(docs, sentences)
     assert np.array_equal(plain[0], fast[0]) and np.array_equal(plain[1], fast[1])

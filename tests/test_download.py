@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 
+import corpora
 import data
 
 ARTICLES = 30  # the tests lower WIKITEXT_MIN_ARTICLES to this
@@ -86,18 +87,18 @@ def server(monkeypatch):
     Server.FILES, Server.CUT, Server.NO_RANGE, Server.seen = {}, set(), set(), []
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setattr(data, "WIKITEXT_MIN_ARTICLES", ARTICLES)
+    monkeypatch.setattr(corpora, "WIKITEXT_MIN_ARTICLES", ARTICLES)
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
 
 
 def sources(monkeypatch, base, *specs):
-    monkeypatch.setattr(data, "WIKITEXT_SOURCES", [(f"source {i}", kind, base + path) for i, (kind, path) in enumerate(specs)])
+    monkeypatch.setattr(corpora, "WIKITEXT_SOURCES", [(f"source {i}", kind, base + path) for i, (kind, path) in enumerate(specs)])
 
 
 def documents(tmp_path):
-    files = data.source_files("wikitext103", tmp_path)
+    files = corpora.source_files("wikitext103", tmp_path)
     return files, data.read_documents("wikitext103", files)
 
 
@@ -117,8 +118,8 @@ def test_the_hub_parquet_files(server, monkeypatch, tmp_path):
     Server.FILES.update(parquet_files())
     sources(monkeypatch, server, ("zip", "/forbidden"), ("parquet", "/hub/"))
     files, docs = documents(tmp_path)
-    assert [f.name for f in files] == [f"{n}.parquet" for n in data.WIKITEXT_PARQUET]
-    assert docs == data.parse_wikitext("".join(SPLITS.values()))
+    assert [f.name for f in files] == [f"{n}.parquet" for n in corpora.WIKITEXT_PARQUET]
+    assert docs == corpora.parse_wikitext("".join(SPLITS.values()))
     corpus = data.load("wikitext103", n_labels=4, embed_dim=4, data_dir=tmp_path)
     assert len(corpus.splits["train"].doc_sent) - 1 == ARTICLES - 2 * max(1, round(0.05 * ARTICLES))
 
@@ -154,7 +155,7 @@ def test_a_corrupted_archive_is_deleted_and_the_next_source_tried(server, monkey
 def zipfile_with(text):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for name in data.WIKITEXT_MEMBERS:
+        for name in corpora.WIKITEXT_MEMBERS:
             z.writestr(member(name), text)
     return buf.getvalue()
 
@@ -164,7 +165,7 @@ def test_every_source_failing_is_one_line_naming_each_and_the_manual_path(server
     bad[len(bad) // 3] ^= 0xFF
     Server.FILES.update({"/bad.zip": bytes(bad), "/small.zip": zipfile_with(SPLITS["test"])})
     sources(monkeypatch, server, ("zip", "/forbidden"), ("zip", "/bad.zip"), ("zip", "/small.zip"), ("zip", "/missing.zip"))
-    data.WIKITEXT_SOURCES.append(("source 4", "zip", "http://127.0.0.1:9/a.zip"))  # nothing listens on port 9
+    corpora.WIKITEXT_SOURCES.append(("source 4", "zip", "http://127.0.0.1:9/a.zip"))  # nothing listens on port 9
     with pytest.raises(data.DataError) as e:
         data.load("wikitext103", data_dir=tmp_path)
     message = str(e.value)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import corpora
 import data
 import eval as evaluation
+import figures
 import mix
 import runtime
 import train
@@ -249,7 +251,7 @@ def test_resume_without_a_checkpoint_is_refused_before_any_pretraining(tmp_path,
 @pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
 def test_figures_of_a_bad_results_json(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
-    assert "holds no comparison" in one_line_error(lambda: evaluation.main([str(tmp_path), "--figures", str(tmp_path)]))
+    assert "holds no comparison" in one_line_error(lambda: figures.main([str(tmp_path), str(tmp_path)]))
 
 
 def test_small_corpus_says_what_to_change(tmp_path):
@@ -313,7 +315,7 @@ def test_files_written_honour_the_umask(tmp_path):
 def test_text_with_a_byte_order_mark_is_decoded(tmp_path, encoding):
     text = "Café one. Ok.\n\nSecond naïve doc."
     (tmp_path / "c.txt").write_bytes(text.encode(encoding))
-    assert data.path_documents(tmp_path / "c.txt") == ["Café one. Ok.", "Second naïve doc."]
+    assert corpora.path_documents(tmp_path / "c.txt") == ["Café one. Ok.", "Second naïve doc."]
 
 
 @pytest.mark.parametrize("content", [np.random.default_rng(0).bytes(5000),

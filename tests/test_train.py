@@ -11,6 +11,7 @@ import torch
 
 import data
 import eval as evaluation
+import figures
 import mix
 import planner
 import runtime
@@ -268,14 +269,14 @@ def test_figures_of_a_comparison(dirs, tmp_path, monkeypatch):
     runs = [tmp_path / "cmp" / "seed0" / name for name in ("none", "oracle", "soft-joint")]
     results = {split: [evaluation.evaluate(r, split) for r in runs] for split in ("val", "test")}
     (tmp_path / "cmp" / "results.json").write_text(json.dumps(results))
-    written = evaluation.figures(tmp_path / "cmp", tmp_path / "figs")
+    written = figures.figures(tmp_path / "cmp", tmp_path / "figs")
     assert [p.name for p in written] == ["cmp-val-loss.png", "cmp-perplexity.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in written)
     with pytest.raises(SystemExit, match="error: no results.json in .*: give a folder made by compare.py"):
-        evaluation.main([str(root / "out"), "--figures", str(tmp_path / "figs")])
+        figures.main([str(root / "out"), str(tmp_path / "figs")])
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     with pytest.raises(SystemExit, match="error: figures need matplotlib, an optional dependency: pip install matplotlib"):
-        evaluation.main([str(tmp_path / "cmp"), "--figures", str(tmp_path / "figs")])
+        figures.main([str(tmp_path / "cmp"), str(tmp_path / "figs")])
 
 
 def test_sampling_errors(dirs):
