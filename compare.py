@@ -2,8 +2,8 @@ r"""
 The paper's comparison at small scale: every estimator and control, over several seeds, as one
 table.
 
-    python compare.py --dataset wiki <flags>        # the README's wiki table
-    # the README's synthetic sweep
+    python compare.py --dataset wiki <flags>        # RESULTS.md's wiki table
+    # RESULTS.md's synthetic sweep
     python compare.py --dataset synthetic --ambiguities 0,0.25,0.5 <flags>
     python compare.py --dataset wiki --block-sizes 32,64,128 \
         --runs none,fixed,oracle,hard-frozen,soft-joint
@@ -28,7 +28,7 @@ the LM sees of each document changes, not how well it was trained, and sums up t
         --out-dir out/holds
 
 --holds trains nothing either: it sets the findings of finished comparisons and sweeps side by side,
-one row a setting, each with its verdict (README's "What holds" table). A folder gives its
+one row a setting, each with its verdict (RESULTS.md's summary table). A folder gives its
 sweep.json if it has one, else its results.json; name either file to choose.
 
 Then every run of the first seed that takes labels writes --sample-docs new documents of 8
@@ -137,7 +137,7 @@ def main(argv=None):
 
 def what_holds(args):
     """Each finding's verdict in every setting of finished comparisons, one row a setting: the
-    README's "What holds" table; -> nothing, printed and written to <out-dir>/holds.md."""
+    RESULTS.md's summary table; -> nothing, printed and written to <out-dir>/holds.md."""
     if args.ambiguities or args.block_sizes or args.eval_windows:
         raise runtime.TrainError("--holds sums up finished comparisons and trains nothing: "
                                  "give it without a sweep")

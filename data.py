@@ -53,8 +53,10 @@ SVD_NITER = 6  # power iterations of the randomized SVD; more buys nothing visib
 # What the k-means sample costs in label quality is measured in README (Data).
 SVD_SAMPLE = 500_000
 KMEANS_SAMPLE = 200_000
-CHUNK = 1 << 16  # sentences embedded and labelled at a time, so memory stays flat at any corpus size
-CACHE_VERSION = 2  # bump when the pipeline changes what it computes, so old caches are not reused
+# sentences embedded and labelled at a time, so memory stays flat at any corpus size
+CHUNK = 1 << 16
+# bump when the pipeline changes what it computes, so old caches are not reused
+CACHE_VERSION = 2
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -65,7 +67,8 @@ def tokenizer():
     if hashlib.sha256(raw).hexdigest() != GPT2_RANKS_SHA256:
         raise DataError(f"{GPT2_RANKS} is missing or not the GPT-2 ranks file (sha256 mismatch): "
                         "restore it with `git checkout assets/gpt2.tiktoken`")
-    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in raw.splitlines() if ln)}
+    ranks = {base64.b64decode(tok): int(rank)
+             for tok, rank in (ln.split() for ln in raw.splitlines() if ln)}
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
 
@@ -73,9 +76,10 @@ def tokenizer():
 # ----------------------------------------------------------------------------- sentences
 
 # A '.' after one of these never ends a sentence (titles, "e.g.", "c. 1850", "No. 5").
-NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "st", "gen", "col", "lt", "capt", "sgt", "rev", "hon",
-               "mt", "ft", "no", "nos", "vol", "fig", "pp", "cf", "vs", "e.g", "i.e", "approx", "ca",
-               "c", "b", "d", "r", "fl", "jan", "feb", "aug", "sept", "oct", "nov", "dec", "op"}
+NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "st", "gen", "col", "lt", "capt", "sgt", "rev",
+               "hon", "mt", "ft", "no", "nos", "vol", "fig", "pp", "cf", "vs", "e.g", "i.e",
+               "approx", "ca", "c", "b", "d", "r", "fl", "jan", "feb", "aug", "sept", "oct", "nov",
+               "dec", "op"}
 # After these (and after initials like "J." or "U.S.") a sentence ends only if a typical sentence
 # opener follows: "the U.S. Army" stays whole, "in the U.S. The war" is split.
 MAYBE_FINAL = {"etc", "inc", "ltd", "co", "corp", "jr", "sr", "bros", "al"}
@@ -129,11 +133,14 @@ SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / pe
 
 @lru_cache(maxsize=None)
 def english_words():
-    """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a space."""
-    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", " ".join(corpora.wiki_documents())))
+    """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a
+    space."""
+    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])",
+                                " ".join(corpora.wiki_documents())))
     enc, abbreviations = tokenizer(), NEVER_FINAL | MAYBE_FINAL
     return tuple(sorted(w for w, n in counts.items()
-                        if n >= 20 and w not in abbreviations and len(enc.encode_ordinary(" " + w)) == 1))
+                        if n >= 20 and w not in abbreviations
+                        and len(enc.encode_ordinary(" " + w)) == 1))
 
 
 def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
@@ -153,13 +160,15 @@ def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
         for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
             seq.append(t)
             if rng.random() < SYN_STAY_ON_PLAN:
-                t = second[theme, t] if ambiguity and coin.random() < ambiguity else successor[theme, t]
+                t = (second[theme, t] if ambiguity and coin.random() < ambiguity
+                     else successor[theme, t])
             else:
                 t = rng.integers(n_types)
         sents = []
         for t in seq:
             n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
-            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n), rng.choice(shared, n))
+            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n),
+                             rng.choice(shared, n))
             sents.append(" ".join(words).capitalize() + ".")
         docs.append(" ".join(sents))
         types.append(np.array(seq))
@@ -167,16 +176,20 @@ def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
 
 
 def synthetic_plan(rng, n_types):
-    """The hidden structure: every type's own words, the shared fillers, each theme's successor of each type."""
-    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS, replace=False)
+    """The hidden structure: every type's own words, the shared fillers, each theme's successor of
+    each type."""
+    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS,
+                        replace=False)
     own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
-    return own, picked[n_types * SYN_WORDS_PER_TYPE:], np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)])
+    return (own, picked[n_types * SYN_WORDS_PER_TYPE:],
+            np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)]))
 
 
 def synthetic_vocab(seed=0, n_types=16):
-    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised after
-    a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a synthetic
-    run predicts over these few hundred tokens instead of all 50,257 (see model.GPTConfig.vocab)."""
+    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised
+    after a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a
+    synthetic run predicts over these few hundred tokens instead of all 50,257 (see
+    model.GPTConfig.vocab)."""
     own, shared, _ = synthetic_plan(np.random.default_rng(seed), n_types)
     enc, words = tokenizer(), [str(w) for w in (*own.ravel(), *shared)]
     pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
@@ -186,15 +199,17 @@ def synthetic_vocab(seed=0, n_types=16):
 def second_successor(successor, seed):
     """Each theme's second successor of each type: always another type than the first."""
     n = successor.shape[1]
-    shift = np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1 else np.zeros((SYN_THEMES, 1), int)
+    shift = (np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1
+             else np.zeros((SYN_THEMES, 1), int))
     return np.take_along_axis(successor, (np.arange(n)[None] + shift) % n, 1)
 
 
 def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
-    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over every
-    sentence, of the largest probability of its type given the types before it (the theme inferred
-    from them by Bayes' rule, as the generator draws it). -> (that expectation, how often the most
-    probable type was in fact the next one: the same up to sampling noise if the model is the generator)."""
+    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over
+    every sentence, of the largest probability of its type given the types before it (the theme
+    inferred from them by Bayes' rule, as the generator draws it). -> (that expectation, how often
+    the most probable type was in fact the next one: the same up to sampling noise if the model is
+    the generator)."""
     successor = synthetic_plan(np.random.default_rng(seed), n_types)[2]
     second = second_successor(successor, seed)
     stay, rows = SYN_STAY_ON_PLAN, np.arange(SYN_THEMES)
@@ -204,7 +219,8 @@ def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
         expected.append(1 / n_types)  # the first sentence: any type
         counted.append(1 / n_types)
         for prev, nxt in zip(seq, seq[1:]):
-            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)  # P(next type | theme, prev)
+            # P(next type | theme, prev)
+            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)
             step[rows, successor[:, prev]] += stay * (1 - ambiguity)
             step[rows, second[:, prev]] += stay * ambiguity
             predictive = posterior @ step
@@ -215,7 +231,8 @@ def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
     return float(np.mean(expected)), float(np.mean(counted))
 
 
-def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16, synthetic_ambiguity=0.0):
+def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16,
+                   synthetic_ambiguity=0.0):
     if dataset == "wiki":
         return corpora.wiki_documents()
     if dataset == "synthetic":
@@ -230,12 +247,14 @@ def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=
 def tokenize(docs, chunk=2000):
     """-> tokens (uint16, all sentences back to back), sentence lengths, sentences per document."""
     toks, sent_len, doc_nsent = [], [], []
-    for i in tqdm(range(0, len(docs), chunk), desc="split+tokenize", unit="chunk", disable=None, leave=False):
+    for i in tqdm(range(0, len(docs), chunk), desc="split+tokenize", unit="chunk", disable=None,
+                  leave=False):
         sents = [split_sentences(d) for d in docs[i:i + chunk]]
         doc_nsent += map(len, sents)
         flat = [s for ss in sents for s in ss]
         tokens, lengths = tokenize_by_document(docs[i:i + chunk], flat)
-        if lengths is None:  # a sentence boundary inside a token: never seen, but then the plain way
+        # a sentence boundary inside a token: never seen, but then the plain way
+        if lengths is None:
             tokens, lengths = tokenize_sentences(flat)
         toks.append(tokens)
         sent_len.append(lengths)
@@ -250,15 +269,18 @@ def tokenize_sentences(sentences):
 
 
 def tokenize_by_document(docs, sentences):
-    """Optimisation of tokenize_sentences, ~7x faster: one call per document, then each sentence's tokens
-    found by byte offsets (a document's tokens are its sentences' tokens back to back, since GPT-2's
-    pre-tokenizer never joins a sentence's last character with the whitespace that opens the next).
+    """Optimisation of tokenize_sentences, ~7x faster: one call per document, then each sentence's
+    tokens found by byte offsets (a document's tokens are its sentences' tokens back to back, since
+    GPT-2's pre-tokenizer never joins a sentence's last character with the whitespace that opens
+    the next).
     -> (tokens, lengths), or (tokens, None) if some sentence boundary falls inside a token."""
     enc = tokenizer()
-    tokens = np.fromiter(itertools.chain.from_iterable(enc.encode_ordinary(d) for d in docs), np.uint16)
+    tokens = np.fromiter(itertools.chain.from_iterable(enc.encode_ordinary(d) for d in docs),
+                         np.uint16)
     token_end = np.cumsum(token_byte_lengths()[tokens])  # byte offset where each token ends
     sentence_end = np.cumsum([len(s.encode("utf-8", "surrogatepass")) for s in sentences])
-    ends = np.searchsorted(token_end, sentence_end, side="right")  # tokens up to the end of each sentence
+    # tokens up to the end of each sentence
+    ends = np.searchsorted(token_end, sentence_end, side="right")
     if len(sentences) and not np.array_equal(token_end[ends - 1], sentence_end):
         return tokens, None
     return tokens, np.diff(ends, prepend=0)
@@ -277,7 +299,8 @@ def split_documents(n_docs, seed):
         raise DataError(f"the corpus has {n_docs} document(s), but train/val/test need at least 3: "
                         "add documents (a text file separates them with blank lines)")
     perm = np.random.default_rng(seed).permutation(n_docs)
-    parts = {"train": perm[n_val + n_test:], "val": perm[:n_val], "test": perm[n_val:n_val + n_test]}
+    parts = {"train": perm[n_val + n_test:], "val": perm[:n_val],
+             "test": perm[n_val:n_val + n_test]}
     return {k: np.sort(v) for k, v in parts.items()}
 
 
@@ -321,7 +344,7 @@ def assemble(doc_ids, tokens, sent_len, doc_nsent):
     return Split(out, tok_sent, sent_start, lens, doc_sent)
 
 
-# ----------------------------------------------------------------------------- embeddings and labels
+# ---------------------------------------------------------------------------- embeddings and labels
 
 def _term_counts(tokens, lengths):
     """Bag of token ids per sentence, as CSR pieces: row pointers, columns, counts."""
@@ -335,7 +358,8 @@ def _term_counts(tokens, lengths):
 def _csr(crow, cols, vals, n_cols):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta": all we use is matmul
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(vals),
+        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols),
+                                       torch.from_numpy(vals),
                                        (len(crow) - 1, n_cols), check_invariants=False)
 
 
@@ -350,10 +374,12 @@ class Embedder:
         tokens, lengths = sample_sentences(tokens, lengths, SVD_SAMPLE, seed)
         crow, cols, tf = _term_counts(tokens, lengths)
         n = len(lengths)
-        idf = (np.log((1 + n) / (1 + np.bincount(cols, minlength=VOCAB_SIZE))) + 1).astype(np.float32)
+        idf = (np.log((1 + n) / (1 + np.bincount(cols, minlength=VOCAB_SIZE)))
+               + 1).astype(np.float32)
         vals = tf * idf[cols]
         rows = np.repeat(np.arange(n), np.diff(crow))
-        vals /= np.sqrt(np.bincount(rows, vals.astype(np.float64) ** 2, minlength=n))[rows].astype(np.float32)
+        vals /= np.sqrt(np.bincount(rows, vals.astype(np.float64) ** 2,
+                                    minlength=n))[rows].astype(np.float32)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             _, _, v = torch.svd_lowrank(_csr(crow, cols, vals, VOCAB_SIZE), q=dim, niter=SVD_NITER)
@@ -367,13 +393,16 @@ class Embedder:
         for lo in range(0, len(lengths), CHUNK):
             hi = min(lo + CHUNK, len(lengths))
             crow, cols, tf = _term_counts(tokens[first[lo]:first[hi]], lengths[lo:hi])
-            # Row-normalising the TF-IDF first would change nothing: the result is normalised at the end.
-            out[lo:hi] = torch.nn.functional.normalize(_csr(crow, cols, tf, VOCAB_SIZE) @ weights, dim=1).numpy()
+            # Row-normalising the TF-IDF first would change nothing: the result is normalised
+            # at the end.
+            out[lo:hi] = torch.nn.functional.normalize(_csr(crow, cols, tf, VOCAB_SIZE) @ weights,
+                                                       dim=1).numpy()
         return out
 
     def embed_texts(self, texts):
         ids = tokenizer().encode_ordinary_batch(list(texts))
-        return self.embed(np.fromiter(itertools.chain.from_iterable(ids), np.int64), np.array([len(i) for i in ids]))
+        return self.embed(np.fromiter(itertools.chain.from_iterable(ids), np.int64),
+                          np.array([len(i) for i in ids]))
 
 
 def sample_sentences(tokens, lengths, n, seed):
@@ -387,7 +416,8 @@ def sample_sentences(tokens, lengths, n, seed):
 
 
 def kmeans(x, k, seed, max_iter=KMEANS_MAX_ITER):
-    """k-means++ seeding, then Lloyd steps until no assignment changes. -> (centroids, assignments, steps)."""
+    """k-means++ seeding, then Lloyd steps until no assignment changes.
+    -> (centroids, assignments, steps)."""
     x = torch.as_tensor(x, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     centers = x[torch.randint(len(x), (1,), generator=g)]
@@ -405,20 +435,23 @@ def kmeans(x, k, seed, max_iter=KMEANS_MAX_ITER):
         sums = torch.zeros_like(centers).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k)
         centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
-        for j in torch.nonzero(counts == 0).flatten():  # an empty cluster takes the worst-served point
+        # an empty cluster takes the worst-served point
+        for j in torch.nonzero(counts == 0).flatten():
             far = ((x - centers[assign]) ** 2).sum(1).argmax()
             centers[j], assign[far] = x[far], j
     return centers.numpy(), assign.numpy(), step
 
 
 def nearest(x, centers):
-    """Index of the nearest centre (squared Euclidean distance) for every row of x, CHUNK rows at a time."""
+    """Index of the nearest centre (squared Euclidean distance) for every row of x, CHUNK rows at
+    a time."""
     x, centers = torch.as_tensor(x), torch.as_tensor(centers)
     norms = (centers ** 2).sum(1)
-    return torch.cat([(norms - 2 * x[i:i + CHUNK] @ centers.T).argmin(1) for i in range(0, max(len(x), 1), CHUNK)])
+    return torch.cat([(norms - 2 * x[i:i + CHUNK] @ centers.T).argmin(1)
+                      for i in range(0, max(len(x), 1), CHUNK)])
 
 
-# ----------------------------------------------------------------------------- the corpus and its cache
+# ------------------------------------------------------------------------- the corpus and its cache
 
 @dataclass
 class Corpus:
@@ -438,26 +471,30 @@ class Corpus:
 
     def sentence_text(self, split, s):
         sp = self.splits[split]
-        return tokenizer().decode(sp.tokens[sp.sent_start[s]:sp.sent_start[s] + sp.sent_len[s]].tolist())
+        return tokenizer().decode(
+            sp.tokens[sp.sent_start[s]:sp.sent_start[s] + sp.sent_len[s]].tolist())
 
 
 def build(docs, n_labels, embed_dim, seed):
     t0 = time.time()
     tokens, sent_len, doc_nsent = tokenize(docs)
-    splits = {k: assemble(ids, tokens, sent_len, doc_nsent) for k, ids in split_documents(len(docs), seed).items()}
+    splits = {k: assemble(ids, tokens, sent_len, doc_nsent)
+              for k, ids in split_documents(len(docs), seed).items()}
     train = splits["train"]
     n_train = len(train.sent_len)
     if n_labels > n_train:
         raise DataError(f"--n-labels {n_labels} is larger than the {n_train} training sentences: "
                         f"use at most {n_train}, or a larger corpus")
     if not 1 <= embed_dim <= n_train:
-        raise DataError(f"--embed-dim {embed_dim} must be between 1 and the {n_train} training sentences")
+        raise DataError(f"--embed-dim {embed_dim} must be between 1 and the {n_train} training "
+                        "sentences")
     embedder = Embedder.fit(*train.sentence_tokens(), embed_dim, seed)
     for sp in splits.values():
         sp.emb = embedder.embed(*sp.sentence_tokens())
     fit_on = train.emb
     if len(fit_on) > KMEANS_SAMPLE:
-        fit_on = fit_on[np.sort(np.random.default_rng(seed).choice(len(fit_on), KMEANS_SAMPLE, replace=False))]
+        fit_on = fit_on[np.sort(np.random.default_rng(seed).choice(len(fit_on), KMEANS_SAMPLE,
+                                                                   replace=False))]
     codebook, _, steps = kmeans(fit_on, n_labels, seed)
     for sp in splits.values():
         sp.labels = nearest(sp.emb, codebook).numpy().astype(np.int32)
@@ -466,7 +503,8 @@ def build(docs, n_labels, embed_dim, seed):
 
 
 def save(corpus, path):
-    arrays = {f"{k}/{f}": getattr(sp, f) for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
+    arrays = {f"{k}/{f}": getattr(sp, f)
+              for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
     arrays.update(codebook=corpus.codebook, idf=corpus.embedder.idf, proj=corpus.embedder.proj,
                   meta=np.array(json.dumps(corpus.meta)))
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
@@ -476,49 +514,59 @@ def save(corpus, path):
 def load_cache(path):
     with np.load(path, allow_pickle=False) as z:
         a = {k: z[k] for k in z.files}
-    splits = {k: Split(**{f: a[f"{k}/{f}"] for f in Split.__dataclass_fields__}) for k in ("train", "val", "test")}
+    splits = {k: Split(**{f: a[f"{k}/{f}"] for f in Split.__dataclass_fields__})
+              for k in ("train", "val", "test")}
     return Corpus(json.loads(str(a["meta"])), splits, a["codebook"], Embedder(a["idf"], a["proj"]))
 
 
-def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000, synthetic_types=16,
-         data_dir=ROOT / "data", quiet=False, synthetic_ambiguity=0.0):
-    """The corpus with its labels: from the cache if an identical one was built before, else built now."""
+def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000,
+         synthetic_types=16, data_dir=ROOT / "data", quiet=False, synthetic_ambiguity=0.0):
+    """The corpus with its labels: from the cache if an identical one was built before, else built
+    now."""
     t0 = time.time()
     if n_labels < 1 or embed_dim < 1:
         raise DataError("--n-labels and --embed-dim must be positive")
     if not 0 <= synthetic_ambiguity <= 1:
-        raise DataError(f"--synthetic-ambiguity is a probability, from 0 to 1: got {synthetic_ambiguity}")
+        raise DataError(f"--synthetic-ambiguity is a probability, from 0 to 1: got "
+                        f"{synthetic_ambiguity}")
     files = corpora.source_files(dataset, data_dir)
-    docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types, synthetic_ambiguity) if files is None else None
-    params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed, val=VAL_FRAC,
-                  test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER, svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE,
-                  kmeans_sample=KMEANS_SAMPLE, content=corpora.fingerprint(files, docs))
+    docs = (read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
+                           synthetic_ambiguity) if files is None else None)
+    params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed,
+                  val=VAL_FRAC, test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER,
+                  svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE, kmeans_sample=KMEANS_SAMPLE,
+                  content=corpora.fingerprint(files, docs))
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset).stem if dataset not in corpora.DATASETS else dataset)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_",
+                  Path(dataset).stem if dataset not in corpora.DATASETS else dataset)
     path = Path(data_dir) / "cache" / f"{slug}-{key}.npz"
     if path.exists():
         try:
             corpus = load_cache(path)
             corpus.meta["load_seconds"] = round(time.time() - t0, 2)
             return corpus
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a cache can be rebuilt
-            print(f"warning: the data cache {path} is damaged ({type(e).__name__}: {first_line(e)}): rebuilding it",
-                  file=sys.stderr)
+        # a cache can be rebuilt
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            print(f"warning: the data cache {path} is damaged ({type(e).__name__}: "
+                  f"{first_line(e)}): rebuilding it", file=sys.stderr)
     if not quiet:
-        print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}", file=sys.stderr)
+        print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}",
+              file=sys.stderr)
     try:
         if docs is None:
-            docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types, synthetic_ambiguity)
+            docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
+                                  synthetic_ambiguity)
         corpus = build(docs, n_labels, embed_dim, seed)
         corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
         if dataset == "synthetic":
             types = synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[1]
-            corpus.meta.update(synthetic_ambiguity=synthetic_ambiguity, next_type_ceiling=next_type_ceiling(
-                types, synthetic_types, seed, synthetic_ambiguity)[0])
+            corpus.meta.update(synthetic_ambiguity=synthetic_ambiguity,
+                               next_type_ceiling=next_type_ceiling(types, synthetic_types, seed,
+                                                                   synthetic_ambiguity)[0])
         save(corpus, path)
     except KeyboardInterrupt:
-        raise DataError(f"interrupted while building the data cache; nothing was written to {path}: "
-                        "run the same command again to build it") from None
+        raise DataError(f"interrupted while building the data cache; nothing was written to "
+                        f"{path}: run the same command again to build it") from None
     return corpus
 
 
@@ -529,13 +577,16 @@ class SplitData:
 
     def __init__(self, split, device):
         long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
-        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
+        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(
+            long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
         self.emb = torch.as_tensor(split.emb, device=device)
-        self.sent_doc = torch.repeat_interleave(torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
+        self.sent_doc = torch.repeat_interleave(
+            torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
         self.device = device
 
     def documents(self, docs, n_sent):
-        """Sentence embeddings and labels of documents docs, their first n_sent sentences, zero-padded."""
+        """Sentence embeddings and labels of documents docs, their first n_sent sentences,
+        zero-padded."""
         first = self.doc_sent[docs]
         grid = first[:, None] + torch.arange(n_sent, device=self.device)
         mask = grid < self.doc_sent[docs + 1][:, None]
@@ -552,7 +603,7 @@ class SplitData:
             sentence     -     0    0    0   0   1    1      1      (tok_sent; - is <|endoftext|>)
             idx        <eot>  The  cat  sat  .   It  purred
             target      The   cat  sat   .   It  purred  .
-            plan        e0    e0   e0   e0   e1  e1     e1          e1 = plan of sentence 1, from sentence 0
+            plan        e0    e0   e0   e0   e1  e1     e1  e1 = plan of sentence 1, from sentence 0
 
         so the first token of a sentence is already predicted with its own plan. plan_index[b, t]
         numbers the window's sentences (-1: the target is <|endoftext|>, which gets no plan);
@@ -564,7 +615,8 @@ class SplitData:
         pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
         window, tsent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
         sents, which = torch.unique(tsent[tsent >= 0], return_inverse=True)
-        plan_index = torch.full_like(tsent, -1)  # into sents; -1: the target is <|endoftext|>, no plan
+        # into sents; -1: the target is <|endoftext|>, no plan
+        plan_index = torch.full_like(tsent, -1)
         plan_index[tsent >= 0] = which
         docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
         sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
@@ -582,13 +634,19 @@ class SplitData:
 
 def add_data_args(parser):
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="wiki", help="wiki | synthetic | wikitext103 | a .txt file or folder")
-    g.add_argument("--n-labels", type=int, default=64, help="K: number of plan labels (k-means clusters)")
-    g.add_argument("--embed-dim", type=int, default=128, help="D: sentence-embedding and codebook width")
-    g.add_argument("--synthetic-docs", type=int, default=2000, help="documents in the synthetic corpus")
-    g.add_argument("--synthetic-types", type=int, default=16, help="latent sentence types of the synthetic corpus")
+    g.add_argument("--dataset", default="wiki",
+                   help="wiki | synthetic | wikitext103 | a .txt file or folder")
+    g.add_argument("--n-labels", type=int, default=64,
+                   help="K: number of plan labels (k-means clusters)")
+    g.add_argument("--embed-dim", type=int, default=128,
+                   help="D: sentence-embedding and codebook width")
+    g.add_argument("--synthetic-docs", type=int, default=2000,
+                   help="documents in the synthetic corpus")
+    g.add_argument("--synthetic-types", type=int, default=16,
+                   help="latent sentence types of the synthetic corpus")
     g.add_argument("--synthetic-ambiguity", type=float, default=0.0,
-                   help="probability that a type's second successor follows it instead of the first (0: one successor)")
+                   help="probability that a type's second successor follows it instead of the "
+                        "first (0: one successor)")
     g.add_argument("--data-dir", default=str(ROOT / "data"), help="downloads and the cache go here")
     return g
 
@@ -600,18 +658,22 @@ def load_from_args(args):
 
 def summary(corpus):
     m = corpus.meta
-    lines = [f"{m['dataset']}: K={m['n_labels']} labels, D={m['embed_dim']}, seed={m['seed']}, cache {m['cache']}"]
+    lines = [f"{m['dataset']}: K={m['n_labels']} labels, D={m['embed_dim']}, seed={m['seed']}, "
+             f"cache {m['cache']}"]
     for k, sp in corpus.splits.items():
-        lines.append(f"  {k:5s}: {len(sp.doc_sent) - 1:7,d} documents {len(sp.sent_len):9,d} sentences "
-                     f"{len(sp.tokens):11,d} tokens")
-    p = np.bincount(corpus.splits["train"].labels, minlength=len(corpus.codebook)) / len(corpus.splits["train"].labels)
+        lines.append(f"  {k:5s}: {len(sp.doc_sent) - 1:7,d} documents {len(sp.sent_len):9,d} "
+                     f"sentences {len(sp.tokens):11,d} tokens")
+    p = (np.bincount(corpus.splits["train"].labels, minlength=len(corpus.codebook))
+         / len(corpus.splits["train"].labels))
     entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
     lines.append(f"  label entropy (train) {entropy:.2f} bits of at most {np.log2(len(p)):.2f}; "
                  f"k-means converged in {m['kmeans_steps']} steps")
     if "next_type_ceiling" in m:
-        lines.append(f"  synthetic ambiguity {m['synthetic_ambiguity']}: the best possible top-1 accuracy on the next "
-                     f"sentence's type is {m['next_type_ceiling']:.3f} (Bayes-optimal, from the types before it)")
-    how = f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m else f"built in {m['build_seconds']:.1f} s"
+        lines.append(f"  synthetic ambiguity {m['synthetic_ambiguity']}: the best possible top-1 "
+                     f"accuracy on the next sentence's type is {m['next_type_ceiling']:.3f} "
+                     "(Bayes-optimal, from the types before it)")
+    how = (f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m
+           else f"built in {m['build_seconds']:.1f} s")
     return "\n".join(lines + [f"  {how}"])
 
 
@@ -638,10 +700,13 @@ def show_labels(corpus, n):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser)
-    parser.add_argument("--seed", type=int, default=0, help="splits, embeddings, k-means (and the synthetic corpus)")
-    parser.add_argument("--show-labels", type=int, metavar="N", default=0, help="print N training sentences per label")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="splits, embeddings, k-means (and the synthetic corpus)")
+    parser.add_argument("--show-labels", type=int, metavar="N", default=0,
+                        help="print N training sentences per label")
     args = parser.parse_args(argv)
     try:
         corpus = load_from_args(args)

@@ -4,11 +4,14 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/soft-joint                       # val perplexity and planner accuracy
     python eval.py out/none out/hard-frozen out/soft-joint --split test   # a markdown table
     python eval.py out/none out/soft-joint --json       # the numbers as JSON
-    python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it starts
+    python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it
+                                                        # starts
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
     python eval.py out/soft-joint --browse 4            # the planner's guesses for val document 4
-    python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's (or: mean)
-    python eval.py out/soft-joint --window 16           # scored in 16-token windows: less of each document seen
+    python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's
+                                                        # (or: mean)
+    python eval.py out/soft-joint --window 16           # scored in 16-token windows: less of each
+                                                        # document seen
 
 Perplexity counts every target token of the split exactly once (the split is one stream, every
 document opening with <|endoftext|>). Windows of block_size tokens advance by half a block; each
@@ -42,8 +45,8 @@ class EvalError(Exception):
 
 
 def checkpoint_path(run):
-    """What a run is judged by: its best.pt (lowest validation loss, written by train.py), else ckpt.pt,
-    or the file given."""
+    """What a run is judged by: its best.pt (lowest validation loss, written by train.py), else
+    ckpt.pt, or the file given."""
     run = Path(run)
     if not run.is_dir():
         return run
@@ -54,17 +57,21 @@ def load_run(run, device="cpu"):
     """-> (the trained PlannedLM in eval mode, the checkpoint, the corpus it was trained on)."""
     path = checkpoint_path(run)
     if not path.exists():
-        raise EvalError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. out/soft-joint)")
+        raise EvalError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. "
+                        "out/soft-joint)")
     ck = load_checkpoint(path, device)
     if ck.get("stage") != "finetune":
-        raise EvalError(f"{path} is a pretraining checkpoint ({ck.get('stage')}): evaluate a fine-tuned run")
+        raise EvalError(f"{path} is a pretraining checkpoint ({ck.get('stage')}): evaluate a "
+                        "fine-tuned run")
     c = ck["config"]
     corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
-                       c["synthetic_types"], c["data_dir"], quiet=True, synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
+                       c["synthetic_types"], c["data_dir"], quiet=True,
+                       synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
     for what, want in ck["identity"].items():
         if corpus.identity()[what] != want:
-            raise EvalError(f"{path} was trained with other {what} than --dataset {c['dataset']} gives now "
-                            f"({want} vs {corpus.identity()[what]}): restore that data or retrain")
+            raise EvalError(f"{path} was trained with other {what} than --dataset {c['dataset']} "
+                            f"gives now ({want} vs {corpus.identity()[what]}): restore that data "
+                            "or retrain")
     lm = GPT(GPTConfig(**ck["model_args"]))
     lm.load_state_dict(ck["model"])
     planner = None
@@ -91,9 +98,10 @@ def windows(n_targets, block_size):
 
 
 def unseen_document(split, block_size):
-    """What the planner reads and the LM does not, over the split's text targets scored as perplexity()
-    scores them: -> (share of the targets whose document's text begins before their window, mean share
-    of the document's text so far that lies before the window). The planner always reads it all."""
+    """What the planner reads and the LM does not, over the split's text targets scored as
+    perplexity() scores them: -> (share of the targets whose document's text begins before their
+    window, mean share of the document's text so far that lies before the window). The planner
+    always reads it all."""
     n = len(split.tokens) - 1
     starts, firsts = np.array(windows(n, block_size)[0]).T
     target = np.arange(1, n + 1)
@@ -123,7 +131,8 @@ def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
         if plan_table is None:
             loss, _ = net(**b)
         else:  # row 0: no plan, for the <|endoftext|> targets
-            plan = torch.cat([plan_table.new_zeros(1, plan_table.shape[1]), plan_table])[sd.tok_sent[positions] + 1]
+            plan = torch.cat([plan_table.new_zeros(1, plan_table.shape[1]),
+                              plan_table])[sd.tok_sent[positions] + 1]
             _, loss = net.lm(b["idx"], b["targets"], plan)
         total += loss.item() * fresh.sum().item()
         count += fresh.sum().item()
@@ -138,43 +147,52 @@ PLANS = ("as-planned", "shuffled", "mean")
 def substituted_plans(net, sd, how, seed=0):
     """Every sentence's plan as the run computes it (planned from the sentences before it), then
     'shuffled': each sentence gets the plan of a random other sentence of the split, or 'mean': the
-    split's mean plan for all. Set against 'as-planned': what the LM draws from the plans' content."""
+    split's mean plan for all. Set against 'as-planned': what the LM draws from the plans'
+    content."""
     if net.plans.mode == "none":
-        raise EvalError("mode none has no plans to substitute: give a run of another mode, or --plans as-planned")
-    table = net.plans(logits=sentence_logits(net.planner, sd)) if net.plans.uses_planner else net.plans(labels=sd.labels)
+        raise EvalError("mode none has no plans to substitute: give a run of another mode, or "
+                        "--plans as-planned")
+    table = (net.plans(logits=sentence_logits(net.planner, sd)) if net.plans.uses_planner
+             else net.plans(labels=sd.labels))
     if how == "mean":
         return table.mean(0).expand_as(table)
     if how == "shuffled":
-        return table[torch.randperm(len(table), generator=torch.Generator().manual_seed(seed)).to(table.device)]
+        return table[torch.randperm(len(table),
+                                    generator=torch.Generator().manual_seed(seed)).to(table.device)]
     return table
 
 
 def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
-    """-> the run's perplexity on the split and its planner's accuracy, as a dict. window: score with
-    windows of this many tokens instead of the run's own block size: the same LM shown less of each document."""
+    """-> the run's perplexity on the split and its planner's accuracy, as a dict. window: score
+    with windows of this many tokens instead of the run's own block size: the same LM shown less
+    of each document."""
     device = resolve_device(device)
     net, ck, corpus = load_run(run, device)
     block = net.lm.config.block_size
     if window is not None and window > block:
-        raise EvalError(f"--window {window}: {run} was trained on windows of {block} tokens (its positions end "
-                        f"there): give at most {block}")
+        raise EvalError(f"--window {window}: {run} was trained on windows of {block} tokens (its "
+                        f"positions end there): give at most {block}")
     sd = SplitData(corpus.splits[split], device)
-    table = None if plans == "as-planned" else substituted_plans(net, sd, plans).to(net.lm.wte.weight.dtype)
+    table = (None if plans == "as-planned"
+             else substituted_plans(net, sd, plans).to(net.lm.wte.weight.dtype))
     tokens, nll = perplexity(net, sd, window or block, plan_table=table)
     if not math.isfinite(nll):
-        raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a lower learning rate")
+        raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a "
+                        "lower learning rate")
     acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
-            "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"], "seed": ck["config"]["seed"],
-            "planner_top1": acc.get("planner_top1"), "planner_top5": acc.get("planner_top5"), "plans": plans,
+            "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"],
+            "seed": ck["config"]["seed"], "planner_top1": acc.get("planner_top1"),
+            "planner_top5": acc.get("planner_top5"), "plans": plans,
             "window": window or block,
             **label_baselines(corpus, split)}
 
 
 def label_baselines(corpus, split):
-    """What the planner's accuracy is to be read against, on the same split: the most frequent training
-    label, and a label bigram fitted on train (the next label from the previous one alone; a document's
-    first sentence from the first sentences' labels). Ties are broken by overall frequency."""
+    """What the planner's accuracy is to be read against, on the same split: the most frequent
+    training label, and a label bigram fitted on train (the next label from the previous one alone;
+    a document's first sentence from the first sentences' labels). Ties are broken by overall
+    frequency."""
     train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
     prior = np.bincount(train.labels, minlength=k) + 1e-3
 
@@ -186,7 +204,8 @@ def label_baselines(corpus, split):
     np.add.at(bigram, (previous(train), train.labels), 1)
     bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
     out = {}
-    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))), ("bigram", bigram[previous(sp)])):
+    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
+                         ("bigram", bigram[previous(sp)])):
         top = np.argsort(-scores, 1, kind="stable")[:, :5]
         out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
                     f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
@@ -204,22 +223,26 @@ def summary(values, fmt):
 def table(results):
     """Markdown comparison, one row per (mode, planner), mean ± std over the seeds given.
 
-    'vs none' is the change in perplexity against the run of mode none with the same seed; 'vs fixed'
-    (when there are fixed runs) against fixed, one learned plan vector for every sentence: the same
-    parameters as any planned mode without the information, so what the plans' content adds.
+    'vs none' is the change in perplexity against the run of mode none with the same seed;
+    'vs fixed' (when there are fixed runs) against fixed, one learned plan vector for every
+    sentence: the same parameters as any planned mode without the information, so what the plans'
+    content adds.
     """
     groups = {}
     for r in results:
         groups.setdefault((r["mode"], r["planner"]), []).append(r)
     refs = ["none"] + (["fixed"] if ("fixed", None) in groups else [])
     base = {ref: {r["seed"]: r["perplexity"] for r in groups.get((ref, None), [])} for ref in refs}
-    rows = ["| run | mode | planner | perplexity | " + " | ".join(f"vs {ref}" for ref in refs) + " | planner top-1 | planner top-5 |",
+    rows = ["| run | mode | planner | perplexity | " + " | ".join(f"vs {ref}" for ref in refs)
+            + " | planner top-1 | planner top-5 |",
             "|---" * (6 + len(refs)) + "|"]
     for (mode, planner), rs in groups.items():
-        change = [summary([r["perplexity"] / base[ref][r["seed"]] - 1 for r in rs if r["seed"] in base[ref]], "+.1%")
+        change = [summary([r["perplexity"] / base[ref][r["seed"]] - 1
+                           for r in rs if r["seed"] in base[ref]], "+.1%")
                   for ref in refs]
         name = run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
-        rows.append(f"| {name} | {mode} | {planner or ''} | {summary([r['perplexity'] for r in rs], '.2f')} | "
+        rows.append(f"| {name} | {mode} | {planner or ''} | "
+                    f"{summary([r['perplexity'] for r in rs], '.2f')} | "
                     f"{' | '.join(change)} | {summary([r['planner_top1'] for r in rs], '.3f')} | "
                     f"{summary([r['planner_top5'] for r in rs], '.3f')} |")
     return "\n".join(rows)
@@ -229,8 +252,9 @@ def baselines_line(results):
     """The label baselines of the results' splits (one per seed), mean ± std over seeds."""
     per_seed = list({r["seed"]: r for r in results}.values())
     cell = lambda k: summary([r[k] for r in per_seed], ".3f")
-    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / {cell('majority_top5')}; "
-            f"a label bigram fitted on train {cell('bigram_top1')} / {cell('bigram_top5')}.")
+    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / "
+            f"{cell('majority_top5')}; a label bigram fitted on train {cell('bigram_top1')} / "
+            f"{cell('bigram_top5')}.")
 
 
 def run_name(run):
@@ -242,25 +266,33 @@ SENTENCE_END = re.compile(r"""[.!?]["'”’)\]]*\s*$""")
 
 
 def next_plan(net, corpus, history, forced=None):
-    """-> (planned label or None, plan vector or None) for the sentence after the texts in history."""
+    """-> (planned label or None, plan vector or None) for the sentence after the texts in
+    history."""
     plans, codebook = net.plans, net.plans.codebook
     if forced is not None:
         if plans.mode in ("none", "fixed", "uniform"):
-            raise EvalError(f"mode {plans.mode} takes no label: --force-labels needs a run of mode oracle, hard, st, soft or gumbel")
+            raise EvalError(f"mode {plans.mode} takes no label: --force-labels needs a run of mode "
+                            "oracle, hard, st, soft or gumbel")
         if not 0 <= forced < len(codebook):
-            raise EvalError(f"--force-labels: there is no label {forced}, the labels are 0..{len(codebook) - 1}")
+            raise EvalError(f"--force-labels: there is no label {forced}, the labels are "
+                            f"0..{len(codebook) - 1}")
         return forced, codebook[forced]
     if plans.mode == "oracle":
-        raise EvalError("mode oracle needs the true label of a sentence not yet written: give --force-labels")
+        raise EvalError("mode oracle needs the true label of a sentence not yet written: give "
+                        "--force-labels")
     if not plans.uses_planner:
-        return None, plans(labels=torch.zeros((), dtype=torch.long))  # none: None; fixed, uniform: their vector
-    emb = torch.as_tensor(corpus.embedder.embed_texts(history)) if history else torch.zeros(0, codebook.shape[1])
-    logits = net.planner(torch.cat([emb, torch.zeros(1, emb.shape[1])])[None])[0, -1]  # the row after the last
+        # none: None; fixed, uniform: their vector
+        return None, plans(labels=torch.zeros((), dtype=torch.long))
+    emb = (torch.as_tensor(corpus.embedder.embed_texts(history)) if history
+           else torch.zeros(0, codebook.shape[1]))
+    # the row after the last
+    logits = net.planner(torch.cat([emb, torch.zeros(1, emb.shape[1])])[None])[0, -1]
     return int(logits.argmax()), plans(logits=logits)
 
 
 @torch.no_grad()
-def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k=50, seed=0, max_tokens=60):
+def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k=50, seed=0,
+           max_tokens=60):
     """Write n_sentences after prompt, planning each sentence as it starts.
 
     -> [(planned label or None, realised label, text)] per new sentence. Before each sentence the
@@ -284,7 +316,8 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
         start = len(idx)
         for _ in range(max_tokens):
             plan_fn = None if vec is None else (lambda _: torch.stack(plans + [vec])[None])
-            token = int(net.lm.generate(torch.tensor([idx]), 1, temperature, top_k, plan_fn, g)[0, -1])
+            token = int(net.lm.generate(torch.tensor([idx]), 1, temperature, top_k, plan_fn,
+                                        g)[0, -1])
             if token == data.EOT:  # a new document is not what was asked for: draw again
                 continue
             add(token, vec)
@@ -327,23 +360,30 @@ def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
         force = rng.integers(k, size=sentences).tolist() if forced else ()
         rows += sample(net, corpus, sentences, force=force, seed=seed + i)
     planned, realised = (np.array([r[j] for r in rows]) for j in (0, 1))
-    chance = 1 / k if forced else np.bincount(planned, minlength=k) @ np.bincount(realised, minlength=k) / len(rows) ** 2
+    chance = (1 / k if forced
+              else np.bincount(planned, minlength=k) @ np.bincount(realised, minlength=k)
+              / len(rows) ** 2)
     return {"sentences": len(rows), "hits": int(np.sum(planned == realised)),
             "rate": float(np.mean(planned == realised)), "chance": float(chance)}
 
 
 @torch.no_grad()
 def browse(net, corpus, split="val", doc=0, top=5):
-    """-> [(text, true label, [(label, probability)] * top)] for every sentence of a held-out document."""
+    """-> [(text, true label, [(label, probability)] * top)] for every sentence of a held-out
+    document."""
     if net.planner is None:
-        raise EvalError(f"mode {net.plans.mode} has no planner to browse: give a run of mode hard, st, soft or gumbel")
+        raise EvalError(f"mode {net.plans.mode} has no planner to browse: give a run of mode hard, "
+                        "st, soft or gumbel")
     sp = corpus.splits[split]
     if not 0 <= doc < len(sp.doc_sent) - 1:
-        raise EvalError(f"--browse: the {split} split has documents 0..{len(sp.doc_sent) - 2}, not {doc}")
+        raise EvalError(f"--browse: the {split} split has documents 0..{len(sp.doc_sent) - 2}, "
+                        f"not {doc}")
     lo, hi = sp.doc_sent[doc], sp.doc_sent[doc + 1]
-    probs = torch.softmax(net.planner(torch.as_tensor(sp.emb[lo:hi])[None])[0].float(), -1)  # row s: from sentences < s
+    # row s: from sentences < s
+    probs = torch.softmax(net.planner(torch.as_tensor(sp.emb[lo:hi])[None])[0].float(), -1)
     best = probs.topk(min(top, probs.shape[1]), -1)
-    return [(corpus.sentence_text(split, s), int(sp.labels[s]), list(zip(best.indices[i].tolist(), best.values[i].tolist())))
+    return [(corpus.sentence_text(split, s), int(sp.labels[s]),
+             list(zip(best.indices[i].tolist(), best.values[i].tolist())))
             for i, s in enumerate(range(lo, hi))]
 
 
@@ -351,40 +391,52 @@ def print_browse(args):
     net, _, corpus = load_run(args.runs[0])
     rows = browse(net, corpus, args.split, args.browse)
     hits = sum(true == guesses[0][0] for _, true, guesses in rows)
-    print(f"{args.split} document {args.browse}: {len(rows)} sentences, the planner's top guess right for {hits}")
+    print(f"{args.split} document {args.browse}: {len(rows)} sentences, the planner's top guess "
+          f"right for {hits}")
     for i, (text, true, guesses) in enumerate(rows):
         print(f"\n{i}. [label {true}] {data.shorten(' '.join(text.split()), 110)}")
         for label, prob in guesses:
             example = data.shorten(data.typical_sentences(corpus, label, 1)[0], 80)
-            print(f"   {prob:6.1%}  label {label:>3} {'=' if label == true else ' '}  like: {example}")
+            print(f"   {prob:6.1%}  label {label:>3} {'=' if label == true else ' '}  like: "
+                  f"{example}")
 
 
 # eval.py's numeric flags and their ranges, as train.FLAG_RANGES.
 FLAG_RANGES = [(("sample", "top_k"), lambda v: v >= 1, "at least 1"),
                (("browse", "seed"), lambda v: v >= 0, "zero or more"),
                (("window",), lambda v: v >= 1, "at least 1 token"),
-               (("temperature",), lambda v: 0 <= v < math.inf, "zero (always the likeliest token) or a positive number")]
+               (("temperature",), lambda v: 0 <= v < math.inf,
+                "zero (always the likeliest token) or a positive number")]
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their ckpt.pt) made by train.py")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders (or their ckpt.pt) made by train.py")
     p.add_argument("--split", default="val", choices=("val", "test"))
-    p.add_argument("--json", action="store_true", help="print JSON (an object, or a list for several runs)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="as train.py: a GPU if there is one")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (an object, or a list for several runs)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help="as train.py: a GPU if there is one")
     p.add_argument("--plans", default="as-planned", choices=PLANS,
-                   help="replace every sentence's plan by a random other sentence's (shuffled) or the split's mean plan")
+                   help="replace every sentence's plan by a random other sentence's (shuffled) or "
+                        "the split's mean plan")
     p.add_argument("--window", type=int, metavar="TOKENS",
-                   help="score with windows of TOKENS (at most the run's block size): the same LM shown less of each document")
+                   help="score with windows of TOKENS (at most the run's block size): the same LM "
+                        "shown less of each document")
     g = p.add_argument_group("sampling with plans (one run)")
-    g.add_argument("--sample", type=int, metavar="N", help="write N sentences, each planned as it starts")
+    g.add_argument("--sample", type=int, metavar="N",
+                   help="write N sentences, each planned as it starts")
     g.add_argument("--prompt", default="", help="text to continue (default: a new document)")
-    g.add_argument("--force-labels", default="", help="dictate the labels of the new sentences, e.g. 3,17,5")
+    g.add_argument("--force-labels", default="",
+                   help="dictate the labels of the new sentences, e.g. 3,17,5")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("looking inside")
-    g.add_argument("--browse", type=int, metavar="DOC", help="the planner's top-5 labels for every sentence of document DOC of --split")
+    g.add_argument("--browse", type=int, metavar="DOC",
+                   help="the planner's top-5 labels for every sentence of document DOC of --split")
     return p
 
 
@@ -415,15 +467,19 @@ def print_samples(args):
     try:
         force = [int(x) for x in args.force_labels.split(",") if x.strip()]
     except ValueError:
-        raise EvalError(f"--force-labels takes comma-separated label numbers, got {args.force_labels!r}") from None
+        raise EvalError(f"--force-labels takes comma-separated label numbers, got "
+                        f"{args.force_labels!r}") from None
     net, ck, corpus = load_run(args.runs[0])
-    rows = sample(net, corpus, args.sample, args.prompt, force, args.temperature, args.top_k, args.seed)
+    rows = sample(net, corpus, args.sample, args.prompt, force, args.temperature, args.top_k,
+                  args.seed)
     print(args.prompt)
     for planned, realised, text in rows:
-        print(f"[planned {'-' if planned is None else planned:>3} | realised {realised:>3}] {text.strip()}")
+        print(f"[planned {'-' if planned is None else planned:>3} | realised {realised:>3}] "
+              f"{text.strip()}")
     if rows[0][0] is not None:
         hits = sum(p == r for p, r, _ in rows)
-        print(f"realised label = planned label for {hits} of {len(rows)} sentences ({hits / len(rows):.0%})")
+        print(f"realised label = planned label for {hits} of {len(rows)} sentences "
+              f"({hits / len(rows):.0%})")
 
 
 if __name__ == "__main__":

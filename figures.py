@@ -1,5 +1,6 @@
 """
-Figures of comparisons and sweeps made by compare.py (PNG, needs matplotlib, an optional dependency).
+Figures of comparisons and sweeps made by compare.py (PNG, needs matplotlib, an optional
+dependency).
 
     python figures.py out/compare-wiki assets     # <name>-val-loss.png and <name>-perplexity.png
     python figures.py out/compare-sweep assets    # a sweep folder (sweep.json): <name>-sweep.png
@@ -21,12 +22,14 @@ def pyplot():
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise EvalError("figures need matplotlib, an optional dependency: pip install matplotlib") from None
+        raise EvalError("figures need matplotlib, an optional dependency: pip install "
+                        "matplotlib") from None
     return plt
 
 
 def figures(comparison, out_dir):
-    """Write <name>-val-loss.png and <name>-perplexity.png for a folder made by compare.py; -> their paths."""
+    """Write <name>-val-loss.png and <name>-perplexity.png for a folder made by compare.py; -> their
+    paths."""
     plt = pyplot()
     comparison, out_dir = Path(comparison), Path(out_dir)
     if not (comparison / "results.json").exists():
@@ -35,10 +38,11 @@ def figures(comparison, out_dir):
         results = json.loads((comparison / "results.json").read_text())
         assert results["val"] and results["test"]
     except (ValueError, KeyError, TypeError, AssertionError):
-        raise EvalError(f"{comparison / 'results.json'} holds no comparison (not JSON, or no val and test "
-                        "results): run compare.py again to write it") from None
+        raise EvalError(f"{comparison / 'results.json'} holds no comparison (not JSON, or no val "
+                        "and test results): run compare.py again to write it") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / f"{comparison.name}-val-loss.png", out_dir / f"{comparison.name}-perplexity.png"]
+    written = [out_dir / f"{comparison.name}-val-loss.png",
+               out_dir / f"{comparison.name}-perplexity.png"]
     for draw, path in zip((loss_curves, perplexity_bars), written):
         fig = draw(plt, results, comparison.name)
         fig.tight_layout()
@@ -48,26 +52,33 @@ def figures(comparison, out_dir):
 
 
 def sweep_figure(sweep_json, path):
-    """For a sweep made by compare.py, against the swept setting: left, each finding (A against B of the
-    same seed); right, each planned run's plan reliance; mean ± std over seeds. -> the path written."""
+    """For a sweep made by compare.py, against the swept setting: left, each finding (A against B
+    of the same seed); right, each planned run's plan reliance; mean ± std over seeds. -> the path
+    written."""
     plt = pyplot()
     try:
         sweep = json.loads(Path(sweep_json).read_text())
-        values, findings, reliance = np.array(sweep["values"], float), sweep["findings"], sweep["reliance"]
+        values, findings, reliance = (np.array(sweep["values"], float), sweep["findings"],
+                                      sweep["reliance"])
     except (ValueError, KeyError, TypeError):
-        raise EvalError(f"{sweep_json} holds no sweep's findings: run compare.py with the sweep again to write it") from None
+        raise EvalError(f"{sweep_json} holds no sweep's findings: run compare.py with the sweep "
+                        "again to write it") from None
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    nudge = 0.006 * (values.max() - values.min() or 1)  # side by side, so the error bars do not hide each other
+    # side by side, so the error bars do not hide each other
+    nudge = 0.006 * (values.max() - values.min() or 1)
     for i, f in enumerate(findings):
         pct = [[100 * c for c in per_seed] for per_seed in f["changes"]]
-        left.errorbar(values + nudge * (i - len(findings) / 2), [np.mean(c) for c in pct], [sd(c) for c in pct],
+        left.errorbar(values + nudge * (i - len(findings) / 2), [np.mean(c) for c in pct],
+                      [sd(c) for c in pct],
                       marker="o", ms=4, capsize=3, label=f"{f['a']} vs {f['b']}")
-    # a ratio on a log axis: the oracle's plans can matter ten times more than a planner's, and both must show
+    # a ratio on a log axis: the oracle's plans can matter ten times more than a planner's, and
+    # both must show
     runs = list(dict.fromkeys(x["run"] for x in reliance))
     for i, x in enumerate(reliance):
         ratio = [[1 + c for c in per_seed] for per_seed in x["rises"]]
-        right.errorbar(values + nudge * (i - len(reliance) / 2), [np.mean(r) for r in ratio], [sd(r) for r in ratio],
-                       marker="o", ms=4, capsize=3, color=f"C{runs.index(x['run'])}", ls="-" if x["how"] == "shuffled" else "--",
+        right.errorbar(values + nudge * (i - len(reliance) / 2), [np.mean(r) for r in ratio],
+                       [sd(r) for r in ratio], marker="o", ms=4, capsize=3,
+                       color=f"C{runs.index(x['run'])}", ls="-" if x["how"] == "shuffled" else "--",
                        label=x["run"] if x["how"] == "shuffled" else None)
     left.set(ylabel="val perplexity of A against B, same seed (%)", title="the findings")
     left.axhline(0, color="grey", lw=0.8)
@@ -75,13 +86,15 @@ def sweep_figure(sweep_json, path):
               title="plan reliance: shuffled plans (solid), the mean plan (dashed)")
     right.axhline(1, color="grey", lw=0.8)
     ticker = plt.matplotlib.ticker
-    if np.divide(*right.get_ylim()[::-1]) < 2:  # too narrow for a log axis' own ticks (1, 2, 3, ...)
+    # too narrow for a log axis' own ticks (1, 2, 3, ...)
+    if np.divide(*right.get_ylim()[::-1]) < 2:
         right.yaxis.set_major_locator(ticker.MaxNLocator(6))
     plain = ticker.FuncFormatter(lambda y, _: f"{y:g}")  # 1.05, not 1.05 x 10^0
     right.yaxis.set_major_formatter(plain)
     right.yaxis.set_minor_formatter(plain)
     ticks = [f"{v:g}" for v in values]
-    if "unseen" in sweep:  # a window sweep: how much of the document so far each window leaves to the planner alone
+    # a window sweep: how much of the document so far each window leaves to the planner alone
+    if "unseen" in sweep:
         ticks = [f"{t}\n{share:.0%} unseen" for t, (_, share) in zip(ticks, sweep["unseen"])]
     for ax in (left, right):
         if "unseen" in sweep:  # windows double: evenly spaced on a log axis
@@ -89,7 +102,8 @@ def sweep_figure(sweep_json, path):
             ax.minorticks_off()
         ax.set(xticks=values, xticklabels=ticks, xlabel=sweep["swept"])
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"mean ± std over seeds {sweep['seeds']}" if "," in sweep["seeds"] else f"seed {sweep['seeds']}")
+    fig.suptitle(f"mean ± std over seeds {sweep['seeds']}" if "," in sweep["seeds"]
+                 else f"seed {sweep['seeds']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -114,7 +128,8 @@ def loss_curves(plt, results, title):
     for name in names:
         loss = np.mean([[x["val_loss"] for x in log] for log in curves[name]], axis=0)
         control = name in ("none", "fixed", "uniform", "oracle")
-        fine.plot([x["step"] for x in curves[name][0]], loss, marker="o", ms=3, label=name, ls="--" if control else "-")
+        fine.plot([x["step"] for x in curves[name][0]], loss, marker="o", ms=3, label=name,
+                  ls="--" if control else "-")
     pre.set(title="pretraining the LM (each seed)", xlabel="step", ylabel="val loss (nats/token)")
     fine.set(title=f"{title}: fine-tuning, mean of {len(curves[names[0]])} seed(s)", xlabel="step")
     fine.legend(fontsize=8, ncol=2)
@@ -122,21 +137,26 @@ def loss_curves(plt, results, title):
 
 
 def perplexity_bars(plt, results, title):
-    """Val and test perplexity of every run, and its change against none of the same seed: mean ± std."""
+    """Val and test perplexity of every run, and its change against none of the same seed:
+    mean ± std."""
     names = list(dict.fromkeys(run_name(r["run"]) for r in results["val"]))
     fig, (absolute, paired) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.4), sharey=True)
     for i, split in enumerate(("val", "test")):
         none = {r["seed"]: r["perplexity"] for r in results[split] if run_name(r["run"]) == "none"}
         runs = [[r for r in results[split] if run_name(r["run"]) == name] for name in names]
-        change = [[100 * (r["perplexity"] / none[r["seed"]] - 1) for r in rs if r["seed"] in none] for rs in runs]
-        for ax, values in ((absolute, [[r["perplexity"] for r in rs] for rs in runs]), (paired, change)):
+        change = [[100 * (r["perplexity"] / none[r["seed"]] - 1) for r in rs if r["seed"] in none]
+                  for rs in runs]
+        for ax, values in ((absolute, [[r["perplexity"] for r in rs] for rs in runs]),
+                           (paired, change)):
             std = [sd(v) for v in values]
-            ax.barh(np.arange(len(names)) + 0.2 * (2 * i - 1), [np.mean(v) if v else 0 for v in values], 0.4,
+            ax.barh(np.arange(len(names)) + 0.2 * (2 * i - 1),
+                    [np.mean(v) if v else 0 for v in values], 0.4,
                     xerr=std, capsize=2, label=split, color=f"C{i}")
     absolute.set_yticks(np.arange(len(names)), names)
     absolute.invert_yaxis()
     low = min(r["perplexity"] for split in ("val", "test") for r in results[split])
-    absolute.set_xlim(left=0.95 * low)  # the differences are a few percent: start the axis near them
+    # the differences are a few percent: start the axis near them
+    absolute.set_xlim(left=0.95 * low)
     seeds = len(runs[0])
     absolute.set(title=title, xlabel=f"perplexity (mean ± std over {seeds} seed(s))")
     paired.set(title="paired by seed", xlabel="change against none of the same seed (%)")
@@ -146,14 +166,17 @@ def perplexity_bars(plt, results, title):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("comparison", help="a folder made by compare.py (results.json, or sweep.json for a sweep)")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("comparison",
+                   help="a folder made by compare.py (results.json, or sweep.json for a sweep)")
     p.add_argument("out_dir", help="where the PNG files go")
     args = p.parse_args(argv)
     try:
         comparison = Path(args.comparison)
         if (comparison / "sweep.json").exists() and not (comparison / "results.json").exists():
-            print(sweep_figure(comparison / "sweep.json", Path(args.out_dir) / f"{comparison.name}-sweep.png"))
+            print(sweep_figure(comparison / "sweep.json",
+                               Path(args.out_dir) / f"{comparison.name}-sweep.png"))
         else:
             print(*figures(comparison, args.out_dir), sep="\n")
     except EvalError as e:

@@ -39,7 +39,7 @@ class GPTConfig:
     n_embd: int = 256
     dropout: float = 0.0  # the corpora are small, but the runs are short: no dropout by default
     plan_dim: int = 128  # width of a plan vector = the codebook's D; 0 builds no adapters
-    # biases in the linear layers, as GPT-2; without them a constant plan is a bias (README)
+    # biases in the linear layers, as GPT-2; without them a constant plan is a bias (RESULTS.md)
     bias: bool = False
 
     def __post_init__(self):

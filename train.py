@@ -45,8 +45,8 @@ from runtime import Context, TrainError
 # Defaults that depend on the device; an explicit flag always wins. The CPU set is a budget: 2,048
 # tokens a step and 550 LM steps, ~10 minutes for every stage on 2 cores with native bf16 on the
 # wiki corpus; on a CPU without it autocast stays float32 and a step is ~3x slower, so expect ~30
-# minutes. Within that budget tune.py measured (exact val perplexity of the default run, README's
-# table):
+# minutes. Within that budget tune.py measured (exact val perplexity of the default run, a table
+# of RESULTS.md):
 CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, dropout=0.0,
                     # measured: val perplexity 295; 64 x 32: 323; 128 x 16: 359
                     block_size=32, batch_size=64,

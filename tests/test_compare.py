@@ -96,7 +96,7 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     assert (tmp_path / "sw" / "sw-sweep.png").exists()
     with pytest.raises(evaluation.EvalError, match="holds no sweep"):
         figures.sweep_figure(tmp_path / "sw" / "a0" / "results.json", tmp_path / "x.png")
-    # README's "What holds": the sweep's settings and a comparison given on its own, one row each
+    # RESULTS.md's summary: the sweep's settings and a comparison given on its own, one row each
     compare.main(["--holds", f"{tmp_path / 'sw'},{tmp_path / 'sw' / 'a0.5'}", "--out-dir", str(tmp_path / "holds")])
     holds = (tmp_path / "holds" / "holds.md").read_text()
     cell = compare.claim_cell(changes, "beats")
