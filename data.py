@@ -5,7 +5,10 @@ and one abstract plan label per sentence out.
 A sentence's *label* is the index of its nearest k-means centroid in a sentence-embedding space
 (TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD). The K x D
 centroid matrix is the *codebook* that the planner and the estimators in mix.py use.
-Everything is cached under data/cache, keyed by the corpus content and every parameter.
+Everything is cached under data/cache, keyed by the corpus content and every parameter. Last, the
+batches: LM windows with what their plans are made from (the plan alignment is pictured in
+SplitData.lm_batch), and the planner's documents. Where documents come from is corpora.py; the
+synthetic corpus, a testbed whose next sentence type is known, is generated at the end of this file.
 
     python data.py --dataset wiki               # build (or load) the cache, print a summary
     python data.py --show-labels 5              # five training sentences of every label
@@ -50,7 +53,7 @@ KMEANS_MAX_ITER = 300  # k-means stops earlier, as soon as no assignment changes
 SVD_NITER = 6  # power iterations of the randomized SVD; more buys nothing visible in the labels
 # Past these sizes the embedder and k-means are fitted on a random sample of the training sentences
 # and then applied to all of them (WikiText-103 has ~4M); the embedded corpora fit whole.
-# What the k-means sample costs in label quality is measured in README (Data).
+# What the k-means sample costs in label quality is measured in RESULTS.md (Data).
 SVD_SAMPLE = 500_000
 KMEANS_SAMPLE = 200_000
 # sentences embedded and labelled at a time, so memory stays flat at any corpus size
@@ -115,131 +118,6 @@ def split_sentences(doc):
     cuts = [m.end(2) for m in _CANDIDATE.finditer(doc) if _ends_sentence(doc, m)]
     bounds = [0] + cuts + [len(doc)]
     return [doc[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
-
-
-# ----------------------------------------------------------------------------- the synthetic corpus
-
-# Synthetic corpus. Each document draws a theme; the theme fixes how sentence types follow one
-# another (a successor map per theme), so the next type depends on the whole document so far,
-# not on the last sentence alone: exactly what a planner that reads all earlier sentences can use.
-# Each type writes mostly its own words (real English words taken from the wiki corpus).
-SYN_THEMES = 4
-SYN_WORDS_PER_TYPE = 12
-SYN_SHARED_WORDS = 24  # filler words every type uses, so a sentence's type is not given by one word
-SYN_OWN_WORD_PROB = 0.7  # the rest of the words are fillers
-SYN_STAY_ON_PLAN = 0.9  # otherwise the next type is uniform at random
-SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / per sentence
-
-
-@lru_cache(maxsize=None)
-def english_words():
-    """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a
-    space."""
-    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])",
-                                " ".join(corpora.wiki_documents())))
-    enc, abbreviations = tokenizer(), NEVER_FINAL | MAYBE_FINAL
-    return tuple(sorted(w for w, n in counts.items()
-                        if n >= 20 and w not in abbreviations
-                        and len(enc.encode_ordinary(" " + w)) == 1))
-
-
-def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
-    """Documents with known sentence types, -> (documents, types: one int array per document).
-
-    With ambiguity a > 0 every type has a second successor in each theme, taken instead of the first
-    with probability a: at a = 0.5 even a perfect planner's best guess is wrong half the time, and a
-    soft plan can carry both. Its draws come from a generator of their own, so a = 0 is the corpus
-    it always was."""
-    rng = np.random.default_rng(seed)
-    own, shared, successor = synthetic_plan(rng, n_types)
-    second, coin = second_successor(successor, seed), np.random.default_rng([seed, 1])
-    docs, types = [], []
-    for _ in range(n_docs):
-        theme, t = rng.integers(SYN_THEMES), rng.integers(n_types)
-        seq = []
-        for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
-            seq.append(t)
-            if rng.random() < SYN_STAY_ON_PLAN:
-                t = (second[theme, t] if ambiguity and coin.random() < ambiguity
-                     else successor[theme, t])
-            else:
-                t = rng.integers(n_types)
-        sents = []
-        for t in seq:
-            n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
-            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n),
-                             rng.choice(shared, n))
-            sents.append(" ".join(words).capitalize() + ".")
-        docs.append(" ".join(sents))
-        types.append(np.array(seq))
-    return docs, types
-
-
-def synthetic_plan(rng, n_types):
-    """The hidden structure: every type's own words, the shared fillers, each theme's successor of
-    each type."""
-    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS,
-                        replace=False)
-    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
-    return (own, picked[n_types * SYN_WORDS_PER_TYPE:],
-            np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)]))
-
-
-def synthetic_vocab(seed=0, n_types=16):
-    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised
-    after a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a
-    synthetic run predicts over these few hundred tokens instead of all 50,257 (see
-    model.GPTConfig.vocab)."""
-    own, shared, _ = synthetic_plan(np.random.default_rng(seed), n_types)
-    enc, words = tokenizer(), [str(w) for w in (*own.ravel(), *shared)]
-    pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
-    return tuple(sorted({t for ids in enc.encode_ordinary_batch(pieces) for t in ids} | {EOT}))
-
-
-def second_successor(successor, seed):
-    """Each theme's second successor of each type: always another type than the first."""
-    n = successor.shape[1]
-    shift = (np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1
-             else np.zeros((SYN_THEMES, 1), int))
-    return np.take_along_axis(successor, (np.arange(n)[None] + shift) % n, 1)
-
-
-def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
-    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over
-    every sentence, of the largest probability of its type given the types before it (the theme
-    inferred from them by Bayes' rule, as the generator draws it). -> (that expectation, how often
-    the most probable type was in fact the next one: the same up to sampling noise if the model is
-    the generator)."""
-    successor = synthetic_plan(np.random.default_rng(seed), n_types)[2]
-    second = second_successor(successor, seed)
-    stay, rows = SYN_STAY_ON_PLAN, np.arange(SYN_THEMES)
-    expected, counted = [], []
-    for seq in types:
-        posterior = np.full(SYN_THEMES, 1 / SYN_THEMES)
-        expected.append(1 / n_types)  # the first sentence: any type
-        counted.append(1 / n_types)
-        for prev, nxt in zip(seq, seq[1:]):
-            # P(next type | theme, prev)
-            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)
-            step[rows, successor[:, prev]] += stay * (1 - ambiguity)
-            step[rows, second[:, prev]] += stay * ambiguity
-            predictive = posterior @ step
-            expected.append(predictive.max())
-            counted.append(float(predictive.argmax() == nxt))
-            posterior = posterior * step[:, nxt]
-            posterior /= posterior.sum()
-    return float(np.mean(expected)), float(np.mean(counted))
-
-
-def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16,
-                   synthetic_ambiguity=0.0):
-    if dataset == "wiki":
-        return corpora.wiki_documents()
-    if dataset == "synthetic":
-        return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
-    if dataset == "wikitext103":
-        return corpora.parse_wikitext(corpora.wikitext_text(files))
-    return corpora.path_documents(dataset)
 
 
 # ----------------------------------------------------------------------------- tokens and splits
@@ -599,15 +477,16 @@ class SplitData:
         The plan alignment, in one place. Target t is predicted with the plan of the sentence it
         belongs to, and that plan is made from the sentences before it in its document:
 
-            stream     <eot>  The  cat  sat  .   It  purred  .
-            sentence     -     0    0    0   0   1    1      1      (tok_sent; - is <|endoftext|>)
-            idx        <eot>  The  cat  sat  .   It  purred
-            target      The   cat  sat   .   It  purred  .
-            plan        e0    e0   e0   e0   e1  e1     e1  e1 = plan of sentence 1, from sentence 0
+            stream     <eot>  The  cat  sat  .   It  purred  .   <eot>
+            sentence     -     0    0    0   0   1    1      1    -     (tok_sent; - : <eot>)
+            idx        <eot>  The  cat  sat  .   It  purred  .
+            target      The   cat  sat   .   It  purred  .  <eot>
+            plan        e0    e0   e0   e0   e1  e1     e1  none
 
-        so the first token of a sentence is already predicted with its own plan. plan_index[b, t]
-        numbers the window's sentences (-1: the target is <|endoftext|>, which gets no plan);
-        mix.PlannedLM turns it into plan vectors. The planner input holds the documents the
+        e0 = planner(nothing before it), e1 = planner(sentence 0): the first token of a sentence is
+        already predicted with its own plan. plan_index[b, t] is the index of target t's sentence
+        among the batch's distinct sentences (sents; -1: the target is <|endoftext|>, which gets no
+        plan); mix.PlannedLM turns it into plan vectors. The planner input holds the documents the
         targets belong to, from their first sentence on (doc_row, sent_pos: where sentence i's
         logits sit in the planner's output), so a sentence is planned even from sentences before
         the window.
@@ -628,6 +507,131 @@ class SplitData:
         n = int((self.doc_sent[docs + 1] - self.doc_sent[docs]).max())
         emb, labels, mask = self.documents(docs, n)
         return dict(emb=emb, labels=labels, mask=mask)
+
+
+# ----------------------------------------------------------------------------- the synthetic corpus
+
+# Synthetic corpus. Each document draws a theme; the theme fixes how sentence types follow one
+# another (a successor map per theme), so the next type depends on the whole document so far,
+# not on the last sentence alone: exactly what a planner that reads all earlier sentences can use.
+# Each type writes mostly its own words (real English words taken from the wiki corpus).
+SYN_THEMES = 4
+SYN_WORDS_PER_TYPE = 12
+SYN_SHARED_WORDS = 24  # filler words every type uses, so a sentence's type is not given by one word
+SYN_OWN_WORD_PROB = 0.7  # the rest of the words are fillers
+SYN_STAY_ON_PLAN = 0.9  # otherwise the next type is uniform at random
+SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / per sentence
+
+
+@lru_cache(maxsize=None)
+def english_words():
+    """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a
+    space."""
+    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])",
+                                " ".join(corpora.wiki_documents())))
+    enc, abbreviations = tokenizer(), NEVER_FINAL | MAYBE_FINAL
+    return tuple(sorted(w for w, n in counts.items()
+                        if n >= 20 and w not in abbreviations
+                        and len(enc.encode_ordinary(" " + w)) == 1))
+
+
+def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
+    """Documents with known sentence types, -> (documents, types: one int array per document).
+
+    With ambiguity a > 0 every type has a second successor in each theme, taken instead of the first
+    with probability a: at a = 0.5 even a perfect planner's best guess is wrong half the time, and a
+    soft plan can carry both. Its draws come from a generator of their own, so a = 0 draws nothing
+    extra and gives the same corpus as no ambiguity at all."""
+    rng = np.random.default_rng(seed)
+    own, shared, successor = synthetic_plan(rng, n_types)
+    second, coin = second_successor(successor, seed), np.random.default_rng([seed, 1])
+    docs, types = [], []
+    for _ in range(n_docs):
+        theme, t = rng.integers(SYN_THEMES), rng.integers(n_types)
+        seq = []
+        for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
+            seq.append(t)
+            if rng.random() < SYN_STAY_ON_PLAN:
+                t = (second[theme, t] if ambiguity and coin.random() < ambiguity
+                     else successor[theme, t])
+            else:
+                t = rng.integers(n_types)
+        sents = []
+        for t in seq:
+            n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
+            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n),
+                             rng.choice(shared, n))
+            sents.append(" ".join(words).capitalize() + ".")
+        docs.append(" ".join(sents))
+        types.append(np.array(seq))
+    return docs, types
+
+
+def synthetic_plan(rng, n_types):
+    """The hidden structure: every type's own words, the shared fillers, each theme's successor of
+    each type."""
+    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS,
+                        replace=False)
+    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
+    return (own, picked[n_types * SYN_WORDS_PER_TYPE:],
+            np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)]))
+
+
+def synthetic_vocab(seed=0, n_types=16):
+    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised
+    after a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a
+    synthetic run predicts over these few hundred tokens instead of all 50,257 (see
+    model.GPTConfig.vocab)."""
+    own, shared, _ = synthetic_plan(np.random.default_rng(seed), n_types)
+    enc, words = tokenizer(), [str(w) for w in (*own.ravel(), *shared)]
+    pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
+    return tuple(sorted({t for ids in enc.encode_ordinary_batch(pieces) for t in ids} | {EOT}))
+
+
+def second_successor(successor, seed):
+    """Each theme's second successor of each type: always another type than the first."""
+    n = successor.shape[1]
+    shift = (np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1
+             else np.zeros((SYN_THEMES, 1), int))
+    return np.take_along_axis(successor, (np.arange(n)[None] + shift) % n, 1)
+
+
+def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
+    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over
+    every sentence, of the largest probability of its type given the types before it (the theme
+    inferred from them by Bayes' rule, as the generator draws it). -> (that expectation, how often
+    the most probable type was in fact the next one: the same up to sampling noise if the model is
+    the generator)."""
+    successor = synthetic_plan(np.random.default_rng(seed), n_types)[2]
+    second = second_successor(successor, seed)
+    stay, rows = SYN_STAY_ON_PLAN, np.arange(SYN_THEMES)
+    expected, counted = [], []
+    for seq in types:
+        posterior = np.full(SYN_THEMES, 1 / SYN_THEMES)
+        expected.append(1 / n_types)  # the first sentence: any type
+        counted.append(1 / n_types)
+        for prev, nxt in zip(seq, seq[1:]):
+            # P(next type | theme, prev)
+            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)
+            step[rows, successor[:, prev]] += stay * (1 - ambiguity)
+            step[rows, second[:, prev]] += stay * ambiguity
+            predictive = posterior @ step
+            expected.append(predictive.max())
+            counted.append(float(predictive.argmax() == nxt))
+            posterior = posterior * step[:, nxt]
+            posterior /= posterior.sum()
+    return float(np.mean(expected)), float(np.mean(counted))
+
+
+def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16,
+                   synthetic_ambiguity=0.0):
+    if dataset == "wiki":
+        return corpora.wiki_documents()
+    if dataset == "synthetic":
+        return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
+    if dataset == "wikitext103":
+        return corpora.parse_wikitext(corpora.wikitext_text(files))
+    return corpora.path_documents(dataset)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import compare
-import eval as evaluation
 
 SETTING = ["--dataset", "synthetic", "--synthetic-ambiguity", "0.5", "--synthetic-docs", "4000",
            "--n-labels", "16", "--embed-dim", "32", "--n-layer", "2", "--n-embd", "64",
@@ -55,7 +54,7 @@ def main(argv=None):
     print(f"\nWhat it means (val perplexity of A against B of the same seed, 95% interval over "
           f"{len(args.seeds.split(','))} seeds; {time.time() - t0:.0f} s):")
     for a, b, claim, why in READINGS:
-        changes = evaluation.paired_changes(results, a, b)
+        changes = compare.paired_changes(results, a, b)
         verdict = compare.verdict(changes, "beats")
         print(f"- {claim}: {a} vs {b} {compare.claim_cell(changes, 'beats')}"
               + (f": {why}" if verdict == "holds" else ""))

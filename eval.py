@@ -97,22 +97,6 @@ def windows(n_targets, block_size):
     return out, block
 
 
-def unseen_document(split, block_size):
-    """What the planner reads and the LM does not, over the split's text targets scored as
-    perplexity() scores them: -> (share of the targets whose document's text begins before their
-    window, mean share of the document's text so far that lies before the window). The planner
-    always reads it all."""
-    n = len(split.tokens) - 1
-    starts, firsts = np.array(windows(n, block_size)[0]).T
-    target = np.arange(1, n + 1)
-    window = starts[np.searchsorted(firsts, target, side="right") - 1]
-    opens = np.flatnonzero(split.tok_sent < 0)  # every document's <|endoftext|>, its text follows
-    text = opens[np.searchsorted(opens, target - 1, side="right") - 1] + 1
-    is_text = split.tok_sent[target] >= 0
-    before, so_far = np.maximum(window - text, 0)[is_text], (target - text)[is_text]
-    return float(np.mean(before > 0)), float(np.mean(before / np.maximum(so_far, 1)))
-
-
 @torch.no_grad()
 def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
     """-> (target tokens, mean NLL in nats) over the whole split.
@@ -337,36 +321,6 @@ def read_log(run):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def paired_changes(results, a, b):
-    """Perplexity of run a against run b of the same seed, -1, for each seed that has both."""
-    ppl = {(run_name(r["run"]), r["seed"]): r["perplexity"] for r in results}
-    return [ppl[a, seed] / ppl[b, seed] - 1 for name, seed in ppl if name == a and (b, seed) in ppl]
-
-
-def sd(xs):
-    """The standard deviation over seeds; 0 for one seed (no error bar)."""
-    return np.std(xs, ddof=1) if len(xs) > 1 else 0
-
-
-def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
-    """How often the LM writes a sentence of the label it was given, over n_docs new documents.
-
-    Labels come from the planner, or with forced=True uniformly at random (this asks whether the
-    LM follows any plan, however good the planner). chance: the rate if the realised label ignored
-    the planned one, from the two labels' frequencies (1/K for random labels).
-    """
-    k, rng, rows = len(corpus.codebook), np.random.default_rng(seed), []
-    for i in range(n_docs):
-        force = rng.integers(k, size=sentences).tolist() if forced else ()
-        rows += sample(net, corpus, sentences, force=force, seed=seed + i)
-    planned, realised = (np.array([r[j] for r in rows]) for j in (0, 1))
-    chance = (1 / k if forced
-              else np.bincount(planned, minlength=k) @ np.bincount(realised, minlength=k)
-              / len(rows) ** 2)
-    return {"sentences": len(rows), "hits": int(np.sum(planned == realised)),
-            "rate": float(np.mean(planned == realised)), "chance": float(chance)}
-
-
 @torch.no_grad()
 def browse(net, corpus, split="val", doc=0, top=5):
     """-> [(text, true label, [(label, probability)] * top)] for every sentence of a held-out
@@ -401,7 +355,7 @@ def print_browse(args):
                   f"{example}")
 
 
-# eval.py's numeric flags and their ranges, as train.FLAG_RANGES.
+# eval.py's numeric flags and their ranges, as runtime.FLAG_RANGES.
 FLAG_RANGES = [(("sample", "top_k"), lambda v: v >= 1, "at least 1"),
                (("browse", "seed"), lambda v: v >= 0, "zero or more"),
                (("window",), lambda v: v >= 1, "at least 1 token"),

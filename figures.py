@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import EvalError, read_log, run_name, sd
+from eval import EvalError, read_log, run_name
+
+
+def sd(xs):
+    """The standard deviation over seeds; 0 for one seed (no error bar)."""
+    return np.std(xs, ddof=1) if len(xs) > 1 else 0
 
 
 def pyplot():

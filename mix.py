@@ -93,7 +93,13 @@ class Plans(nn.Module):
 # ---------------------------------------------------------------------------- the conditioned model
 
 class PlannedLM(nn.Module):
-    """The LM, the planner and the estimator, as one module: batch in, losses out."""
+    """The LM (model.GPT), the planner (planner.Planner) and the estimator (Plans), as one module:
+    a batch of data.SplitData.lm_batch in, losses out. The batch holds the windows (idx, targets);
+    the distinct sentences their targets belong to, each with its true label (labels) and its
+    place in the planner's output over whole documents (emb -> logits[doc_row, sent_pos]); and
+    for every target, which of those sentences it belongs to (plan_index; -1 for <|endoftext|>).
+    The planner's logits become one plan vector per sentence, and every target gets its
+    sentence's vector: the alignment is pictured in lm_batch's docstring."""
 
     def __init__(self, lm, planner, plans, planner_frozen=True):
         super().__init__()
@@ -124,7 +130,8 @@ class PlannedLM(nn.Module):
         vectors = self.plans(logits=logits, labels=labels, generator=generator)
         plan = None
         if vectors is not None:
-            # row 0: no plan
+            # row 0, a zero vector, for <|endoftext|> targets: the adapters have no bias, so it
+            # adds nothing
             vectors = torch.cat([vectors.new_zeros(1, vectors.shape[-1]), vectors])
             plan = vectors[plan_index + 1].to(self.lm.wte.weight.dtype)
         _, loss = self.lm(idx, targets, plan)

@@ -1,7 +1,7 @@
 """
 The machinery that makes train.py and eval.py robust, without being the method: devices and dtypes,
 the per-device defaults, flag checks, DDP, atomic files, checkpoints, and a stage's run (resume,
-progress bar, log, best checkpoint, Ctrl-C/SIGTERM between whole steps, the NaN guard).
+progress bar, log, best checkpoint, Ctrl-C between whole steps, the NaN guard).
 
 train.py's loop calls it with a few verbs (see Run); nothing here knows the method beyond the
 names of the parts a checkpoint holds (net.lm, net.plans, net.planner).
@@ -379,8 +379,7 @@ class Run:
 
         first = run.begin(net, opt, resume)     # continue from the checkpoint, or start the log
                                                 # afresh
-        with run.stopping():                    # Ctrl-C / SIGTERM: finish the step under way,
-                                                # then stop
+        with run.stopping():                    # Ctrl-C: finish the step under way, then stop
             for step in run.steps():            # a progress bar; ends early once a stop is agreed
                 ...one optimisation step...
                 run.check_loss(total, step)     # the NaN guard, before the update is applied

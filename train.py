@@ -12,8 +12,8 @@ Train the planner-conditioned GPT end to end, in the stages of the method:
     python train.py --mode oracle                    # the true label of each sentence: an upper
                                                      # bound
     python train.py --dataset synthetic --device cpu
-    torchrun --standalone --nproc_per_node 2 train.py   # DDP: the global batch is split across
-                                                        # processes
+    torchrun --standalone --nproc_per_node 2 train.py   # DDP: --batch-size windows in each
+                                                        # process, every step
 
 With the same --seed every mode starts from the same pretrained weights and sees the same batches,
 so differences come from the estimator alone. Then compare runs with

@@ -8,7 +8,7 @@ and fine-tuning, judged by exact val perplexity (never test).
 
 The search takes one decision at a time, each from the best setting so far (a full grid of 3 x 3 x 3
 would be 27 runs):
-  1. the window, with the batch that keeps the tokens per step of the defaults (16 x 128 = 2,048);
+  1. the window, with the batch that keeps the tokens per step of the defaults (64 x 32 = 2,048);
   2. the peak learning rate of pretraining (fine-tuning peaks at half of it, as in the defaults);
   3. how the LM's steps (550 with the defaults) are shared between pretraining and fine-tuning.
 Every run is train.py's, in out/tune/<setting>/seed<N>/; finished runs and their evaluations are

@@ -46,7 +46,7 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
 
     def redone(*a, **k):
         raise AssertionError("a finished run, evaluation or sampling was redone")
-    for module, name in ((train, "main"), (evaluation, "evaluate"), (evaluation, "plan_following")):
+    for module, name in ((train, "main"), (evaluation, "evaluate"), (compare, "plan_following")):
         monkeypatch.setattr(module, name, redone)
     compare.main(argv)
     assert (tmp_path / "cmp" / "results.md").read_text() == md
@@ -82,7 +82,7 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
         ck = runtime.load_checkpoint(tmp_path / "sw" / a / "seed1" / "soft-joint" / "ckpt.pt")
         assert ck["config"]["synthetic_ambiguity"] == float(a[1:]) and ck["config"]["seed"] == 1
     sweep = (tmp_path / "sw" / "sweep.md").read_text()
-    changes = evaluation.paired_changes(json.loads((tmp_path / "sw" / "a0.5" / "results.json").read_text())["val"],
+    changes = compare.paired_changes(json.loads((tmp_path / "sw" / "a0.5" / "results.json").read_text())["val"],
                                         "soft-joint", "hard-frozen")
     assert "| finding | A vs B | ambiguity a = 0 | ambiguity a = 0.5 |" in sweep
     assert "| soft (joint) beats hard | soft-joint vs hard-frozen | " in sweep and compare.claim_cell(changes, "beats") in sweep
@@ -112,7 +112,7 @@ def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path
                          "--block-sizes", "8,32", "--runs", "fixed,oracle"])
     sweep = json.loads((out / "sweep.json").read_text())
     _, _, corpus = evaluation.load_run(out / "block8" / "seed0" / "oracle")
-    unseen = [list(evaluation.unseen_document(corpus.splits["val"], b)) for b in (8, 32)]
+    unseen = [list(compare.unseen_document(corpus.splits["val"], b)) for b in (8, 32)]
     assert sweep["unseen"] == unseen and unseen[0][1] > unseen[1][1] > 0  # the smaller window hides more
     cells = " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in unseen)
     assert f"share of their document so far (seed 0) | {cells} |" in (out / "sweep.md").read_text()

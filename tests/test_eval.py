@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import compare
 import data
 import eval as evaluation
 
@@ -22,9 +23,9 @@ def test_unseen_document_counts_the_text_before_each_targets_window():
     # windows of 4 advance by 2: targets 1-4 seen from token 0, 5-6 from 2, 7-8 from 4, 9-10 from 6.
     # Only targets 5 and 6 miss text of their document: token 1 of the 4 and 5 text tokens before them;
     # target 7 is the <|endoftext|> (not text), 8-10 see their document's whole text.
-    targets, text = evaluation.unseen_document(split, 4)
+    targets, text = compare.unseen_document(split, 4)
     assert targets == pytest.approx(2 / 9) and text == pytest.approx((1 / 4 + 1 / 5) / 9)
-    assert evaluation.unseen_document(split, 100) == (0.0, 0.0)  # one window holds the whole stream
+    assert compare.unseen_document(split, 100) == (0.0, 0.0)  # one window holds the whole stream
 
 
 def test_table_pairs_seeds_against_none():

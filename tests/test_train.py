@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import compare
 import data
 import eval as evaluation
 import figures
@@ -224,7 +225,7 @@ def test_forced_labels_are_realised_on_synthetic(dirs):
     net, _, corpus = evaluation.load_run(root / "out" / "oracle")
     rows = evaluation.sample(net, corpus, 16, force=list(range(16)), seed=0)
     assert sum(planned == realised for planned, realised, _ in rows) >= 12
-    follow = evaluation.plan_following(net, corpus, n_docs=2, sentences=8, forced=True)
+    follow = compare.plan_following(net, corpus, n_docs=2, sentences=8, forced=True)
     assert follow["sentences"] == 16 and follow["chance"] == 1 / 16 and follow["rate"] >= 0.75
 
 
@@ -232,7 +233,7 @@ def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
     rows = [(0, 0, ""), (0, 1, ""), (1, 1, ""), (1, 1, "")]  # planned 0,0,1,1; realised 0,1,1,1
     monkeypatch.setattr(evaluation, "sample", lambda *a, **k: rows)
     corpus = type("C", (), {"codebook": np.zeros((3, 2))})()
-    out = evaluation.plan_following(None, corpus, n_docs=1, sentences=4)
+    out = compare.plan_following(None, corpus, n_docs=1, sentences=4)
     assert out == {"sentences": 4, "hits": 3, "rate": 0.75, "chance": 0.5 * 0.25 + 0.5 * 0.75}
 
 
