@@ -181,7 +181,7 @@ def write_wikitext_like(path, tokens, seed=0):
     rng = np.random.default_rng(seed)
     # long and short articles
     n_sent = rng.geometric(WIKITEXT_ARTICLES * per_sentence / tokens, WIKITEXT_ARTICLES)
-    titles = rng.choice(data.english_words(), (WIKITEXT_ARTICLES, 2))
+    titles = rng.choice(corpora.english_words(), (WIKITEXT_ARTICLES, 2))
     # the sentences, and words for headings
     picks = iter(rng.integers(0, len(sentences), 2 * n_sent.sum()))
     splits = {"train": [], "valid": [], "test": []}

@@ -210,7 +210,7 @@ def what_holds(args):
         rows.append(f"| {name} | {len({r['seed'] for r in report['val']})} | " +
                     " | ".join(claim_cell(c, kind) if c else ""
                                for c, (*_, kind) in zip(changes, claims)) +
-                    f" | {evaluation.summary(shuffled, '+.2%')} |")
+                    f" | {evaluation.mean_std(shuffled, '+.2%')} |")
     md = ("What holds: val perplexity of A against B of the same seed, mean ± std over seeds [95% "
           "t-interval of the mean] and the verdict it gives, in every setting; plan reliance: how "
           "much soft-joint's val perplexity rises with another sentence's plan than its own\n\n"
@@ -388,7 +388,7 @@ def verdict(changes, kind):
 def claim_cell(changes, kind):
     ci = interval(changes)
     bounds = f" [{ci[0]:+.2%}, {ci[1]:+.2%}]" if ci else ""
-    return f"{evaluation.summary(changes, '+.2%')}{bounds} {verdict(changes, kind)}".strip()
+    return f"{evaluation.mean_std(changes, '+.2%')}{bounds} {verdict(changes, kind)}".strip()
 
 
 def claims_table(report):
@@ -404,7 +404,7 @@ def claims_table(report):
             rows.append(f"| {claim} | {a} vs {b} | "
                         f"{' '.join(f'{c:+.2%}' for c in change['val'])} | "
                         f"{claim_cell(change['val'], kind)} | "
-                        f"{evaluation.summary(change['test'], '+.2%')} |")
+                        f"{evaluation.mean_std(change['test'], '+.2%')} |")
     return "\n".join(rows)
 
 
@@ -438,7 +438,7 @@ def summarise_sweep(args, out, reports):
              + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
              for f in findings]
     rows += [f"| plan reliance: {RELIANCE[x['how']]} | {x['run']} | "
-             + " | ".join(evaluation.summary(c, "+.2%") for c in x["rises"]) + " |"
+             + " | ".join(evaluation.mean_std(c, "+.2%") for c in x["rises"]) + " |"
              for x in reliance]
     md = (f"{args.dataset}, the findings at each {what}: val perplexity of A against B of the same "
           f"seed, mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict "
@@ -476,8 +476,8 @@ def reliance_table(report):
     content."""
     return "\n".join([f"| run | shuffled: {RELIANCE['shuffled']} | mean: {RELIANCE['mean']} |",
                       "|---|---|---|"] +
-                      [f"| {name} | {evaluation.summary(r['shuffled'], '+.2%')} | "
-                       f"{evaluation.summary(r['mean'], '+.2%')} |"
+                      [f"| {name} | {evaluation.mean_std(r['shuffled'], '+.2%')} | "
+                       f"{evaluation.mean_std(r['mean'], '+.2%')} |"
                        for name, r in reliance_rises(report).items()])
 
 

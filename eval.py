@@ -196,7 +196,7 @@ def label_baselines(corpus, split):
     return out
 
 
-def summary(values, fmt):
+def mean_std(values, fmt):
     """'mean ± std' over seeds; the mean alone for one run; '' when there is nothing to show."""
     if not values or values[0] is None:
         return ""
@@ -221,21 +221,21 @@ def table(results):
             + " | planner top-1 | planner top-5 |",
             "|---" * (6 + len(refs)) + "|"]
     for (mode, planner), rs in groups.items():
-        change = [summary([r["perplexity"] / base[ref][r["seed"]] - 1
+        change = [mean_std([r["perplexity"] / base[ref][r["seed"]] - 1
                            for r in rs if r["seed"] in base[ref]], "+.1%")
                   for ref in refs]
         name = run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
         rows.append(f"| {name} | {mode} | {planner or ''} | "
-                    f"{summary([r['perplexity'] for r in rs], '.2f')} | "
-                    f"{' | '.join(change)} | {summary([r['planner_top1'] for r in rs], '.3f')} | "
-                    f"{summary([r['planner_top5'] for r in rs], '.3f')} |")
+                    f"{mean_std([r['perplexity'] for r in rs], '.2f')} | "
+                    f"{' | '.join(change)} | {mean_std([r['planner_top1'] for r in rs], '.3f')} | "
+                    f"{mean_std([r['planner_top5'] for r in rs], '.3f')} |")
     return "\n".join(rows)
 
 
 def baselines_line(results):
     """The label baselines of the results' splits (one per seed), mean ± std over seeds."""
     per_seed = list({r["seed"]: r for r in results}.values())
-    cell = lambda k: summary([r[k] for r in per_seed], ".3f")
+    cell = lambda k: mean_std([r[k] for r in per_seed], ".3f")
     return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / "
             f"{cell('majority_top5')}; a label bigram fitted on train {cell('bigram_top1')} / "
             f"{cell('bigram_top5')}.")
@@ -318,7 +318,17 @@ def read_log(run):
     path = (Path(run) if Path(run).is_dir() else Path(run).parent) / "log.jsonl"
     if not path.exists():
         raise EvalError(f"no training log at {path}: train.py writes one next to every checkpoint")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = {}
+    for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            print(f"warning: {path} line {n} is not a whole record (cut short?): skipped",
+                  file=sys.stderr)
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records[record["step"]] = record  # a step logged twice (a failed save, then --resume)
+    return list(records.values())
 
 
 @torch.no_grad()

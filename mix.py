@@ -117,7 +117,7 @@ class PlannedLM(nn.Module):
             self.planner.eval()  # a frozen planner has no dropout noise either
         return self
 
-    def sentence_logits(self, emb, doc_row, sent_pos):
+    def planner_logits(self, emb, doc_row, sent_pos):
         if not self.plans.uses_planner:
             return None
         with torch.no_grad() if self.planner_frozen else contextlib.nullcontext():
@@ -125,7 +125,7 @@ class PlannedLM(nn.Module):
 
     def forward(self, idx, targets, plan_index, emb, doc_row, sent_pos, labels, generator=None):
         """-> (LM loss, the planner's cross-entropy on these sentences or None)."""
-        logits = self.sentence_logits(emb, doc_row, sent_pos)
+        logits = self.planner_logits(emb, doc_row, sent_pos)
         # [n_sentences, D] or None
         vectors = self.plans(logits=logits, labels=labels, generator=generator)
         plan = None

@@ -77,7 +77,7 @@ def accuracy(logits, labels, mask, ks=(1, 5)):
     """-> {'top1': ..., 'top5': ...}: how often the true label is among the k best, over real
     sentences."""
     logits, labels = logits[mask], labels[mask]
-    top = logits.topk(max(ks), dim=-1).indices
+    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices  # K < 5: all of them
     return {f"top{k}": (top[:, :k] == labels[:, None]).any(-1).float().mean().item() for k in ks}
 
 

@@ -1,10 +1,11 @@
 """
 The machinery that makes train.py and eval.py robust, without being the method: devices and dtypes,
-the per-device defaults, flag checks, DDP, atomic files, checkpoints, and a stage's run (resume,
-progress bar, log, best checkpoint, Ctrl-C between whole steps, the NaN guard).
+the GPU defaults, flag ranges, DDP, atomic files and folder locks, checkpoints (and what --resume
+may continue), and a stage's run (resume, progress bar, log, best checkpoint, Ctrl-C / SIGTERM /
+SIGHUP between whole steps, the NaN guard).
 
-train.py's loop calls it with a few verbs (see Run); nothing here knows the method beyond the
-names of the parts a checkpoint holds (net.lm, net.plans, net.planner).
+train.py's loop calls it with a few verbs (see Run); of the method it knows only the names of the
+parts a checkpoint holds (net.lm, net.plans, net.planner), the stages' names and corpus.identity().
 """
 
 import contextlib
@@ -47,6 +48,7 @@ def resolve_device(name):
                          f"use --device cpu or auto")
     return name
 
+
 def autocast_dtype(args):
     if args.dtype != "auto":
         return getattr(torch, args.dtype)
@@ -54,9 +56,11 @@ def autocast_dtype(args):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if args.device == "cpu" and cpu_has_native_bf16() else torch.float32
 
+
 def autocast(args):
     dtype = autocast_dtype(args)
     return torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16():
@@ -70,12 +74,12 @@ def cpu_has_native_bf16():
 
 # ------------------------------------------------------------------------- defaults and flag checks
 
-
-# On a GPU the defaults follow from the corpus, by arithmetic (cuda_defaults; README says why). The
-# model: the larger one only where the corpus can feed it; on ~1M tokens it would memorise the
-# corpus.
+# On a GPU the defaults follow from the corpus, by arithmetic (cuda_defaults). The model: the larger
+# one only where the corpus can feed it. On WikiText-103 (~98M training tokens) 8 x 512 with a
+# 512-token context and 32,768 tokens a step: 200M tokens are ~6,100 steps, ~2 passes. On wiki
+# (~0.93M tokens) that model would see the corpus 200 times, so it gets 6 x 384, a 256-token
+# context, dropout 0.1 and 8,192 tokens a step: 8 passes are ~910 steps.
 LARGE_CORPUS = 20e6  # training tokens: WikiText-103 has ~98M, wiki ~0.93M
-
 CUDA_MODELS = {"large": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=32,
                              grad_accum=2, dropout=0.0),
                "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=32,
@@ -85,18 +89,13 @@ CUDA_MODELS = {"large": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, ba
 # over the corpus past which the LM only memorises it (the best checkpoint by val loss guards what
 # is left).
 CUDA_LM_TOKENS = 200e6
-
 CUDA_PLANNER_DOCS = 200_000
-
 MAX_PASSES = 8  # LM pretraining
-
 PLANNER_PASSES = 30  # a small model over sentence embeddings overfits far later
-
 FINETUNE_SHARE = 1 / 3  # fine-tuning tokens against pretraining's
-
 EVALS_PER_FINETUNE = 8
-
 WARN_PASSES = 10  # an LM stage with more passes than this gets a warning with the fix
+
 
 def cuda_defaults(train_tokens, train_docs, world=1, planner_batch=64):
     """The GPU defaults for a corpus of train_tokens tokens in train_docs documents."""
@@ -109,10 +108,12 @@ def cuda_defaults(train_tokens, train_docs, world=1, planner_batch=64):
                                            / (planner_batch * world))),
                 eval_interval=max(1, finetune_iters // EVALS_PER_FINETUNE), eval_iters=50)
 
+
 def fill_defaults(args, defaults):
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+
 
 # Every numeric flag's range, in one place: (flags, test, what the flag must be).
 FLAG_RANGES = [
@@ -133,6 +134,7 @@ FLAG_RANGES = [
     (("dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1"),
     (("synthetic_ambiguity",), lambda v: 0 <= v <= 1, "a probability, from 0 to 1"),
 ]
+
 
 def check_ranges(args, table):
     """Refuse the first flag outside its range (NaN is outside every range) with one line."""
@@ -160,6 +162,7 @@ class Context:
     def get():
         return (Context(dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
                 else Context())
+
 
 def setup_distributed(args):
     if "RANK" not in os.environ:
@@ -200,6 +203,7 @@ class atomic_write:
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
 
+
 def sweep_stale_temps(path):
     """Remove temp files of path whose writing process no longer runs."""
     for tmp in Path(path).parent.glob(f"{glob_escape(Path(path).name)}.*.tmp"):
@@ -207,8 +211,10 @@ def sweep_stale_temps(path):
         if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
+
 def glob_escape(name):
     return re.sub(r"([*?\[])", r"[\1]", name)
+
 
 def process_alive(pid):
     try:
@@ -219,9 +225,61 @@ def process_alive(pid):
         return True
     return True
 
+
 def first_line(e):
     """An exception's message, first line only (some span pages), or its type when it has none."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def launched_as_master():
+    """Rank 0 under torchrun (read before the process group exists), or a process on its own."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def folder_lock(folder, master=True):
+    """One process at a time writes a run (or a pretraining stage) folder: <folder>/lock holds its
+    pid while it runs. Another process is refused with one line naming it; a lock left by a
+    process that no longer runs (kill -9) is taken over. Under DDP only rank 0 (master) writes,
+    and locks."""
+    if not master:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, mine = folder / "lock", folder / f"lock.{os.getpid()}.tmp"
+    mine.write_text(str(os.getpid()))
+    try:
+        while not take_lock(path, mine):
+            try:
+                pid = int(path.read_text())
+            except (OSError, ValueError):  # removed meanwhile, or being written
+                pid = None
+            if pid is not None and pid != os.getpid() and process_alive(pid):
+                raise TrainError(f"{folder} is being written by another process (pid {pid}): "
+                                 "wait for it to end, or stop it")
+            path.unlink(missing_ok=True)  # its process is gone
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def take_lock(path, mine):
+    """Create path holding this process's pid, in one step; False if it exists already."""
+    try:
+        os.link(mine, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: an exclusive create instead
+        try:
+            with open(path, "x") as f:
+                f.write(str(os.getpid()))
+        except FileExistsError:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -238,9 +296,11 @@ def checkpoint(net, args, corpus, stage, step, opt, done, best):
                   planner=net.planner.state_dict())
     return ck
 
+
 def save(ck, path):
     with atomic_write(path) as tmp:
         torch.save(ck, tmp)
+
 
 def keep_best(ckpt_path):
     """best.pt beside ckpt.pt: the checkpoint of the lowest validation loss so far, as a second name
@@ -252,6 +312,7 @@ def keep_best(ckpt_path):
             os.link(ckpt_path, tmp)
         except OSError:  # a file system without hard links
             shutil.copyfile(ckpt_path, tmp)
+
 
 def load_checkpoint(path, device="cpu"):
     """A checkpoint holds tensors and plain values only, so it is loaded without running any code it
@@ -269,6 +330,7 @@ def load_checkpoint(path, device="cpu"):
         raise TrainError(f"{path} is damaged ({first_line(e)[:100]}): "
                          f"delete it and train again") from None
 
+
 def load_state(net, ck):
     if hasattr(net, "plans"):
         net.lm.load_state_dict(ck["model"])
@@ -277,9 +339,11 @@ def load_state(net, ck):
     if net.planner is not None and "planner" in ck:
         net.planner.load_state_dict(ck["planner"])
 
-# Where a run is kept, and on what hardware: a run can continue elsewhere, with or without
-# torch.compile.
-NOT_THE_RUN = ("data_dir", "out_dir", "device", "compile", "resume")
+
+# Where a run is kept, on what hardware, and how it was started: a run can continue elsewhere,
+# with or without torch.compile.
+NOT_THE_RUN = ("data_dir", "out_dir", "device", "compile", "resume", "overwrite")
+
 
 def refuse_other_settings(saved, args, ckpt_path):
     """Continuing a run with other settings would make a run that no command describes."""
@@ -291,12 +355,43 @@ def refuse_other_settings(saved, args, ckpt_path):
                          f"not {flags(vars(args))}: continue with the same flags, or delete "
                          f"{ckpt_path.parent} to start the run over")
 
+
+def refuse_other_data(ck, args, corpus, ckpt_path):
+    """Continuing a run on other data (the corpus file changed under its name, other labels) would
+    make a run of neither: eval.py would not score it either."""
+    have = corpus.identity()
+    if other := [k for k, v in ck["identity"].items() if have.get(k) != v]:
+        raise TrainError(f"--resume: {ckpt_path} was trained on other data than --dataset "
+                         f"{args.dataset} gives now (its {' and '.join(other)} differ): restore "
+                         f"that data, or delete {ckpt_path.parent} to start the run over")
+
+
+def run_exists(ckpt_path):
+    """Why a new run may not start where one is: a finished run is never replaced silently."""
+    try:
+        ck = load_checkpoint(ckpt_path)
+        what = ("a finished run" if ck.get("done") else
+                f"a run stopped at step {ck['step']} (continue it with --resume)")
+    except (TrainError, KeyError):
+        what = "a run whose checkpoint cannot be read"
+    return (f"{ckpt_path.parent} already holds {what}: name this one with --run NAME, or add "
+            "--overwrite to replace it")
+
+
+def check_resume(ckpt_path, args, corpus):
+    """Before any pretraining: --resume continues only the run of the same flags and data."""
+    ck = load_checkpoint(ckpt_path, args.device)
+    refuse_other_settings(ck["config"], args, ckpt_path)
+    refuse_other_data(ck, args, corpus, ckpt_path)
+
+
 def stage_dir(args, name, corpus, *settings):
     """Pretrained stages are keyed by everything that changes their result, so modes share them."""
     key = json.dumps([corpus.identity(), args.seed, autocast_dtype(args).__repr__(),
                       Context.get().world, *settings], sort_keys=True, default=str)
     return (Path(args.out_dir) / "pretrain"
             / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+
 
 def finished(ckpt_path, net, args):
     """Load a pretrained stage that an earlier run completed; False if there is none (or it was cut
@@ -317,32 +412,47 @@ def finished(ckpt_path, net, args):
 # ----------------------------------------------------------------------------- one stage's run
 
 
+# Ctrl-C, and what schedulers (SLURM, Kubernetes) and closed terminals send before they kill.
+STOP_SIGNALS = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+
+
+def stop_like_ctrl_c():
+    """Outside the training loops, SIGTERM and SIGHUP interrupt as Ctrl-C does (KeyboardInterrupt:
+    train.py says what was kept), instead of killing the process without a word."""
+    for name in STOP_SIGNALS[1:]:
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(getattr(signal, name), signal.default_int_handler)
+
+
 class StopRequest:
-    """Ctrl-C in the loop: finish the step under way, then save and stop. A second Ctrl-C quits at
-    once.
+    """Ctrl-C (or SIGTERM, SIGHUP) in the loop: finish the step under way, then save and stop. A
+    second one quits at once.
 
     A KeyboardInterrupt raised mid-step can land inside opt.step() and leave some parameter groups
     one update ahead of the others; a flag read between whole steps never saves half a step.
     """
 
     def __enter__(self):
-        self.requested = False
+        self.requested, self.previous = False, {}
         try:
-            self.previous = signal.signal(signal.SIGINT, self.handle)
+            for name in STOP_SIGNALS:
+                number = getattr(signal, name)
+                self.previous[number] = signal.signal(number, self.handle)
         except ValueError:  # not the main thread, where only the main thread may catch signals
-            self.previous = None
+            pass
         return self
 
     def handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this step (Ctrl-C again quits without saving it)",
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step (another one quits without saving it)",
               file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
 
     def agreed(self, device):
         """Under DDP every process stops at the same step, whichever of them got the signal."""
@@ -352,11 +462,13 @@ class StopRequest:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag)
 
+
 def kept(saved, path):
     """The sentence that ends a stopped run's message: it names a checkpoint only if this run wrote
     or read it."""
     return (f"The last good checkpoint (step {saved}) is kept at {path}" if saved is not None
             else "No checkpoint was written")
+
 
 def schedule(stage, iters, args, corpus):
     """-> (what one step reads, a line saying what the schedule means for this corpus, passes over
@@ -401,6 +513,7 @@ class Run:
             # a pretrained stage's folder is keyed by its settings; a run's is only named
             if self.stage == "finetune":
                 refuse_other_settings(ck["config"], args, self.ckpt)
+                refuse_other_data(ck, args, self.corpus, self.ckpt)
             load_state(net, ck)
             opt.load_state_dict(ck["optimizer"])
             step = self.saved = ck["step"]
@@ -487,12 +600,12 @@ class Run:
             self.bar.write(f"{self.stage} step {done}: "
                            + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
                            + (" (best so far)" if improved else f" (best: step {self.best[1]})"))
-            with open(self.log, "a") as f:
-                f.write(json.dumps(dict(record, best_step=self.best[1])) + "\n")
             save(checkpoint(net, args, self.corpus, self.stage, done, opt, done == self.iters,
                             self.best), self.ckpt)
             if improved:
                 keep_best(self.ckpt)
+            with open(self.log, "a") as f:  # after the save: the log never runs ahead of it
+                f.write(json.dumps(dict(record, best_step=self.best[1])) + "\n")
         self.saved = done
 
     def end(self, net, opt):

@@ -48,7 +48,8 @@ from runtime import Context, TrainError
 # minutes. Within that budget tune.py measured (exact val perplexity of the default run, a table
 # of RESULTS.md):
 CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, dropout=0.0,
-                    # measured: val perplexity 295; 64 x 32: 323; 128 x 16: 359
+                    # measured: 32-token windows, 64 a step: val perplexity 295; 64 x 32: 323;
+                    # 128 x 16: 359
                     block_size=32, batch_size=64,
                     grad_accum=1,
                     # measured: the LM's steps split 400/150 beat 275/275 and 468/82
@@ -84,6 +85,8 @@ def make_parser():
     g.add_argument("--compile", action="store_true", help="torch.compile the LM")
     g.add_argument("--resume", action="store_true",
                    help="continue the fine-tuning run from its checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in <out-dir>/<run> (without it, that is refused)")
     g = p.add_argument_group("model (defaults depend on the device and, on a GPU, the corpus: "
                              "CPU_DEFAULTS, cuda_defaults)")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
@@ -231,9 +234,10 @@ def pretrain_lm(args, corpus, splits):
     if runtime.finished(ck, net, args):
         return net.lm, out
     val = fixed_windows(splits["val"], args, Context.get())
-    train(net, "lm", args.lm_iters, args.lr, args, corpus, ck,
-          lm_batches(splits["train"], args, "lm"),
-          lambda: val_loss(net, val, args), resume=True)
+    with runtime.folder_lock(out, Context.get().master):  # every run of this out-dir shares it
+        train(net, "lm", args.lm_iters, args.lr, args, corpus, ck,
+              lm_batches(splits["train"], args, "lm"),
+              lambda: val_loss(net, val, args), resume=True)
     return net.lm, out
 
 
@@ -267,8 +271,9 @@ def pretrain_planner(args, corpus, splits):
             0, n_docs, (args.grad_accum, ctx.world, args.planner_batch))
         return train_sd.planner_batch(torch.as_tensor(docs[micro, ctx.rank], device=args.device))
 
-    train(net, "planner", args.planner_iters, args.planner_lr, args, corpus, ck, batch,
-          lambda: planner_metrics(net.planner, val_sd), resume=True)
+    with runtime.folder_lock(out, Context.get().master):
+        train(net, "planner", args.planner_iters, args.planner_lr, args, corpus, ck, batch,
+              lambda: planner_metrics(net.planner, val_sd), resume=True)
     return net.planner, out
 
 
@@ -356,32 +361,16 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
 
 def main(argv=None):
     try:
+        runtime.stop_like_ctrl_c()
         args = get_args(argv)
         resume_from = Path(args.out_dir) / args.run / "ckpt.pt"
         if args.resume and not resume_from.exists():  # before hours of pretraining, not after
             raise TrainError(f"--resume: there is no checkpoint at {resume_from}: "
                              f"drop --resume to start the run")
-        runtime.setup_distributed(args)
-        ctx = Context.get()
-        if ctx.world > 1 and not ctx.master:
-            dist.barrier()  # rank 0 builds the data cache first
-        corpus = data.load_from_args(args)
-        if ctx.world > 1 and ctx.master:
-            dist.barrier()
-        if args.device.startswith("cuda"):
-            train_split = corpus.splits["train"]
-            runtime.fill_defaults(args, runtime.cuda_defaults(len(train_split.tokens),
-                                                              len(train_split.doc_sent) - 1,
-                                                              ctx.world, args.planner_batch))
-            check_shapes(args)
-        check_split_sizes(corpus, args)
-        splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
-        t0 = time.time()
-        lm, lm_dir = pretrain_lm(args, corpus, splits)
-        planner, planner_dir = pretrain_planner(args, corpus, splits)
-        net, out, final = finetune(args, corpus, splits, lm, planner)
-        if ctx.master:
-            report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
+        if resume_from.exists() and not (args.resume or args.overwrite):
+            raise TrainError(runtime.run_exists(resume_from))
+        with runtime.folder_lock(resume_from.parent, runtime.launched_as_master()):
+            run_stages(args, resume_from)
     except (TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # outside the training loops, which stop between steps themselves
@@ -390,6 +379,33 @@ def main(argv=None):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_stages(args, resume_from):
+    """The data, the two shared pretraining stages and this run's fine-tuning, then the report."""
+    runtime.setup_distributed(args)
+    ctx = Context.get()
+    if ctx.world > 1 and not ctx.master:
+        dist.barrier()  # rank 0 builds the data cache first
+    corpus = data.load_from_args(args)
+    if ctx.world > 1 and ctx.master:
+        dist.barrier()
+    if args.device.startswith("cuda"):
+        train_split = corpus.splits["train"]
+        runtime.fill_defaults(args, runtime.cuda_defaults(len(train_split.tokens),
+                                                          len(train_split.doc_sent) - 1,
+                                                          ctx.world, args.planner_batch))
+        check_shapes(args)
+    check_split_sizes(corpus, args)
+    if args.resume:
+        runtime.check_resume(resume_from, args, corpus)
+    splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
+    t0 = time.time()
+    lm, lm_dir = pretrain_lm(args, corpus, splits)
+    planner, planner_dir = pretrain_planner(args, corpus, splits)
+    net, out, final = finetune(args, corpus, splits, lm, planner)
+    if ctx.master:
+        report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
 
 
 def check_split_sizes(corpus, args):

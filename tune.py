@@ -96,7 +96,8 @@ def run(args, train_flags, setting, tokens, steps, seed):
     timing = run_dir / "seconds.json"
     if not compare.done(run_dir / "soft-joint"):
         start = time.perf_counter()
-        train.main(train_flags + ["--dataset", args.dataset, "--device", args.device,
+        resume = ["--resume"] if (run_dir / "soft-joint" / "ckpt.pt").exists() else []
+        train.main(train_flags + resume + ["--dataset", args.dataset, "--device", args.device,
                                   "--seed", str(seed), "--out-dir", str(run_dir),
                                   "--block-size", str(setting["block"]),
                                   "--batch-size", str(tokens // setting["block"]),
@@ -131,7 +132,7 @@ def table(rows, results, finalists, tokens, steps):
         ppl = [results[finalist, seed]["perplexity"] for seed in seeds
                if (finalist, seed) in results]
         lines.append(f"- {rank} on seed 0: {finalist}; over seeds {', '.join(map(str, seeds))}: "
-                     f"{evaluation.summary(ppl, '.2f')} (mean ± std)")
+                     f"{evaluation.mean_std(ppl, '.2f')} (mean ± std)")
     return "\n".join(lines)
 
 

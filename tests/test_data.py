@@ -1,4 +1,5 @@
 """Tests for data.py: tokenizer, sentences, splits, embeddings, labels, cache, corpora, bad input."""
+import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -41,6 +42,30 @@ def test_ranks_file_hash_is_checked(tmp_path, monkeypatch):
             data.tokenizer()
     finally:
         data.tokenizer.cache_clear()
+
+
+def test_the_synthetic_words_are_the_wiki_words_the_docstring_names():
+    """assets/synthetic-words.txt, derived again from the wiki corpus: lowercase words of 4-9 letters
+    seen 20+ times, one GPT-2 token after a space, none an abbreviation after which the sentence
+    splitter would not end a sentence (a synthetic sentence ends with its last word and a '.')."""
+    text = " ".join(corpora.wiki_documents())
+    counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", text))
+    enc, abbreviations = data.tokenizer(), data.NEVER_FINAL | data.MAYBE_FINAL
+    expected = tuple(sorted(w for w, n in counts.items() if n >= 20 and w not in abbreviations
+                            and len(enc.encode_ordinary(" " + w)) == 1))
+    assert corpora.english_words() == expected and len(expected) > 2000
+
+
+def test_the_synthetic_words_file_is_checked(tmp_path, monkeypatch):
+    bad = tmp_path / "synthetic-words.txt"
+    bad.write_text(corpora.SYNTHETIC_WORDS.read_text().replace("able\n", "ablr\n"))
+    monkeypatch.setattr(corpora, "SYNTHETIC_WORDS", bad)
+    corpora.english_words.cache_clear()
+    try:
+        with pytest.raises(data.DataError, match="synthetic-words.txt is missing or changed"):
+            corpora.synthetic_corpus(10, 4)
+    finally:
+        corpora.english_words.cache_clear()
 
 
 # ----------------------------------------------------------------------------- sentences
@@ -98,7 +123,7 @@ def test_splits_deterministic_and_disjoint():
 
 
 def test_no_document_straddles_splits(synthetic):
-    docs = data.synthetic_corpus(300, 16, 0)[0]
+    docs = corpora.synthetic_corpus(300, 16, 0)[0]
     for name, doc_ids in data.split_documents(len(docs), 0).items():
         sp = synthetic.splits[name]
         assert len(sp.doc_sent) - 1 == len(doc_ids)
@@ -164,10 +189,10 @@ def test_failed_cache_write_leaves_nothing(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- corpora
 
 def test_synthetic_deterministic_and_types_recoverable():
-    docs, types = data.synthetic_corpus(400, 16, seed=5)
-    again, types_again = data.synthetic_corpus(400, 16, seed=5)
+    docs, types = corpora.synthetic_corpus(400, 16, seed=5)
+    again, types_again = corpora.synthetic_corpus(400, 16, seed=5)
     assert docs == again and all(np.array_equal(a, b) for a, b in zip(types, types_again))
-    assert docs != data.synthetic_corpus(400, 16, seed=6)[0]
+    assert docs != corpora.synthetic_corpus(400, 16, seed=6)[0]
     # Learn word -> type from 300 documents; read the types of the other 100 off their words alone.
     sents = [(s, t) for d, ts in zip(docs, types) for s, t in zip(data.split_sentences(d), ts)]
     assert len(sents) == sum(map(len, types))
@@ -184,7 +209,7 @@ def test_synthetic_deterministic_and_types_recoverable():
 
 def test_synthetic_types_have_long_range_structure():
     """Given the theme (the document's earlier transitions), the next type is far more predictable."""
-    _, types = data.synthetic_corpus(2000, 16, seed=0)
+    _, types = corpora.synthetic_corpus(2000, 16, seed=0)
     pair = Counter((a, b) for ts in types for a, b in zip(ts, ts[1:]))
     top_pair = sum(max(c for (a, _), c in pair.items() if a == x) for x in range(16)) / sum(pair.values())
     assert top_pair < 0.5  # the last type alone leaves the next one open among the themes
@@ -293,9 +318,9 @@ def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
     """At a = 0.5 a type's planned transitions go to its two successors about equally; at a = 0 only to
     the first. The printed ceiling (expected best accuracy) matches a direct count of the Bayes guesses."""
     seed, n_types = 3, 8
-    _, types = data.synthetic_corpus(1500, n_types, seed, ambiguity)
-    successor = data.synthetic_plan(np.random.default_rng(seed), n_types)[2]
-    second = data.second_successor(successor, seed)
+    _, types = corpora.synthetic_corpus(1500, n_types, seed, ambiguity)
+    successor = corpora.synthetic_plan(np.random.default_rng(seed), n_types)[2]
+    second = corpora.second_successor(successor, seed)
     assert (second != successor).all()
     first = again = 0
     for seq in types:
@@ -304,7 +329,7 @@ def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
         again += sum(n == second[th, p] for p, n in zip(seq, seq[1:]))
     share = again / (first + again)
     assert (0.45 < share < 0.55) if ambiguity else share < 0.02  # random jumps (10%) land there rarely
-    expected, counted = data.next_type_ceiling(types, n_types, seed, ambiguity)
+    expected, counted = corpora.next_type_ceiling(types, n_types, seed, ambiguity)
     assert abs(expected - counted) < 0.02
     assert (expected < 0.45) if ambiguity else (expected > 0.6)
 
@@ -312,7 +337,7 @@ def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
 def test_the_synthetic_vocabulary_holds_every_token_the_generator_writes():
     for seed, ambiguity in ((0, 0.0), (5, 0.5)):
         vocab = data.synthetic_vocab(seed, 16)
-        docs, _ = data.synthetic_corpus(800, 16, seed, ambiguity)
+        docs, _ = corpora.synthetic_corpus(800, 16, seed, ambiguity)
         written = set(np.concatenate([data.tokenizer().encode_ordinary(d) for d in docs]).tolist()) | {data.EOT}
         assert written <= set(vocab) and len(vocab) < 1000 and list(vocab) == sorted(vocab)
         assert len(written) > 0.8 * len(vocab)  # no more than the generator can write: nearly all of it is written

@@ -99,7 +99,7 @@ def sources(monkeypatch, base, *specs):
 
 def documents(tmp_path):
     files = corpora.source_files("wikitext103", tmp_path)
-    return files, data.read_documents("wikitext103", files)
+    return files, corpora.read_documents("wikitext103", files)
 
 
 def test_a_403_source_is_skipped_and_the_next_one_is_checked_and_kept(server, monkeypatch, tmp_path):

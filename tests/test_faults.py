@@ -108,6 +108,84 @@ def test_resuming_a_run_with_other_settings_is_refused(tiny_out):
     train.main(flags + ["--mode", "soft", "--resume", "--device", "cpu"])  # where it runs is not the run: allowed
 
 
+def test_a_run_is_never_replaced_silently(tiny_out):
+    """Trying one new flag on a finished run's name is refused with one line, and nothing of the
+    finished run changes; a run stopped midway says --resume; --overwrite replaces; --run NAME
+    writes beside it."""
+    flags, root = tiny_out
+    finished = root / "out" / "soft-joint"
+    files = {f: (finished / f).read_bytes() for f in ("ckpt.pt", "best.pt", "log.jsonl")}
+    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4"]))
+    assert message == (f"error: {finished} already holds a finished run: name this one with --run "
+                       "NAME, or add --overwrite to replace it")
+    assert all((finished / f).read_bytes() == content for f, content in files.items())
+    ck = torch.load(finished / "ckpt.pt", weights_only=True)
+    ck["done"], ck["step"] = False, 4
+    (root / "out" / "stopped").mkdir()
+    torch.save(ck, root / "out" / "stopped" / "ckpt.pt")
+    stopped = flags + ["--mode", "soft", "--run", "stopped"]
+    assert "a run stopped at step 4 (continue it with --resume)" in one_line_error(
+        lambda: train.main(stopped))
+    train.main(stopped + ["--overwrite"])
+    assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 6
+    train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4", "--run", "soft-slower"])
+    assert (root / "out" / "soft-slower" / "ckpt.pt").exists()
+
+
+def test_a_damaged_log_is_read_as_far_as_it_is_whole(tmp_path, capsys):
+    """A step logged twice (a save that failed, then --resume) counts once, its last record; a
+    stray byte is no crash; a torn last line is skipped with a warning."""
+    (tmp_path / "log.jsonl").write_bytes(b'{"step": 2, "val_loss": 3.0}\n{"step": 4, "val_loss": 2.5}\n'
+                                         b'{"step": 4, "val_loss": 2.0, "note": "\xff"}\n'
+                                         b'{"step": 6, "val_lo')
+    log = evaluation.read_log(tmp_path)
+    assert [(r["step"], r["val_loss"]) for r in log] == [(2, 3.0), (4, 2.0)]
+    assert "line 4 is not a whole record (cut short?): skipped" in capsys.readouterr().err
+
+
+def test_fewer_labels_than_top_5_train_and_evaluate(tmp_path):
+    flags = TINY + ["--n-labels", "3", "--out-dir", str(tmp_path), "--data-dir", str(tmp_path)]
+    train.main(flags + ["--mode", "soft"])
+    result = evaluation.evaluate(tmp_path / "soft-joint", device="cpu")
+    assert result["planner_top5"] == 1.0 and 0 < result["planner_top1"] <= 1
+
+
+def test_one_process_per_run_folder(tiny_out):
+    """A run folder another live process is writing is refused with one line naming its pid; the
+    lock of a process that is gone is taken over, and a finished run leaves no lock behind."""
+    flags, root = tiny_out
+    folder = root / "out" / "locked"
+    folder.mkdir()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (folder / "lock").write_text(str(other.pid))
+        message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "locked"]))
+        assert message == (f"error: {folder} is being written by another process (pid {other.pid}): "
+                           "wait for it to end, or stop it")
+    finally:
+        other.kill()
+        other.wait()
+    train.main(flags + ["--mode", "oracle", "--run", "locked"])  # its process is gone: taken over
+    assert torch.load(folder / "ckpt.pt", weights_only=True)["done"]
+    assert not list(folder.glob("lock*")) and not list((root / "out" / "pretrain").glob("*/lock*"))
+
+
+def test_resuming_on_other_data_is_refused_before_any_pretraining(tiny_out, tmp_path):
+    """A checkpoint whose corpus or labels are not what --dataset gives now (a corpus file replaced
+    under its name changes the labels' key) is refused with one line, before hours of pretraining:
+    the fresh out-dir gets no pretrained stage."""
+    flags, root = tiny_out
+    ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
+    ck["identity"]["labels"] = "0123456789abcdef"
+    (tmp_path / "soft-joint").mkdir()
+    torch.save(ck, tmp_path / "soft-joint" / "ckpt.pt")
+    others = flags[:flags.index("--out-dir")] + flags[flags.index("--out-dir") + 2:]
+    message = one_line_error(lambda: train.main(others + ["--out-dir", str(tmp_path), "--mode", "soft",
+                                                          "--resume"]))
+    assert "was trained on other data than --dataset synthetic gives now (its labels differ)" in message
+    assert not (tmp_path / "pretrain").exists()
+
+
 def test_a_truncated_checkpoint_is_one_line(tiny_out, tmp_path):
     flags, root = tiny_out
     raw = (root / "out" / "soft-joint" / "ckpt.pt").read_bytes()
@@ -181,6 +259,35 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out,
     for part in ("model", "planner", "plans"):
         assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
     assert whole["step"] == cut["step"] == 6
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_what_schedulers_send_stops_like_ctrl_c(tiny_out, monkeypatch, capsys, name):
+    """SIGTERM (SLURM, Kubernetes before they kill) and SIGHUP during fine-tuning step 3 (of 6): the
+    run stops after that whole step, saves it, says how to go on, and --resume ends at exactly the
+    weights of a run never stopped."""
+    flags, root = tiny_out
+    argv = flags + ["--mode", "gumbel"]
+    if not (root / "out" / "whole" / "ckpt.pt").exists():
+        train.main(argv + ["--run", "whole"])
+    real, calls = mix.PlannedLM.forward, []
+
+    def signalled(self, *a, **k):
+        calls.append(self.training)
+        if self.training and sum(calls) == 3:  # the training forward of step 3
+            os.kill(os.getpid(), getattr(signal, name))
+        return real(self, *a, **k)
+    monkeypatch.setattr(mix.PlannedLM, "forward", signalled)
+    run = f"stopped-{name}"
+    message = one_line_error(lambda: train.main(argv + ["--run", run]))
+    assert "interrupted after step 3 of finetune: saved" in message and "--resume" in message
+    assert f"{name}: stopping after this step" in capsys.readouterr().err
+    assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 3
+    monkeypatch.undo()
+    train.main(argv + ["--run", run, "--resume"])
+    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True) for r in ("whole", run))
+    for part in ("model", "planner", "plans"):
+        assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
 
 
 def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, monkeypatch):
@@ -266,9 +373,10 @@ def test_small_corpus_says_what_to_change(tmp_path):
     assert "split has 2 tokens" in message and "lower --block-size" not in message
 
 
-def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch, name):
     def interrupted(*a):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), getattr(signal, name))
     monkeypatch.setattr(data, "kmeans", interrupted)
     message = one_line_error(lambda: train.main(TINY + ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]))
     assert "interrupted while building the data cache; nothing was written" in message

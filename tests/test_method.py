@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import corpora
 import data
 import eval as evaluation
 import runtime
@@ -117,8 +118,8 @@ def test_each_part_learns_at_its_own_rate(stages):
 def test_the_embedder_and_codebook_see_the_training_documents_only():
     """Two corpora with the same training documents and other val/test documents: the same embedder,
     codebook, training embeddings and labels; the held-out splits do differ."""
-    docs = data.synthetic_corpus(60, 4, seed=0)[0]
-    other = data.synthetic_corpus(60, 4, seed=1)[0]
+    docs = corpora.synthetic_corpus(60, 4, seed=0)[0]
+    other = corpora.synthetic_corpus(60, 4, seed=1)[0]
     parts = data.split_documents(len(docs), 0)
     mixed = list(docs)
     for i in np.concatenate([parts["val"], parts["test"]]):

@@ -77,3 +77,5 @@ def test_accuracy():
     mask = torch.tensor([[True, True, False]])
     assert accuracy(logits, labels, mask, ks=(1, 5)) == {"top1": 0.5, "top5": 0.5}
     assert accuracy(logits, labels, mask, ks=(1, 6)) == {"top1": 0.5, "top6": 1.0}
+    three = logits[..., :3]  # K = 3 < 5: the top 5 hold every label
+    assert accuracy(three, labels, mask, ks=(1, 5)) == {"top1": 0.5, "top5": 1.0}
