@@ -213,9 +213,32 @@ def timed_process(argv):
     return time.perf_counter() - t, usage.ru_maxrss * 1024, out
 
 
+def pipeline_tokens(text):
+    """'103M' or '5000000' -> tokens; None if it is neither."""
+    try:
+        tokens = (float(text.upper().rstrip("M")) * 1e6 if text.upper().endswith("M")
+                  else float(text))
+    except ValueError:
+        return None
+    return int(tokens) if 1 <= tokens < float("inf") else None
+
+
+def bad_flag(args):
+    """The first flag whose value would measure nothing (or trace back), as one line; else None."""
+    if args.steps < 1 or args.warmup < 0:
+        return f"--steps must be at least 1 and --warmup 0 or more, got {args.steps}, {args.warmup}"
+    if args.kmeans is not None and args.kmeans < 1:
+        return f"--kmeans N samples N sentences: give at least 1, got {args.kmeans}"
+    if args.pipeline is not None and pipeline_tokens(args.pipeline) is None:
+        return f"--pipeline takes a number of tokens such as 103M or 5000000, got {args.pipeline!r}"
+    if args.size is not None and not re.fullmatch(r"[1-9]\d*(,[1-9]\d*){3}", args.size):
+        return (f"--size takes LAYERS,WIDTH,CONTEXT,BATCH as four positive numbers, "
+                f"got {args.size!r}")
+    return None
+
+
 def pipeline(args):
-    tokens = (int(float(args.pipeline.upper().rstrip("M")) * 1e6)
-              if args.pipeline.upper().endswith("M") else int(args.pipeline))
+    tokens = pipeline_tokens(args.pipeline)
     root = Path(args.data_dir)
     archive = root / f"{corpora.WIKITEXT_NAME}.zip"
     if not archive.exists():
@@ -412,9 +435,11 @@ def main(argv=None):
     p.add_argument("--kmeans", type=int, metavar="N",
                    help="held-out inertia of k-means fitted on N sampled wiki sentences vs all")
     args = p.parse_args(argv)
-    if args.pipeline:
+    if problem := bad_flag(args):
+        sys.exit(f"error: {problem}")
+    if args.pipeline is not None:
         return pipeline(args)
-    if args.kmeans:
+    if args.kmeans is not None:
         return kmeans_sample(args)
     args.device = resolve_device(args.device)
     if args.one:

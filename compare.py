@@ -160,8 +160,12 @@ def main(argv=None):
     args, train_flags = p.parse_known_args(argv)
     SPENT.clear()
     try:
-        if args.holds:
+        if args.holds is not None:
             return what_holds(args)
+        seeds = args.seeds.split(",")
+        if len(set(seeds)) != len(seeds) or not all(s.strip().isdigit() for s in seeds):
+            raise runtime.TrainError(f"--seeds {args.seeds}: give each seed once, as numbers "
+                                     "separated by commas (e.g. 0,1,2)")
         settings = sweep_settings(args, train_flags)
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
         reports = [(value, compare(args, train_flags + flags, out / name if name else out))
@@ -182,6 +186,9 @@ def what_holds(args):
     if args.ambiguities or args.block_sizes or args.eval_windows:
         raise runtime.TrainError("--holds sums up finished comparisons and trains nothing: "
                                  "give it without a sweep")
+    if not any(d.strip() for d in args.holds.split(",")):
+        raise runtime.TrainError("--holds is empty: give the out-dirs of finished comparisons or "
+                                 "sweeps, comma-separated")
     settings = []
     for d in map(Path, args.holds.split(",")):
         path = (d if d.suffix == ".json" else d / "sweep.json" if (d / "sweep.json").exists()
@@ -339,7 +346,10 @@ def cached(run_dir, name, compute, work="evaluations"):
     cache = run_dir / name
     if (cache.exists()
             and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime):
-        return json.loads(cache.read_text())
+        try:
+            return json.loads(cache.read_text())
+        except (ValueError, UnicodeDecodeError):  # cut short or damaged: computed again
+            pass
     result = timed(work, compute)
     with runtime.atomic_write(cache) as tmp:
         Path(tmp).write_text(json.dumps(result))

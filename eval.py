@@ -37,7 +37,7 @@ from data import SplitData
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig, planner_metrics, sentence_logits
-from runtime import TrainError, check_ranges, load_checkpoint, resolve_device
+from runtime import TrainError, check_ranges, file_error, load_checkpoint, resolve_device
 
 
 class EvalError(Exception):
@@ -285,6 +285,7 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     """
     enc, g = data.tokenizer(), torch.Generator().manual_seed(seed)
     history, idx, plans, out = [], [data.EOT], [], []
+    refuse_unknown_words(net.lm.config.vocab, enc, prompt)
 
     def add(token, vec):
         plans.append(vec)  # the plan at the position before token: the one that predicts it
@@ -311,6 +312,22 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
         out.append((label, int(corpus.label(corpus.embedder.embed_texts([text]))[0]), text))
         history.append(text)
     return out
+
+
+def refuse_unknown_words(vocab, enc, prompt):
+    """An LM with a closed vocabulary (the synthetic corpus) reads only its generator's words."""
+    if vocab is None or not prompt.strip():
+        return
+    known = set(vocab)
+    tokens = [t for text in data.split_sentences(prompt.strip()) for t in enc.encode_ordinary(text)]
+    unknown = list(dict.fromkeys(enc.decode([t]).strip() for t in tokens if t not in known))
+    if unknown:
+        pieces = [enc.decode([t]) for t in vocab]
+        words = sorted(p[1:] for p in pieces
+                       if p[:1] == " " and p[1:].isalpha() and p[1:].islower())
+        raise EvalError(f"--prompt: this run's LM knows only the words of its corpus, not "
+                        f"{', '.join(map(repr, unknown[:5]))}: write the prompt with words such as "
+                        f"{', '.join(words[:8])}, or leave it out")
 
 
 def read_log(run):
@@ -417,6 +434,8 @@ def main(argv=None):
         results = [evaluate(r, args.split, args.device, args.plans, args.window) for r in args.runs]
     except (EvalError, TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: {file_error(e)}")
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:

@@ -299,7 +299,17 @@ def checkpoint(net, args, corpus, stage, step, opt, done, best):
 
 def save(ck, path):
     with atomic_write(path) as tmp:
-        torch.save(ck, tmp)
+        try:
+            torch.save(ck, tmp)
+        except RuntimeError as e:  # torch's own "file write failed": a full disk, as a rule
+            raise OSError(f"{path} could not be written ({first_line(e)[:80]})") from None
+
+
+def file_error(e):
+    """An OSError (a folder that is a file, a read-only folder, a full disk) as one line."""
+    where = f"{e.filename}: " if e.filename else ""
+    return (f"{where}{e.strerror or first_line(e)}: give a folder that can be written and has free "
+            "space (--out-dir, --data-dir); every file written before is whole")
 
 
 def keep_best(ckpt_path):

@@ -373,6 +373,8 @@ def main(argv=None):
             run_stages(args, resume_from)
     except (TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: {runtime.file_error(e)}")
     except KeyboardInterrupt:  # outside the training loops, which stop between steps themselves
         sys.exit("error: interrupted; every checkpoint written so far is whole: "
                  "run the same command to go on")

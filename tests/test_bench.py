@@ -14,18 +14,22 @@ from conftest import TINY
 
 def test_the_gpu_check_runs_reduced_on_the_cpu(tmp_path, capsys):
     tiny_train = TINY[:TINY.index("--device")] + ["--data-dir", str(tmp_path / "data")]
-    bench.main(["--check", "--device", "cpu", "--dtype", "float32", "--size", "1,32,32,2", "--steps", "1", "--warmup", "1",
+    bench.main(["--check", "--device", "cpu", "--dtype", "float32", "--size", "1,32,32,2",
+                "--steps", "1", "--warmup", "1",
                 "--data-dir", str(tmp_path), "--check-train", " ".join(tiny_train)])
     out = capsys.readouterr().out
     for mode in ("none", "soft-joint"):
         assert f"{mode:22s} float32  model 1x32 batch 2x32:" in out
-    assert "tokens/s" in out and "peak memory" in out and "of the float32 matmul peak measured now" in out
+    assert ("tokens/s" in out and "peak memory" in out
+            and "of the float32 matmul peak measured now" in out)
     assert "MFU: no data-sheet bf16 peak for cpu" in out
-    assert "s wall" in out and "soft-joint: " in out and "pretrain/lm-" in out and "val perplexity" in out
+    assert ("s wall" in out and "soft-joint: " in out and "pretrain/lm-" in out
+            and "val perplexity" in out)
 
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 PCIe", 756e12),
-                                        ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                                        ("NVIDIA H100 80GB HBM3", 989e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12),
                                         ("Tesla T4", None)])
 def test_data_sheet_peaks_by_name(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
@@ -42,5 +46,7 @@ def test_the_wikitext_like_corpus_has_its_shape(tmp_path):
     assert len(docs) == bench.WIKITEXT_ARTICLES
     tokens = sum(map(len, data.tokenizer().encode_ordinary_batch(docs)))
     assert 0.8e6 < tokens < 1.2e6
-    assert " @-@ " not in " ".join(docs[:200]) and np.mean([" = = " in d for d in docs[:200]]) == 0  # undone
-    assert bench.wikitextify("A two-body problem of 1,000 (or more).") == "A two @-@ body problem of 1 @,@ 000 ( or more ) ."
+    # undone
+    assert " @-@ " not in " ".join(docs[:200]) and np.mean([" = = " in d for d in docs[:200]]) == 0
+    assert (bench.wikitextify("A two-body problem of 1,000 (or more).")
+            == "A two @-@ body problem of 1 @,@ 000 ( or more ) .")

@@ -1,4 +1,5 @@
-"""Tests for compare.py: one tiny seed of the whole comparison, then a rerun that must redo nothing; a sweep."""
+"""Tests for compare.py: one tiny seed of the whole comparison, then a rerun that must redo nothing;
+a sweep."""
 import argparse
 import json
 
@@ -21,28 +22,35 @@ FAST = ["--dataset", "synthetic", "--seeds", "0", "--sample-docs", "1", "--synth
 def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, capsys):
     argv = FAST + ["--out-dir", str(tmp_path / "cmp"), "--data-dir", str(tmp_path / "data")]
     compare.main(argv)
-    # 9 runs; each evaluated on val and test, the 6 that take labels twice more with other plans, and sampled
+    # 9 runs; each evaluated on val and test, the 6 that take labels twice more with other plans,
+    # and sampled
     assert "made by this invocation, in wall time: 9 training runs" in capsys.readouterr().out
     assert compare.SPENT.keys() == {"training runs", "evaluations", "samplings"}
     assert [count for _, count in compare.SPENT.values()] == [9, 9 + 9 + 6 * 2, 6]
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     names = [evaluation.run_name(r["run"]) for r in results["val"]]
-    assert names == ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen", "soft-joint",
-                     "gumbel-joint"]
+    assert names == ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen",
+                     "soft-joint", "gumbel-joint"]
     assert all(r["split"] == split for split in ("val", "test") for r in results[split])
     following = {evaluation.run_name(r["run"]): r for r in results["following"]}
     assert list(following) == names[3:]  # the runs that take a label
-    assert "planned" not in following["oracle"] and following["soft-joint"]["planned"]["sentences"] == 8
-    assert all(r["forced"]["sentences"] == 8 and r["forced"]["chance"] == 1 / 8 for r in following.values())
+    assert ("planned" not in following["oracle"]
+            and following["soft-joint"]["planned"]["sentences"] == 8)
+    assert all(r["forced"]["sentences"] == 8 and r["forced"]["chance"] == 1 / 8
+               for r in following.values())
     md = (tmp_path / "cmp" / "results.md").read_text()
-    assert "synthetic, val split" in md and "synthetic, test split" in md and "| oracle | n/a: no planner |" in md
+    assert ("synthetic, val split" in md and "synthetic, test split" in md
+            and "| oracle | n/a: no planner |" in md)
     ppl = {r["run"].rsplit("/", 1)[-1]: r["perplexity"] for r in results["val"]}
-    assert f"| soft (joint) beats hard | soft-joint vs hard-frozen | {ppl['soft-joint'] / ppl['hard-frozen'] - 1:+.2%} |" in md
+    assert ("| soft (joint) beats hard | soft-joint vs hard-frozen | "
+            f"{ppl['soft-joint'] / ppl['hard-frozen'] - 1:+.2%} |" in md)
     assert "Label baselines (top-1 / top-5): the most frequent label" in md
     reliance = {evaluation.run_name(r["run"]) for r in results["reliance"]}
-    assert reliance == set(names) - {"none", "fixed", "uniform"}  # their plans are constant: nothing to swap
+    # their plans are constant: nothing to swap
+    assert reliance == set(names) - {"none", "fixed", "uniform"}
     assert "| oracle | +" in md  # the oracle's perplexity rises without its plans
-    assert (tmp_path / "cmp" / "cmp-val-loss.png").exists() and (tmp_path / "cmp" / "cmp-perplexity.png").exists()
+    assert ((tmp_path / "cmp" / "cmp-val-loss.png").exists()
+            and (tmp_path / "cmp" / "cmp-perplexity.png").exists())
 
     def redone(*a, **k):
         raise AssertionError("a finished run, evaluation or sampling was redone")
@@ -50,7 +58,8 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
         monkeypatch.setattr(module, name, redone)
     compare.main(argv)
     assert (tmp_path / "cmp" / "results.md").read_text() == md
-    assert "nothing to make: every run, evaluation and sample was there already" in capsys.readouterr().out
+    assert ("nothing to make: every run, evaluation and sample was there already"
+            in capsys.readouterr().out)
 
 
 def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
@@ -73,71 +82,84 @@ def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
 
 
 def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
-    argv = FAST + ["--out-dir", str(tmp_path / "sw"), "--data-dir", str(tmp_path / "data"), "--seeds", "0,1",
-                   "--sample-docs", "0", "--ambiguities", "0,0.5", "--runs", "none,hard-frozen,soft-joint"]
+    argv = FAST + ["--out-dir", str(tmp_path / "sw"), "--data-dir", str(tmp_path / "data"),
+                   "--seeds", "0,1", "--sample-docs", "0", "--ambiguities", "0,0.5",
+                   "--runs", "none,hard-frozen,soft-joint"]
     compare.main(argv)
     for a in ("a0", "a0.5"):
         results = json.loads((tmp_path / "sw" / a / "results.json").read_text())
-        assert [evaluation.run_name(r["run"]) for r in results["val"]] == ["none", "hard-frozen", "soft-joint"] * 2
+        assert ([evaluation.run_name(r["run"]) for r in results["val"]]
+                == ["none", "hard-frozen", "soft-joint"] * 2)
         ck = runtime.load_checkpoint(tmp_path / "sw" / a / "seed1" / "soft-joint" / "ckpt.pt")
         assert ck["config"]["synthetic_ambiguity"] == float(a[1:]) and ck["config"]["seed"] == 1
     sweep = (tmp_path / "sw" / "sweep.md").read_text()
-    changes = compare.paired_changes(json.loads((tmp_path / "sw" / "a0.5" / "results.json").read_text())["val"],
-                                        "soft-joint", "hard-frozen")
+    changes = compare.paired_changes(
+        json.loads((tmp_path / "sw" / "a0.5" / "results.json").read_text())["val"],
+        "soft-joint", "hard-frozen")
     assert "| finding | A vs B | ambiguity a = 0 | ambiguity a = 0.5 |" in sweep
-    assert "| soft (joint) beats hard | soft-joint vs hard-frozen | " in sweep and compare.claim_cell(changes, "beats") in sweep
+    assert ("| soft (joint) beats hard | soft-joint vs hard-frozen | " in sweep
+            and compare.claim_cell(changes, "beats") in sweep)
     assert "ST is not better" not in sweep  # no st-joint run: no row
     assert "| plan reliance: the split's mean plan | soft-joint |" in sweep
     assert "| plan reliance: another sentence's plan | hard-frozen |" in sweep
     figure_data = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert figure_data["values"] == [0, 0.5] and figure_data["findings"][0]["changes"][1] == changes
     assert [(x["run"], x["how"]) for x in figure_data["reliance"]] == [
-        ("hard-frozen", "shuffled"), ("hard-frozen", "mean"), ("soft-joint", "shuffled"), ("soft-joint", "mean")]
+        ("hard-frozen", "shuffled"), ("hard-frozen", "mean"), ("soft-joint", "shuffled"),
+        ("soft-joint", "mean")]
     assert (tmp_path / "sw" / "sw-sweep.png").exists()
     with pytest.raises(evaluation.EvalError, match="holds no sweep"):
         figures.sweep_figure(tmp_path / "sw" / "a0" / "results.json", tmp_path / "x.png")
     # RESULTS.md's summary: the sweep's settings and a comparison given on its own, one row each
-    compare.main(["--holds", f"{tmp_path / 'sw'},{tmp_path / 'sw' / 'a0.5'}", "--out-dir", str(tmp_path / "holds")])
+    compare.main(["--holds", f"{tmp_path / 'sw'},{tmp_path / 'sw' / 'a0.5'}",
+                  "--out-dir", str(tmp_path / "holds")])
     holds = (tmp_path / "holds" / "holds.md").read_text()
     cell = compare.claim_cell(changes, "beats")
     assert f"| {tmp_path / 'sw'}: ambiguity a = 0.5 | 2 | {cell} |" in holds
-    assert f"| {tmp_path / 'sw' / 'a0.5'} | 2 | {cell} |" in holds and "ST is not better" not in holds
+    assert (f"| {tmp_path / 'sw' / 'a0.5'} | 2 | {cell} |" in holds
+            and "ST is not better" not in holds)
     with pytest.raises(SystemExit, match="nothing.results.json is no finished comparison"):
         compare.main(["--holds", str(tmp_path / "nothing")])
 
 
 def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path):
     out = tmp_path / "win"
-    compare.main(FAST + ["--out-dir", str(out), "--data-dir", str(tmp_path / "data"), "--sample-docs", "0",
-                         "--block-sizes", "8,32", "--runs", "fixed,oracle"])
+    compare.main(FAST + ["--out-dir", str(out), "--data-dir", str(tmp_path / "data"),
+                         "--sample-docs", "0", "--block-sizes", "8,32", "--runs", "fixed,oracle"])
     sweep = json.loads((out / "sweep.json").read_text())
     _, _, corpus = evaluation.load_run(out / "block8" / "seed0" / "oracle")
     unseen = [list(compare.unseen_document(corpus.splits["val"], b)) for b in (8, 32)]
-    assert sweep["unseen"] == unseen and unseen[0][1] > unseen[1][1] > 0  # the smaller window hides more
+    # the smaller window hides more
+    assert sweep["unseen"] == unseen and unseen[0][1] > unseen[1][1] > 0
     cells = " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in unseen)
     assert f"share of their document so far (seed 0) | {cells} |" in (out / "sweep.md").read_text()
     assert (out / "win-sweep.png").exists()
-    # the 32-token runs scored again in 8- and 32-token windows: nothing trained, the same LMs shown less
-    compare.main(FAST + ["--out-dir", str(out / "block32"), "--data-dir", str(tmp_path / "data"), "--sample-docs", "0",
-                         "--eval-windows", "8,32", "--runs", "fixed,oracle"])
+    # the 32-token runs scored again in 8- and 32-token windows: nothing trained, the same LMs
+    # shown less
+    compare.main(FAST + ["--out-dir", str(out / "block32"), "--data-dir", str(tmp_path / "data"),
+                         "--sample-docs", "0", "--eval-windows", "8,32", "--runs", "fixed,oracle"])
     rescored = json.loads((out / "block32" / "sweep.json").read_text())
     assert rescored["swept"] == "scoring window (tokens)" and rescored["unseen"] == unseen
     own = json.loads((out / "block32" / "results.json").read_text())["val"]
-    assert [r["perplexity"] for r in rescored["reports"][1][1]["val"]] == [r["perplexity"] for r in own]
+    assert ([r["perplexity"] for r in rescored["reports"][1][1]["val"]]
+            == [r["perplexity"] for r in own])
     assert [r["window"] for r in rescored["reports"][0][1]["val"]] == [8, 8]
-    assert "| plan reliance: another sentence's plan | oracle |" in (out / "block32" / "sweep.md").read_text()
+    assert ("| plan reliance: another sentence's plan | oracle |"
+            in (out / "block32" / "sweep.md").read_text())
 
 
 def test_the_t_interval_and_the_verdicts():
     changes = [0.01, 0.02, 0.03]  # mean 0.02, std 0.01: half-width t_0.975(2) * 0.01 / sqrt 3
     lo, hi = compare.interval(changes)
-    assert np.isclose(lo, 0.02 - 4.303 * 0.01 / np.sqrt(3)) and np.isclose(hi, 0.02 + 4.303 * 0.01 / np.sqrt(3))
+    assert (np.isclose(lo, 0.02 - 4.303 * 0.01 / np.sqrt(3))
+            and np.isclose(hi, 0.02 + 4.303 * 0.01 / np.sqrt(3)))
     assert compare.verdict(changes, "beats") == "not distinguishable"
     assert compare.verdict([-0.03, -0.02, -0.025], "beats") == "holds"
     assert compare.verdict([0.03, 0.02, 0.025], "beats") == "reversed"
     assert compare.verdict([-0.03, -0.02, -0.025], "not better") == "does not hold: A is better"
     assert compare.verdict([0.03, 0.02, 0.025], "not better") == "holds: A is worse"
-    assert compare.verdict([0.01], "beats") == "one seed: no verdict" and compare.interval([0.01]) is None
+    assert (compare.verdict([0.01], "beats") == "one seed: no verdict"
+            and compare.interval([0.01]) is None)
 
 
 def _settings(*argv):
@@ -148,12 +170,29 @@ def _settings(*argv):
 
 
 def test_block_sizes_keep_the_tokens_per_step():
-    settings = compare.sweep_settings(_settings("block_sizes", "32,64,128"), ["--batch-size", "8", "--block-size", "64"])
+    settings = compare.sweep_settings(_settings("block_sizes", "32,64,128"),
+                                      ["--batch-size", "8", "--block-size", "64"])
     assert [(name, flags) for name, _, flags in settings] == [
-        ("block32", ["--block-size", "32", "--batch-size", "16"]), ("block64", ["--block-size", "64", "--batch-size", "8"]),
+        ("block32", ["--block-size", "32", "--batch-size", "16"]),
+        ("block64", ["--block-size", "64", "--batch-size", "8"]),
         ("block128", ["--block-size", "128", "--batch-size", "4"])]
-    assert compare.sweep_settings(_settings("block_sizes", "64"), [])[0][2] == ["--block-size", "64", "--batch-size", "32"]
+    assert (compare.sweep_settings(_settings("block_sizes", "64"), [])[0][2]
+            == ["--block-size", "64", "--batch-size", "32"])
     with pytest.raises(train.TrainError, match="must divide by every window"):
         compare.sweep_settings(_settings("block_sizes", "48"), [])
     with pytest.raises(train.TrainError, match="unknown run soft"):
         compare.sweep_settings(_settings("runs", "none,soft"), [])
+
+
+def test_a_seed_given_twice_is_refused():
+    with pytest.raises(SystemExit, match="--seeds 0,0: give each seed once"):
+        compare.main(FAST[:2] + ["--seeds", "0,0"])
+
+
+def test_a_cut_evaluation_cache_is_computed_again(tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    (tmp_path / "eval-val.json").write_text('{"perplexity": 1')  # newer than the checkpoint, cut
+    assert compare.cached(tmp_path, "eval-val.json", lambda: {"perplexity": 2.0}) == {
+        "perplexity": 2.0}
+    assert json.loads((tmp_path / "eval-val.json").read_text()) == {"perplexity": 2.0}
+    assert compare.cached(tmp_path, "eval-val.json", lambda: 1 / 0) == {"perplexity": 2.0}

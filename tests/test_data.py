@@ -1,4 +1,5 @@
-"""Tests for data.py: tokenizer, sentences, splits, embeddings, labels, cache, corpora, bad input."""
+"""Tests for data.py: tokenizer, sentences, splits, embeddings, labels, cache, corpora, bad
+input."""
 import re
 from collections import Counter, defaultdict
 
@@ -12,14 +13,16 @@ import data
 @pytest.fixture
 def synthetic(tmp_path):
     """A small synthetic corpus built into a fresh cache folder."""
-    return data.load("synthetic", n_labels=16, embed_dim=32, seed=0, synthetic_docs=300, data_dir=tmp_path)
+    return data.load("synthetic", n_labels=16, embed_dim=32, seed=0, synthetic_docs=300,
+                     data_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
 def test_tokenizer_round_trip():
     enc = data.tokenizer()
-    for s in ["Hello world", "naïve café — 東京 🙂", "  spaces\n\nand\ttabs ", "U.S. $3.14 isn't 'quoted'"]:
+    for s in ["Hello world", "naïve café — 東京 🙂", "  spaces\n\nand\ttabs ",
+              "U.S. $3.14 isn't 'quoted'"]:
         assert enc.decode(enc.encode_ordinary(s)) == s
 
 
@@ -45,9 +48,10 @@ def test_ranks_file_hash_is_checked(tmp_path, monkeypatch):
 
 
 def test_the_synthetic_words_are_the_wiki_words_the_docstring_names():
-    """assets/synthetic-words.txt, derived again from the wiki corpus: lowercase words of 4-9 letters
-    seen 20+ times, one GPT-2 token after a space, none an abbreviation after which the sentence
-    splitter would not end a sentence (a synthetic sentence ends with its last word and a '.')."""
+    """assets/synthetic-words.txt, derived again from the wiki corpus: lowercase words of 4-9
+    letters seen 20+ times, one GPT-2 token after a space, none an abbreviation after which the
+    sentence splitter would not end a sentence (a synthetic sentence ends with its last word and
+    a '.')."""
     text = " ".join(corpora.wiki_documents())
     counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", text))
     enc, abbreviations = data.tokenizer(), data.NEVER_FINAL | data.MAYBE_FINAL
@@ -74,12 +78,14 @@ def test_the_synthetic_words_file_is_checked(tmp_path, monkeypatch):
     ("The U.S. Army was there. It won.", ["The U.S. Army was there.", " It won."]),
     ("He moved to the U.S. The war began.", ["He moved to the U.S.", " The war began."]),
     ("Dr. Smith met Mr. Jones. They talked.", ["Dr. Smith met Mr. Jones.", " They talked."]),
-    ("Spices, e.g. pepper, were sold. Trade grew.", ["Spices, e.g. pepper, were sold.", " Trade grew."]),
+    ("Spices, e.g. pepper, were sold. Trade grew.",
+     ["Spices, e.g. pepper, were sold.", " Trade grew."]),
     ("J. R. R. Tolkien wrote it. It sold well.", ["J. R. R. Tolkien wrote it.", " It sold well."]),
     ("Pi is 3.14 or so. E is 2.72.", ["Pi is 3.14 or so.", " E is 2.72."]),
     ('He said "Stop." Then he left!', ['He said "Stop."', " Then he left!"]),
     ('"Why?" she asked. Nobody knew.', ['"Why?" she asked.', " Nobody knew."]),
-    ("Built c. 1850 by No. 5 company. Gone now?", ["Built c. 1850 by No. 5 company.", " Gone now?"]),
+    ("Built c. 1850 by No. 5 company. Gone now?",
+     ["Built c. 1850 by No. 5 company.", " Gone now?"]),
     ("no terminal punctuation at all", ["no terminal punctuation at all"]),
     ("Wait... What happened?  Nothing.", ["Wait...", " What happened?", "  Nothing."]),
 ])
@@ -96,7 +102,8 @@ def test_sentences_tokenize_like_the_document():
 
 
 def test_token_to_sentence_alignment(tmp_path):
-    docs = [f"Doc {i} starts here. Dr. Who said {i}.5 things! And then? It ended" for i in range(40)]
+    docs = [f"Doc {i} starts here. Dr. Who said {i}.5 things! And then? It ended"
+            for i in range(40)]
     (tmp_path / "c.txt").write_text("\n\n".join(docs))
     corpus = data.load(str(tmp_path / "c.txt"), n_labels=3, embed_dim=4, data_dir=tmp_path)
     enc = data.tokenizer()
@@ -114,7 +121,8 @@ def test_token_to_sentence_alignment(tmp_path):
 # ----------------------------------------------------------------------------- splits
 
 def test_splits_deterministic_and_disjoint():
-    a, b, c = data.split_documents(1000, 0), data.split_documents(1000, 0), data.split_documents(1000, 1)
+    a, b, c = (data.split_documents(1000, 0), data.split_documents(1000, 0),
+               data.split_documents(1000, 1))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["val"], c["val"])
     ids = np.concatenate(list(a.values()))
@@ -127,10 +135,11 @@ def test_no_document_straddles_splits(synthetic):
     for name, doc_ids in data.split_documents(len(docs), 0).items():
         sp = synthetic.splits[name]
         assert len(sp.doc_sent) - 1 == len(doc_ids)
-        assert data.tokenizer().decode(sp.tokens.tolist()) == "".join("<|endoftext|>" + docs[d] for d in doc_ids)
+        assert (data.tokenizer().decode(sp.tokens.tolist())
+                == "".join("<|endoftext|>" + docs[d] for d in doc_ids))
 
 
-# ----------------------------------------------------------------------------- embeddings and labels
+# ---------------------------------------------------------------------------- embeddings and labels
 
 def test_kmeans_recovers_blobs():
     rng = np.random.default_rng(0)
@@ -201,20 +210,25 @@ def test_synthetic_deterministic_and_types_recoverable():
     for s, t in sents[:n_fit]:
         for w in s.lower().strip(" .").split():
             votes[w][t] += 1
-    owner = {w: c.most_common(1)[0][0] for w, c in votes.items() if c.most_common(1)[0][1] > 0.9 * sum(c.values())}
-    guess = [Counter(owner[w] for w in s.lower().strip(" .").split() if w in owner).most_common(1) for s, _ in sents[n_fit:]]
+    owner = {w: c.most_common(1)[0][0] for w, c in votes.items()
+             if c.most_common(1)[0][1] > 0.9 * sum(c.values())}
+    guess = [Counter(owner[w] for w in s.lower().strip(" .").split() if w in owner).most_common(1)
+             for s, _ in sents[n_fit:]]
     acc = np.mean([bool(g) and g[0][0] == t for g, (_, t) in zip(guess, sents[n_fit:])])
     assert acc > 0.97
 
 
 def test_synthetic_types_have_long_range_structure():
-    """Given the theme (the document's earlier transitions), the next type is far more predictable."""
+    """Given the theme (the document's earlier transitions), the next type is far more
+    predictable."""
     _, types = corpora.synthetic_corpus(2000, 16, seed=0)
     pair = Counter((a, b) for ts in types for a, b in zip(ts, ts[1:]))
-    top_pair = sum(max(c for (a, _), c in pair.items() if a == x) for x in range(16)) / sum(pair.values())
+    top_pair = (sum(max(c for (a, _), c in pair.items() if a == x) for x in range(16))
+                / sum(pair.values()))
     assert top_pair < 0.5  # the last type alone leaves the next one open among the themes
     triple = Counter((a, b, c) for ts in types for a, b, c in zip(ts, ts[1:], ts[2:]))
-    top_triple = sum(max(n for k, n in triple.items() if k[:2] == ab) for ab in {k[:2] for k in triple})
+    top_triple = sum(max(n for k, n in triple.items() if k[:2] == ab)
+                     for ab in {k[:2] for k in triple})
     assert top_triple / sum(triple.values()) > 0.75  # one earlier transition reveals the theme
 
 
@@ -226,7 +240,8 @@ def test_wiki_corpus_size():
 
 def test_path_corpus_file_and_folder(tmp_path):
     (tmp_path / "one.txt").write_text("First doc. Two sentences.\n\n\nSecond doc here.\n  \nThird.")
-    assert corpora.path_documents(tmp_path / "one.txt") == ["First doc. Two sentences.", "Second doc here.", "Third."]
+    assert corpora.path_documents(tmp_path / "one.txt") == ["First doc. Two sentences.",
+                                                            "Second doc here.", "Third."]
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("Alpha.\n\nStill alpha.")
@@ -260,7 +275,8 @@ def test_wikitext_parser():
 # ----------------------------------------------------------------------------- bad input
 
 def test_wikitext_offline_fails_at_once_with_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "WIKITEXT_SOURCES", [("nowhere", "zip", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")])
+    monkeypatch.setattr(corpora, "WIKITEXT_SOURCES",
+                        [("nowhere", "zip", "http://127.0.0.1:9/wikitext-103-raw-v1.zip")])
     with pytest.raises(data.DataError, match=f"put it at {tmp_path}"):
         data.load("wikitext103", data_dir=tmp_path)
     assert not list(tmp_path.iterdir())
@@ -269,7 +285,8 @@ def test_wikitext_offline_fails_at_once_with_where_to_put_it(tmp_path, monkeypat
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing.txt", "does not exist"),
     (lambda p: (p / "empty.txt").write_text("") and None or p / "empty.txt", "holds no text"),
-    (lambda p: (p / "blank.txt").write_text(" \n\n \n") and None or p / "blank.txt", "holds no text"),
+    (lambda p: (p / "blank.txt").write_text(" \n\n \n") and None or p / "blank.txt",
+     "holds no text"),
     (lambda p: (p / "two.txt").write_text("One.\n\nTwo.") and None or p / "two.txt", "at least 3"),
     (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "no .txt files"),
 ])
@@ -280,16 +297,19 @@ def test_bad_paths(tmp_path, make, message):
 
 def test_k_larger_than_training_sentences(tmp_path):
     (tmp_path / "c.txt").write_text("\n\n".join(f"Doc {i}. More." for i in range(20)))
-    with pytest.raises(data.DataError, match="--n-labels 64 is larger than the 36 training sentences"):
+    with pytest.raises(data.DataError,
+                       match="--n-labels 64 is larger than the 36 training sentences"):
         data.load(str(tmp_path / "c.txt"), n_labels=64, embed_dim=4, data_dir=tmp_path)
 
 
 def test_undecodable_bytes_are_replaced_and_reported(tmp_path, capsys):
-    (tmp_path / "c.txt").write_bytes(b"Caf\xe9 one. Ok.\n\n" + b"\n\n".join(b"Doc %d. Fine." % i for i in range(10)))
+    (tmp_path / "c.txt").write_bytes(b"Caf\xe9 one. Ok.\n\n"
+                                     + b"\n\n".join(b"Doc %d. Fine." % i for i in range(10)))
     docs = corpora.path_documents(tmp_path / "c.txt")
     assert docs[0] == "Caf\ufffd one. Ok."
     assert "not valid UTF-8" in capsys.readouterr().err
-    assert data.load(str(tmp_path / "c.txt"), n_labels=2, embed_dim=2, data_dir=tmp_path).splits["train"].tokens.size
+    assert data.load(str(tmp_path / "c.txt"), n_labels=2, embed_dim=2,
+                     data_dir=tmp_path).splits["train"].tokens.size
 
 
 def test_unknown_dataset_is_a_one_line_error(capsys):
@@ -304,7 +324,8 @@ def test_tokenizing_by_document_equals_the_plain_way():
     sentences = [s for d in docs for s in data.split_sentences(d)]
     plain, fast = data.tokenize_sentences(sentences), data.tokenize_by_document(docs, sentences)
     assert np.array_equal(plain[0], fast[0]) and np.array_equal(plain[1], fast[1])
-    assert data.tokenize_by_document(["Hello world."], ["Hel", "lo world."])[1] is None  # a cut inside a token
+    # a cut inside a token
+    assert data.tokenize_by_document(["Hello world."], ["Hel", "lo world."])[1] is None
 
 
 def theme_of(seq, successor, second):
@@ -315,8 +336,9 @@ def theme_of(seq, successor, second):
 
 @pytest.mark.parametrize("ambiguity", [0.0, 0.5])
 def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
-    """At a = 0.5 a type's planned transitions go to its two successors about equally; at a = 0 only to
-    the first. The printed ceiling (expected best accuracy) matches a direct count of the Bayes guesses."""
+    """At a = 0.5 a type's planned transitions go to its two successors about equally; at a = 0 only
+    to the first. The printed ceiling (expected best accuracy) matches a direct count of the Bayes
+    guesses."""
     seed, n_types = 3, 8
     _, types = corpora.synthetic_corpus(1500, n_types, seed, ambiguity)
     successor = corpora.synthetic_plan(np.random.default_rng(seed), n_types)[2]
@@ -328,7 +350,8 @@ def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
         first += sum(n == successor[th, p] for p, n in zip(seq, seq[1:]))
         again += sum(n == second[th, p] for p, n in zip(seq, seq[1:]))
     share = again / (first + again)
-    assert (0.45 < share < 0.55) if ambiguity else share < 0.02  # random jumps (10%) land there rarely
+    # random jumps (10%) land there rarely
+    assert (0.45 < share < 0.55) if ambiguity else share < 0.02
     expected, counted = corpora.next_type_ceiling(types, n_types, seed, ambiguity)
     assert abs(expected - counted) < 0.02
     assert (expected < 0.45) if ambiguity else (expected > 0.6)
@@ -338,6 +361,8 @@ def test_the_synthetic_vocabulary_holds_every_token_the_generator_writes():
     for seed, ambiguity in ((0, 0.0), (5, 0.5)):
         vocab = data.synthetic_vocab(seed, 16)
         docs, _ = corpora.synthetic_corpus(800, 16, seed, ambiguity)
-        written = set(np.concatenate([data.tokenizer().encode_ordinary(d) for d in docs]).tolist()) | {data.EOT}
+        written = (set(np.concatenate([data.tokenizer().encode_ordinary(d) for d in docs]).tolist())
+                   | {data.EOT})
         assert written <= set(vocab) and len(vocab) < 1000 and list(vocab) == sorted(vocab)
-        assert len(written) > 0.8 * len(vocab)  # no more than the generator can write: nearly all of it is written
+        # no more than the generator can write: nearly all of it is written
+        assert len(written) > 0.8 * len(vocab)

@@ -7,7 +7,8 @@ import data
 import eval as evaluation
 
 
-@pytest.mark.parametrize("n, block", [(1, 8), (7, 8), (8, 8), (9, 8), (100, 8), (101, 16), (1000, 128)])
+@pytest.mark.parametrize("n, block", [(1, 8), (7, 8), (8, 8), (9, 8), (100, 8), (101, 16),
+                                      (1000, 128)])
 def test_windows_score_every_target_once(n, block):
     wins, size = evaluation.windows(n, block)
     scored = []
@@ -18,30 +19,39 @@ def test_windows_score_every_target_once(n, block):
 
 
 def test_unseen_document_counts_the_text_before_each_targets_window():
-    # two documents: 6 tokens in 2 sentences, then 3; the stream is <|endoftext|> a..f <|endoftext|> g h i
-    split = data.assemble([0, 1], np.arange(100, 109, dtype=np.uint16), np.array([3, 3, 3]), np.array([2, 1]))
+    # two documents: 6 tokens in 2 sentences, then 3; the stream is <|endoftext|> a..f
+    # <|endoftext|> g h i
+    split = data.assemble([0, 1], np.arange(100, 109, dtype=np.uint16), np.array([3, 3, 3]),
+                          np.array([2, 1]))
     # windows of 4 advance by 2: targets 1-4 seen from token 0, 5-6 from 2, 7-8 from 4, 9-10 from 6.
-    # Only targets 5 and 6 miss text of their document: token 1 of the 4 and 5 text tokens before them;
-    # target 7 is the <|endoftext|> (not text), 8-10 see their document's whole text.
+    # Only targets 5 and 6 miss text of their document: token 1 of the 4 and 5 text tokens before
+    # them; target 7 is the <|endoftext|> (not text), 8-10 see their document's whole text.
     targets, text = compare.unseen_document(split, 4)
     assert targets == pytest.approx(2 / 9) and text == pytest.approx((1 / 4 + 1 / 5) / 9)
     assert compare.unseen_document(split, 100) == (0.0, 0.0)  # one window holds the whole stream
 
 
 def test_table_pairs_seeds_against_none():
-    rows = [dict(run=f"out/seed{s}/{name}", mode=name.split("-")[0], planner=(name.split("-") + [None])[1], seed=s,
-                 perplexity=p, planner_top1=None if name == "none" else 0.1 * (s + 1), planner_top5=None if name == "none" else 0.5)
+    rows = [dict(run=f"out/seed{s}/{name}", mode=name.split("-")[0],
+                 planner=(name.split("-") + [None])[1], seed=s, perplexity=p,
+                 planner_top1=None if name == "none" else 0.1 * (s + 1),
+                 planner_top5=None if name == "none" else 0.5)
             for s in range(3) for name, p in (("none", 100 + 10 * s), ("soft-joint", 90 + 10 * s))]
     lines = evaluation.table(rows).splitlines()
     assert lines[2] == "| none (×3) | none |  | 110.00 ± 10.00 | +0.0% ± 0.0% |  |  |"
     # soft is 10, 10 and 10 lower: -10.0%, -9.1%, -8.3% against the none of its own seed
-    assert lines[3] == "| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | 0.200 ± 0.100 | 0.500 ± 0.000 |"
+    assert lines[3] == ("| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | "
+                        "0.200 ± 0.100 | 0.500 ± 0.000 |")
     single = evaluation.table(rows[:2]).splitlines()
     assert single[3] == "| soft-joint | soft | joint | 90.00 | -10.0% | 0.100 | 0.500 |"
-    fixed = [dict(r, run=r["run"].replace("none", "fixed"), mode="fixed", perplexity=r["perplexity"] - 5)
+    fixed = [dict(r, run=r["run"].replace("none", "fixed"), mode="fixed",
+                  perplexity=r["perplexity"] - 5)
              for r in rows if r["mode"] == "none"]
-    with_fixed = evaluation.table(rows + fixed).splitlines()  # then also against fixed: the plans' content
+    # then also against fixed: the plans' content
+    with_fixed = evaluation.table(rows + fixed).splitlines()
     # fixed is 5 below none: 95, 105, 115 against soft's 90, 100, 110: -5.3%, -4.8%, -4.3%
-    assert with_fixed[0] == "| run | mode | planner | perplexity | vs none | vs fixed | planner top-1 | planner top-5 |"
+    assert with_fixed[0] == ("| run | mode | planner | perplexity | vs none | vs fixed | "
+                             "planner top-1 | planner top-5 |")
     assert with_fixed[1] == "|---" * 8 + "|"
-    assert with_fixed[3] == "| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | -4.8% ± 0.5% | 0.200 ± 0.100 | 0.500 ± 0.000 |"
+    assert with_fixed[3] == ("| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | "
+                             "-9.1% ± 0.8% | -4.8% ± 0.5% | 0.200 ± 0.100 | 0.500 ± 0.000 |")

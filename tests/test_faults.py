@@ -1,4 +1,5 @@
-"""Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code from a file."""
+"""Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code
+from a file."""
 import os
 import signal
 import subprocess
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import bench
+import compare
 import corpora
 import data
 import eval as evaluation
@@ -21,14 +24,16 @@ def one_line_error(call):
     with pytest.raises(SystemExit) as e:
         call()
     message = str(e.value.code)
-    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
+    assert (message.startswith("error: ") and "\n" not in message
+            and "Traceback" not in message), message
     return message
 
 
-# ----------------------------------------------------------------------------- every flag's range, as a table
+# ------------------------------------------------------------------- every flag's range, as a table
 
 def bad_values(parser, table):
-    """(flag, value) for every numeric flag of the table and every candidate value its range refuses."""
+    """(flag, value) for every numeric flag of the table and every candidate value its range
+    refuses."""
     types = {a.dest: a.type for a in parser._actions}
     for names, ok, _ in table:
         for name in names:
@@ -46,13 +51,15 @@ def test_train_flag_out_of_range_is_one_line(flag, value):
     assert flag in one_line_error(lambda: train.main([flag, value, "--device", "cpu"]))
 
 
-@pytest.mark.parametrize("flag, value", list(bad_values(evaluation.make_parser(), evaluation.FLAG_RANGES)))
+@pytest.mark.parametrize("flag, value",
+                         list(bad_values(evaluation.make_parser(), evaluation.FLAG_RANGES)))
 def test_eval_flag_out_of_range_is_one_line(flag, value):
     assert flag in one_line_error(lambda: evaluation.main(["out/none", flag, value]))
 
 
 def test_every_numeric_flag_has_a_range():
-    for parser, table in ((train.make_parser(), runtime.FLAG_RANGES), (evaluation.make_parser(), evaluation.FLAG_RANGES)):
+    for parser, table in ((train.make_parser(), runtime.FLAG_RANGES),
+                          (evaluation.make_parser(), evaluation.FLAG_RANGES)):
         numeric = {a.dest for a in parser._actions if a.type in (int, float)}
         assert numeric == {name for names, _, _ in table for name in names}
 
@@ -68,12 +75,15 @@ def test_flags_that_used_to_crash_or_do_nothing(flags, message):
 
 
 def test_a_real_process_prints_one_error_line():
-    for script, argv in (("train.py", ["--dropout", "1.5"]), ("eval.py", ["out/x", "--sample", "-1"])):
-        r = subprocess.run([sys.executable, script, *argv], cwd=data.ROOT, capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    for script, argv in (("train.py", ["--dropout", "1.5"]),
+                         ("eval.py", ["out/x", "--sample", "-1"])):
+        r = subprocess.run([sys.executable, script, *argv], cwd=data.ROOT, capture_output=True,
+                           text=True, timeout=120)
+        assert (r.returncode != 0 and r.stderr.startswith("error: ")
+                and r.stderr.count("\n") == 1), r.stderr
 
 
-# ----------------------------------------------------------------------------- checkpoints run no code
+# -------------------------------------------------------------------------- checkpoints run no code
 
 class Payload:
     """What a hostile checkpoint carries: unpickling it would create a file."""
@@ -93,7 +103,8 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tiny_out, tmp_pa
     for place in (tmp_path / "run", root / "out" / "evil"):
         place.mkdir()
         torch.save(ck, place / "ckpt.pt")
-    assert "refused without running it" in one_line_error(lambda: evaluation.main([str(tmp_path / "run")]))
+    assert "refused without running it" in one_line_error(
+        lambda: evaluation.main([str(tmp_path / "run")]))
     assert "refused without running it" in one_line_error(
         lambda: train.main(flags + ["--mode", "soft", "--run", "evil", "--resume"]))
     assert not marker.exists()
@@ -101,11 +112,14 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tiny_out, tmp_pa
 
 def test_resuming_a_run_with_other_settings_is_refused(tiny_out):
     flags, root = tiny_out
-    saved = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)["config"]["finetune_lr"]
-    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--resume", "--finetune-lr", "0.123"]))
+    saved = torch.load(root / "out" / "soft-joint" / "ckpt.pt",
+                       weights_only=True)["config"]["finetune_lr"]
+    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--resume",
+                                                         "--finetune-lr", "0.123"]))
     assert f"made with --finetune-lr {saved}, not --finetune-lr 0.123" in message
     assert f"delete {root / 'out' / 'soft-joint'} to start the run over" in message
-    train.main(flags + ["--mode", "soft", "--resume", "--device", "cpu"])  # where it runs is not the run: allowed
+    # where it runs is not the run: allowed
+    train.main(flags + ["--mode", "soft", "--resume", "--device", "cpu"])
 
 
 def test_a_run_is_never_replaced_silently(tiny_out):
@@ -115,7 +129,8 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     flags, root = tiny_out
     finished = root / "out" / "soft-joint"
     files = {f: (finished / f).read_bytes() for f in ("ckpt.pt", "best.pt", "log.jsonl")}
-    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4"]))
+    message = one_line_error(
+        lambda: train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4"]))
     assert message == (f"error: {finished} already holds a finished run: name this one with --run "
                        "NAME, or add --overwrite to replace it")
     assert all((finished / f).read_bytes() == content for f, content in files.items())
@@ -132,10 +147,44 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     assert (root / "out" / "soft-slower" / "ckpt.pt").exists()
 
 
+@pytest.mark.parametrize("main, argv, message", [
+    (compare.main, ["--holds", ""], "--holds is empty: give the out-dirs"),
+    (bench.main, ["--kmeans", "0"], "--kmeans N samples N sentences: give at least 1"),
+    (bench.main, ["--steps", "0"], "--steps must be at least 1"),
+    (bench.main, ["--size", "4,256"], "--size takes LAYERS,WIDTH,CONTEXT,BATCH"),
+    (bench.main, ["--pipeline", "0"], "--pipeline takes a number of tokens such as 103M"),
+    (bench.main, ["--pipeline", "103X"], "--pipeline takes a number of tokens such as 103M"),
+])
+def test_empty_or_zero_values_that_would_start_hours_of_work(main, argv, message):
+    assert message in one_line_error(lambda: main(argv))
+
+
+def test_file_system_errors_are_one_line(tiny_out, tmp_path, monkeypatch):
+    """An --out-dir that is a file; a full disk while saving (torch's own RuntimeError): one line
+    naming the path, and the checkpoints written before are whole."""
+    flags, root = tiny_out
+    (tmp_path / "a-file").write_text("")
+    others = flags[:flags.index("--out-dir")] + flags[flags.index("--out-dir") + 2:]
+    message = one_line_error(lambda: train.main(others + ["--out-dir", str(tmp_path / "a-file")]))
+    assert f"{tmp_path / 'a-file'}" in message and "Not a directory" in message
+    real = torch.save
+
+    def full(obj, f, *a, **k):
+        if obj.get("step") == 4:
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", full)
+    message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "full"]))
+    assert "full/ckpt.pt could not be written (" in message and "free space" in message
+    assert torch.load(root / "out" / "full" / "ckpt.pt", weights_only=True)["step"] == 2
+    assert not list((root / "out" / "full").glob("*.tmp"))
+
+
 def test_a_damaged_log_is_read_as_far_as_it_is_whole(tmp_path, capsys):
     """A step logged twice (a save that failed, then --resume) counts once, its last record; a
     stray byte is no crash; a torn last line is skipped with a warning."""
-    (tmp_path / "log.jsonl").write_bytes(b'{"step": 2, "val_loss": 3.0}\n{"step": 4, "val_loss": 2.5}\n'
+    (tmp_path / "log.jsonl").write_bytes(b'{"step": 2, "val_loss": 3.0}\n'
+                                         b'{"step": 4, "val_loss": 2.5}\n'
                                          b'{"step": 4, "val_loss": 2.0, "note": "\xff"}\n'
                                          b'{"step": 6, "val_lo')
     log = evaluation.read_log(tmp_path)
@@ -159,8 +208,10 @@ def test_one_process_per_run_folder(tiny_out):
     other = subprocess.Popen(["sleep", "60"])
     try:
         (folder / "lock").write_text(str(other.pid))
-        message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "locked"]))
-        assert message == (f"error: {folder} is being written by another process (pid {other.pid}): "
+        message = one_line_error(
+            lambda: train.main(flags + ["--mode", "oracle", "--run", "locked"]))
+        assert message == (f"error: {folder} is being written by another process "
+                           f"(pid {other.pid}): "
                            "wait for it to end, or stop it")
     finally:
         other.kill()
@@ -180,9 +231,11 @@ def test_resuming_on_other_data_is_refused_before_any_pretraining(tiny_out, tmp_
     (tmp_path / "soft-joint").mkdir()
     torch.save(ck, tmp_path / "soft-joint" / "ckpt.pt")
     others = flags[:flags.index("--out-dir")] + flags[flags.index("--out-dir") + 2:]
-    message = one_line_error(lambda: train.main(others + ["--out-dir", str(tmp_path), "--mode", "soft",
+    message = one_line_error(lambda: train.main(others + ["--out-dir", str(tmp_path),
+                                                          "--mode", "soft",
                                                           "--resume"]))
-    assert "was trained on other data than --dataset synthetic gives now (its labels differ)" in message
+    assert ("was trained on other data than --dataset synthetic gives now "
+            "(its labels differ)") in message
     assert not (tmp_path / "pretrain").exists()
 
 
@@ -202,14 +255,16 @@ def test_a_truncated_pretraining_checkpoint_names_the_folder_to_delete(tiny_out,
     for stage in (root / "out" / "pretrain").iterdir():
         (out / "pretrain" / stage.name).mkdir()
         raw = (stage / "ckpt.pt").read_bytes()
-        (out / "pretrain" / stage.name / "ckpt.pt").write_bytes(raw[:len(raw) // 3] if stage.name.startswith("lm") else raw)
-    flags = flags[:flags.index("--out-dir")] + ["--out-dir", str(out)] + flags[flags.index("--out-dir") + 2:]
+        (out / "pretrain" / stage.name / "ckpt.pt").write_bytes(
+            raw[:len(raw) // 3] if stage.name.startswith("lm") else raw)
+    flags = (flags[:flags.index("--out-dir")] + ["--out-dir", str(out)]
+             + flags[flags.index("--out-dir") + 2:])
     message = one_line_error(lambda: train.main(flags + ["--mode", "none"]))
     lm_dir = next((out / "pretrain").glob("lm-*"))
     assert f"pretrained stage {lm_dir}" in message and f"rm -r {lm_dir}" in message
 
 
-# ----------------------------------------------------------------------------- Ctrl-C between whole steps
+# ----------------------------------------------------------------------- Ctrl-C between whole steps
 
 def sigint():
     os.kill(os.getpid(), signal.SIGINT)
@@ -219,9 +274,10 @@ POINTS = ["batch", "forward", "clip", "optimizer", "validation", "save"]
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out, monkeypatch, point):
-    """A real SIGINT at each point of fine-tuning step 4 (of 6): the run stops after that whole step, and
-    --resume then ends at exactly the weights of a run never interrupted."""
+def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out, monkeypatch,
+                                                                       point):
+    """A real SIGINT at each point of fine-tuning step 4 (of 6): the run stops after that whole
+    step, and --resume then ends at exactly the weights of a run never interrupted."""
     flags, root = tiny_out
     argv = flags + ["--mode", "gumbel"]
     if not (root / "out" / "whole" / "ckpt.pt").exists():
@@ -251,11 +307,13 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out,
         hook(target, name)
     run = f"cut-{point}"
     message = one_line_error(lambda: train.main(argv + ["--run", run]))
-    assert fired and "interrupted after step 4 of finetune: saved" in message and "--resume" in message
+    assert (fired and "interrupted after step 4 of finetune: saved" in message
+            and "--resume" in message)
     assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 4
     monkeypatch.undo()
     train.main(argv + ["--run", run, "--resume"])
-    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True) for r in ("whole", run))
+    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True)
+                  for r in ("whole", run))
     for part in ("model", "planner", "plans"):
         assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
     assert whole["step"] == cut["step"] == 6
@@ -285,7 +343,8 @@ def test_what_schedulers_send_stops_like_ctrl_c(tiny_out, monkeypatch, capsys, n
     assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 3
     monkeypatch.undo()
     train.main(argv + ["--run", run, "--resume"])
-    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True) for r in ("whole", run))
+    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True)
+                  for r in ("whole", run))
     for part in ("model", "planner", "plans"):
         assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
 
@@ -302,7 +361,8 @@ def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, 
         return real(self, *a, **k)
     monkeypatch.setattr(mix.PlannedLM, "forward", twice)
     message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "twice"]))
-    assert "interrupted twice during step 5 of finetune: that step was not saved. The last good checkpoint (step 4)" in message
+    assert ("interrupted twice during step 5 of finetune: that step was not saved. "
+            "The last good checkpoint (step 4)") in message
     assert torch.load(root / "out" / "twice" / "ckpt.pt", weights_only=True)["step"] == 4
 
 
@@ -313,7 +373,8 @@ def test_a_nan_validation_is_never_saved(tiny_out, monkeypatch):
     real = train.val_loss
     monkeypatch.setattr(train, "val_loss", lambda net, batches, args: {"val_loss": float("nan")})
     message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "nanval"]))
-    assert "at step 2 val_loss nan; stopped without saving that step. No checkpoint was written" in message
+    assert ("at step 2 val_loss nan; stopped without saving that step. "
+            "No checkpoint was written") in message
     assert not (root / "out" / "nanval" / "ckpt.pt").exists()
     monkeypatch.setattr(train, "val_loss", real)
 
@@ -328,7 +389,8 @@ def test_a_nan_loss_names_only_a_checkpoint_that_exists(tiny_out, monkeypatch):
         return (loss * float("nan") if self.training and sum(calls) >= 3 else loss), aux
     monkeypatch.setattr(mix.PlannedLM, "forward", poisoned)
     message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "nanloss"]))
-    assert "the loss became nan at step 3; stopped. The last good checkpoint (step 2) is kept at" in message
+    assert ("the loss became nan at step 3; stopped. "
+            "The last good checkpoint (step 2) is kept at") in message
     ck = torch.load(root / "out" / "nanloss" / "ckpt.pt", weights_only=True)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
     calls.clear()
@@ -343,14 +405,17 @@ def test_eval_refuses_a_non_finite_result(tiny_out, tmp_path):
     ck["model"] = {k: torch.full_like(v, float("nan")) for k, v in ck["model"].items()}
     (tmp_path / "run").mkdir()
     torch.save(ck, tmp_path / "run" / "ckpt.pt")
-    assert "the val NLL is nan, the run diverged" in one_line_error(lambda: evaluation.main([str(tmp_path / "run"), "--json"]))
+    assert "the val NLL is nan, the run diverged" in one_line_error(
+        lambda: evaluation.main([str(tmp_path / "run"), "--json"]))
 
 
 # ----------------------------------------------------------------------------- more one-liners
 
 def test_resume_without_a_checkpoint_is_refused_before_any_pretraining(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "pretrain_lm", lambda *a: pytest.fail("pretrained before checking --resume"))
-    message = one_line_error(lambda: train.main(TINY + ["--out-dir", str(tmp_path), "--data-dir", str(tmp_path),
+    monkeypatch.setattr(train, "pretrain_lm",
+                        lambda *a: pytest.fail("pretrained before checking --resume"))
+    message = one_line_error(lambda: train.main(TINY + ["--out-dir", str(tmp_path),
+                                                        "--data-dir", str(tmp_path),
                                                         "--resume"]))
     assert "--resume: there is no checkpoint at" in message
 
@@ -358,18 +423,24 @@ def test_resume_without_a_checkpoint_is_refused_before_any_pretraining(tmp_path,
 @pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
 def test_figures_of_a_bad_results_json(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
-    assert "holds no comparison" in one_line_error(lambda: figures.main([str(tmp_path), str(tmp_path)]))
+    assert "holds no comparison" in one_line_error(
+        lambda: figures.main([str(tmp_path), str(tmp_path)]))
 
 
 def test_small_corpus_says_what_to_change(tmp_path):
-    (tmp_path / "c.txt").write_text("\n\n".join(f"Document {i} is short. It has two sentences." for i in range(20)))
-    message = one_line_error(lambda: train.main(["--dataset", str(tmp_path / "c.txt"), "--n-labels", "4",
-                                                 "--embed-dim", "4", "--data-dir", str(tmp_path), "--device", "cpu"]))
+    (tmp_path / "c.txt").write_text("\n\n".join(f"Document {i} is short. It has two sentences."
+                                                for i in range(20)))
+    message = one_line_error(lambda: train.main(["--dataset", str(tmp_path / "c.txt"),
+                                                 "--n-labels", "4",
+                                                 "--embed-dim", "4", "--data-dir", str(tmp_path),
+                                                 "--device", "cpu"]))
     assert "the val split has" in message and "lower --block-size to at most" in message
     assert "use a corpus of about" in message
     (tmp_path / "d.txt").write_text("One\n\nTwo\n\nThree")  # one token each
-    message = one_line_error(lambda: train.main(["--dataset", str(tmp_path / "d.txt"), "--n-labels", "1",
-                                                 "--embed-dim", "1", "--data-dir", str(tmp_path), "--device", "cpu"]))
+    message = one_line_error(lambda: train.main(["--dataset", str(tmp_path / "d.txt"),
+                                                 "--n-labels", "1",
+                                                 "--embed-dim", "1", "--data-dir", str(tmp_path),
+                                                 "--device", "cpu"]))
     assert "split has 2 tokens" in message and "lower --block-size" not in message
 
 
@@ -378,12 +449,13 @@ def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch, name):
     def interrupted(*a):
         os.kill(os.getpid(), getattr(signal, name))
     monkeypatch.setattr(data, "kmeans", interrupted)
-    message = one_line_error(lambda: train.main(TINY + ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]))
+    message = one_line_error(lambda: train.main(TINY + ["--data-dir", str(tmp_path),
+                                                        "--out-dir", str(tmp_path)]))
     assert "interrupted while building the data cache; nothing was written" in message
     assert not list(tmp_path.glob("cache/*"))
 
 
-# ----------------------------------------------------------------------------- files: caches, temp files, modes
+# ----------------------------------------------------------------- files: caches, temp files, modes
 
 def test_a_damaged_cache_is_rebuilt(tmp_path, capsys):
     first = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
@@ -392,11 +464,13 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, capsys):
     again = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
     assert f"warning: the data cache {path} is damaged" in capsys.readouterr().err
     assert np.array_equal(first.splits["val"].labels, again.splits["val"].labels)
-    assert data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path).meta["load_seconds"] >= 0  # whole again
+    # whole again
+    assert data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path).meta["load_seconds"] >= 0
 
 
 def test_temp_files_of_dead_writers_are_swept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
     stale = tmp_path / f"ckpt.pt.{int(dead.stdout)}.abc.tmp"
     live = tmp_path / f"ckpt.pt.{os.getpid()}.def.tmp"  # a running process's write in progress
     other = tmp_path / f"other.pt.{int(dead.stdout)}.ghi.tmp"
@@ -417,7 +491,7 @@ def test_files_written_honour_the_umask(tmp_path):
     assert next((tmp_path / "cache").glob("*.npz")).stat().st_mode & 0o777 == 0o644
 
 
-# ----------------------------------------------------------------------------- inputs that are not text
+# ------------------------------------------------------------------------- inputs that are not text
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
 def test_text_with_a_byte_order_mark_is_decoded(tmp_path, encoding):
@@ -427,8 +501,10 @@ def test_text_with_a_byte_order_mark_is_decoded(tmp_path, encoding):
 
 
 @pytest.mark.parametrize("content", [np.random.default_rng(0).bytes(5000),
-                                     ("Some text. " * 50).encode("utf-16-le")])  # UTF-16 without its mark
+                                     # UTF-16 without its mark
+                                     ("Some text. " * 50).encode("utf-16-le")])
 def test_a_file_that_is_not_text_is_refused(tmp_path, content):
     (tmp_path / "c.txt").write_bytes(content)
-    with pytest.raises(data.DataError, match=r"c.txt is not text: \d+% of its characters are NUL, control or undecodable"):
+    with pytest.raises(data.DataError, match=r"c.txt is not text: \d+% of its characters are "
+                                             r"NUL, control or undecodable"):
         data.load(str(tmp_path / "c.txt"), data_dir=tmp_path)

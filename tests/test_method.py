@@ -26,11 +26,11 @@ MODES = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), (
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    """fresh(*flags) -> (args, corpus, splits, lm, planner): the tiny setting's shared pretrained stages,
-    loaded anew each call (fine-tuning changes the LM and planner it is given in place)."""
+    """fresh(*flags) -> (args, corpus, splits, lm, planner): the tiny setting's shared pretrained
+    stages, loaded anew each call (fine-tuning changes the LM and planner it is given in place)."""
     root = tmp_path_factory.mktemp("method")
-    base = TINY + ["--out-dir", str(root / "out"), "--data-dir", str(root / "data"), "--weight-decay", "0",
-                   "--finetune-iters", "2", "--eval-interval", "2"]
+    base = TINY + ["--out-dir", str(root / "out"), "--data-dir", str(root / "data"),
+                   "--weight-decay", "0", "--finetune-iters", "2", "--eval-interval", "2"]
 
     def fresh(*flags):
         args = train.get_args(base + list(flags))
@@ -51,18 +51,20 @@ def moved(before, module, keep=lambda name: True):
     return {k for k, v in module.state_dict().items() if keep(k) and not torch.equal(v, before[k])}
 
 
-# ----------------------------------------------------------------------------- what fine-tuning trains
+# -------------------------------------------------------------------------- what fine-tuning trains
 
 @pytest.mark.parametrize("mode, planner", MODES)
 def test_fine_tuning_trains_what_the_mode_says(stages, mode, planner):
     """With no weight decay every change is a gradient's: the LM always learns; the adapters unless
     there is no plan; the codebook wherever plans are read from it (not none, not fixed); the fixed
     vector in fixed; the planner exactly when it is joint, and a frozen one stays bit-identical."""
-    args, corpus, splits, lm, pre_planner = stages("--mode", mode, *(["--planner", planner] if planner else []))
+    args, corpus, splits, lm, pre_planner = stages("--mode", mode,
+                                                   *(["--planner", planner] if planner else []))
     lm_before, planner_before = snapshot(lm), snapshot(pre_planner)
     net, _, _ = train.finetune(args, corpus, splits, lm, pre_planner)
     adapter = lambda k: ".adapter." in k
-    assert moved(lm_before, net.lm, lambda k: not adapter(k)) == {k for k in lm_before if not adapter(k)}
+    assert (moved(lm_before, net.lm, lambda k: not adapter(k))
+            == {k for k in lm_before if not adapter(k)})
     assert bool(moved(lm_before, net.lm, adapter)) == (mode != "none")
     codebook = torch.as_tensor(corpus.codebook)
     assert torch.equal(net.plans.codebook.detach(), codebook) == (mode in ("none", "fixed"))
@@ -78,12 +80,14 @@ def test_fine_tuning_trains_what_the_mode_says(stages, mode, planner):
 
 
 def test_the_planner_loss_weight_changes_the_joint_update(stages):
-    """--planner-loss-weight adds the planner's own cross-entropy: the planner ends elsewhere, and the
-    hard estimator, which sends the planner no gradient of the LM loss, trains it through that term alone."""
+    """--planner-loss-weight adds the planner's own cross-entropy: the planner ends elsewhere, and
+    the hard estimator, which sends the planner no gradient of the LM loss, trains it through that
+    term alone."""
     ends = {}
     for mode, weight in (("soft", "0"), ("soft", "1"), ("hard", "1")):
         args, corpus, splits, lm, planner = stages("--mode", mode, "--planner", "joint",
-                                                   "--planner-loss-weight", weight, "--run", f"{mode}-w{weight}")
+                                                   "--planner-loss-weight", weight,
+                                                   "--run", f"{mode}-w{weight}")
         before = snapshot(planner)
         net, _, _ = train.finetune(args, corpus, splits, lm, planner)
         ends[mode, weight] = snapshot(net.planner)
@@ -93,17 +97,20 @@ def test_the_planner_loss_weight_changes_the_joint_update(stages):
 
 
 def test_each_part_learns_at_its_own_rate(stages):
-    """AdamW's first update of a tensor is lr * g / (|g| + eps): its largest entry is the learning rate.
-    Step 1 (no warmup in so short a stage) moves the LM by --finetune-lr; the planner gets no gradient
-    yet (the adapters start at zero, so no plan reaches the loss); at step 2 its first update is
-    --planner-finetune-lr x the cosine's 0.55 x Adam's (1 - b1) / (1 - b1^2) * sqrt((1 - b2^2) / (1 - b2))."""
+    """AdamW's first update of a tensor is lr * g / (|g| + eps): its largest entry is the learning
+    rate. Step 1 (no warmup in so short a stage) moves the LM by --finetune-lr; the planner gets no
+    gradient yet (the adapters start at zero, so no plan reaches the loss); at step 2 its first
+    update is --planner-finetune-lr x the cosine's 0.55 x Adam's (1 - b1) / (1 - b1^2) *
+    sqrt((1 - b2^2) / (1 - b2))."""
     lr, planner_lr = 1e-3, 3e-5
     flags = ("--mode", "soft", "--finetune-lr", str(lr), "--planner-finetune-lr", str(planner_lr))
-    largest = lambda before, module: max((v - before[k]).abs().max().item() for k, v in module.state_dict().items())
+    largest = lambda before, module: max((v - before[k]).abs().max().item()
+                                         for k, v in module.state_dict().items())
     ends = {}
     for iters in (1, 2):
-        args, corpus, splits, lm, planner = stages(*flags, "--finetune-iters", str(iters), "--eval-interval",
-                                                   str(iters), "--run", f"rates{iters}")
+        args, corpus, splits, lm, planner = stages(*flags, "--finetune-iters", str(iters),
+                                                   "--eval-interval", str(iters),
+                                                   "--run", f"rates{iters}")
         lm_before, planner_before = snapshot(lm), snapshot(planner)
         net, _, _ = train.finetune(args, corpus, splits, lm, planner)
         ends[iters] = largest(lm_before, net.lm), largest(planner_before, net.planner)
@@ -113,7 +120,7 @@ def test_each_part_learns_at_its_own_rate(stages):
     assert math.isclose(ends[2][1], planner_lr * train.lr_at(1, 2, 1.0, 0) * adam, rel_tol=1e-2)
 
 
-# ----------------------------------------------------------------------------- no leakage into the labels
+# ----------------------------------------------------------------------- no leakage into the labels
 
 def test_the_embedder_and_codebook_see_the_training_documents_only():
     """Two corpora with the same training documents and other val/test documents: the same embedder,
@@ -125,24 +132,26 @@ def test_the_embedder_and_codebook_see_the_training_documents_only():
     for i in np.concatenate([parts["val"], parts["test"]]):
         mixed[i] = other[i]
     a, b = (data.build(d, 6, 8, 0) for d in (docs, mixed))
-    assert np.array_equal(a.embedder.idf, b.embedder.idf) and np.array_equal(a.embedder.proj, b.embedder.proj)
+    assert (np.array_equal(a.embedder.idf, b.embedder.idf)
+            and np.array_equal(a.embedder.proj, b.embedder.proj))
     assert np.array_equal(a.codebook, b.codebook)
     for field in ("tokens", "emb", "labels"):
-        assert np.array_equal(getattr(a.splits["train"], field), getattr(b.splits["train"], field)), field
+        assert np.array_equal(getattr(a.splits["train"], field),
+                              getattr(b.splits["train"], field)), field
     assert not np.array_equal(a.splits["val"].tokens, b.splits["val"].tokens)
 
 
-# ----------------------------------------------------------------------------- the loop's arithmetic
+# ---------------------------------------------------------------------------- the loop's arithmetic
 
 def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
-    """LM pretraining with 8 windows a step equals 2 micro-batches of 4 accumulated: the same windows,
-    the same losses, the same weights (up to float32 summation order)."""
+    """LM pretraining with 8 windows a step equals 2 micro-batches of 4 accumulated: the same
+    windows, the same losses, the same weights (up to float32 summation order)."""
     flags = TINY + ["--data-dir", str(tmp_path / "data"), "--dtype", "float32", "--lm-iters", "4",
                     "--eval-interval", "2"]
     ends, logs = {}, {}
     for batch, accum in ((8, 1), (4, 2)):
-        args = train.get_args(flags + ["--out-dir", str(tmp_path / f"b{batch}"), "--batch-size", str(batch),
-                                       "--grad-accum", str(accum)])
+        args = train.get_args(flags + ["--out-dir", str(tmp_path / f"b{batch}"),
+                                       "--batch-size", str(batch), "--grad-accum", str(accum)])
         corpus = data.load_from_args(args)
         splits = {k: data.SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
         lm, out = train.pretrain_lm(args, corpus, splits)
@@ -155,8 +164,8 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
 
 
 def test_the_learning_rate_schedule():
-    """Linear warmup from peak/warmup, the peak at the warmup's last step, cosine down to a tenth of the
-    peak at the end; the warmup is capped at a fifth of the stage."""
+    """Linear warmup from peak/warmup, the peak at the warmup's last step, cosine down to a tenth of
+    the peak at the end; the warmup is capped at a fifth of the stage."""
     peak = 2e-3
     assert train.lr_at(0, 100, peak, 10) == pytest.approx(peak / 10)
     assert train.lr_at(4, 100, peak, 10) == pytest.approx(peak / 2)
@@ -164,29 +173,35 @@ def test_the_learning_rate_schedule():
     assert train.lr_at(10, 100, peak, 10) == pytest.approx(peak)
     assert train.lr_at(55, 100, peak, 10) == pytest.approx(peak * 0.55)  # half way down the cosine
     assert train.lr_at(100, 100, peak, 10) == pytest.approx(peak / 10)
-    assert train.lr_at(0, 20, peak, 10) == pytest.approx(peak / 4)  # warmup capped at 20 // 5 = 4 steps
+    # warmup capped at 20 // 5 = 4 steps
+    assert train.lr_at(0, 20, peak, 10) == pytest.approx(peak / 4)
     assert train.lr_at(0, 4, peak, 10) == pytest.approx(peak)  # no warmup at all: 4 // 5 = 0
 
 
 def test_the_log_holds_the_values_the_loop_used(stages):
     """Each record's lr is the schedule's at that step, and the last val_loss is the val loss of the
     run's own checkpoint recomputed on the same windows."""
-    args, corpus, splits, lm, planner = stages("--mode", "gumbel", "--finetune-iters", "4", "--run", "logged")
+    args, corpus, splits, lm, planner = stages("--mode", "gumbel", "--finetune-iters", "4",
+                                               "--run", "logged")
     net, out, _ = train.finetune(args, corpus, splits, lm, planner)
     log = evaluation.read_log(out)
     assert [r["step"] for r in log] == [2, 4]
     for r in log:
-        assert r["lr"] == pytest.approx(train.lr_at(r["step"] - 1, 4, args.finetune_lr, args.warmup_iters))
+        assert r["lr"] == pytest.approx(train.lr_at(r["step"] - 1, 4, args.finetune_lr,
+                                                    args.warmup_iters))
     loaded, _, _ = evaluation.load_run(out / "ckpt.pt")
     windows = train.fixed_windows(splits["val"], args, runtime.Context())
-    assert train.val_loss(loaded, windows, args)["val_loss"] == pytest.approx(log[-1]["val_loss"], rel=1e-6)
-    assert log[-1]["planner_top1"] == pytest.approx(planner_metrics(loaded.planner, splits["val"])["planner_top1"])
+    assert (train.val_loss(loaded, windows, args)["val_loss"]
+            == pytest.approx(log[-1]["val_loss"], rel=1e-6))
+    assert log[-1]["planner_top1"] == pytest.approx(
+        planner_metrics(loaded.planner, splits["val"])["planner_top1"])
 
 
-# ----------------------------------------------------------------------------- evaluation is deterministic
+# ---------------------------------------------------------------------- evaluation is deterministic
 
 def test_a_gumbel_run_is_evaluated_with_soft_plans(stages, tmp_path):
-    """eval.py's path: the same figure twice, and the figure of the same weights read as a soft run."""
+    """eval.py's path: the same figure twice, and the figure of the same weights read as a soft
+    run."""
     args, corpus, splits, lm, planner = stages("--mode", "gumbel", "--run", "gumbel-eval")
     _, out, _ = train.finetune(args, corpus, splits, lm, planner)
     first, second = (evaluation.evaluate(out, device="cpu") for _ in range(2))
@@ -198,11 +213,11 @@ def test_a_gumbel_run_is_evaluated_with_soft_plans(stages, tmp_path):
     assert evaluation.evaluate(tmp_path / "as-soft", device="cpu")["nll"] == first["nll"]
 
 
-# ----------------------------------------------------------------------------- the architecture, by hand
+# ------------------------------------------------------------------------ the architecture, by hand
 
 def hand_block(block, x, plan):
-    """A pre-LayerNorm block written out: the plan's adapter output joins the attention output before
-    the residual sum, so the MLP already reads the planned stream."""
+    """A pre-LayerNorm block written out: the plan's adapter output joins the attention output
+    before the residual sum, so the MLP already reads the planned stream."""
     B, T, C = x.shape
     H = block.attn.n_head
     heads = lambda t: t.view(B, T, H, C // H).transpose(1, 2)
@@ -218,7 +233,8 @@ def hand_block(block, x, plan):
 
 def test_the_adapter_adds_the_plan_to_the_attention_output():
     torch.manual_seed(0)
-    lm = GPT(GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16, plan_dim=4)).double()
+    lm = GPT(GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16,
+                       plan_dim=4)).double()
     with torch.no_grad():
         for b in lm.blocks:
             b.adapter.weight.normal_()
@@ -242,8 +258,10 @@ def test_sampling_past_the_window_takes_the_plans_of_its_last_positions():
         seen.append((ctx.clone(), plan.clone()))
         return real(ctx, plan)
     lm.features = spy
-    position_plans = lambda idx: torch.arange(idx.shape[1], dtype=torch.float32)[None, :, None].expand(1, -1, 4)
-    out = lm.generate(torch.randint(0, 50, (1, 5)), 10, plan_fn=position_plans, generator=torch.Generator().manual_seed(0))
+    position_plans = lambda idx: (torch.arange(idx.shape[1], dtype=torch.float32)[None, :, None]
+                                  .expand(1, -1, 4))
+    out = lm.generate(torch.randint(0, 50, (1, 5)), 10, plan_fn=position_plans,
+                      generator=torch.Generator().manual_seed(0))
     for length, (ctx, plan) in zip(range(5, 15), seen):
         first = max(0, length - 8)
         assert torch.equal(ctx, out[:, first:length])

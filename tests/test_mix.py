@@ -17,19 +17,22 @@ def by_hand(name, logits, codebook, temperature):
     rows = []
     for z in logits.detach().double().reshape(-1, logits.shape[-1]):
         p = torch.exp(z / temperature) / torch.exp(z / temperature).sum()
-        rows.append(codebook.double()[int(z.argmax())] if name in ("hard", "st") else p @ codebook.double())
+        rows.append(codebook.double()[int(z.argmax())] if name in ("hard", "st")
+                    else p @ codebook.double())
     return torch.stack(rows).reshape(*logits.shape[:-1], codebook.shape[1])
 
 
 @pytest.mark.parametrize("lead", SHAPES)
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_every_estimator_by_hand_for_any_leading_dims(lead, temperature):
-    """hard = C[argmax z], st = the same forward, soft = softmax(z / T) @ C, gumbel at evaluation = soft."""
+    """hard = C[argmax z], st = the same forward, soft = softmax(z / T) @ C, gumbel at evaluation =
+    soft."""
     logits, codebook = _inputs(lead)
     for name, f in mix.ESTIMATORS.items():
         kwargs = {"training": False} if name == "gumbel" else {}
         expected = by_hand("soft" if name == "gumbel" else name, logits, codebook, temperature)
-        torch.testing.assert_close(f(logits, codebook, temperature, **kwargs).double(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(f(logits, codebook, temperature, **kwargs).double(), expected,
+                                   rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("lead", SHAPES)
@@ -60,7 +63,8 @@ def test_hard_sends_no_gradient_to_logits():
 
 
 def test_soft_gradient_is_the_softmax_jacobian():
-    """d(softmax(z / T) @ C)/dz = (diag(p) - p p^T) C / T and d/dC = p, written out, against autograd."""
+    """d(softmax(z / T) @ C)/dz = (diag(p) - p p^T) C / T and d/dC = p, written out, against
+    autograd."""
     g = torch.Generator().manual_seed(0)
     z = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
     codebook = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
@@ -75,12 +79,16 @@ def test_soft_gradient_is_the_softmax_jacobian():
 
 def test_gumbel_is_soft_in_eval_and_a_mixture_in_training():
     logits, codebook = _inputs((50,))
-    assert torch.equal(mix.gumbel(logits, codebook, 0.7, training=False), mix.soft(logits, codebook, 0.7))
-    weights = mix.gumbel(logits, torch.eye(6), 0.7, training=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mix.gumbel(logits, codebook, 0.7, training=False),
+                       mix.soft(logits, codebook, 0.7))
+    weights = mix.gumbel(logits, torch.eye(6), 0.7, training=True,
+                         generator=torch.Generator().manual_seed(0))
     assert (weights >= 0).all()
     torch.testing.assert_close(weights.sum(-1), torch.ones(50))
-    assert not torch.allclose(weights, mix.soft(logits, torch.eye(6), 0.7))  # it is a sample, not the mean
-    again = mix.gumbel(logits, torch.eye(6), 0.7, training=True, generator=torch.Generator().manual_seed(0))
+    # it is a sample, not the mean
+    assert not torch.allclose(weights, mix.soft(logits, torch.eye(6), 0.7))
+    again = mix.gumbel(logits, torch.eye(6), 0.7, training=True,
+                       generator=torch.Generator().manual_seed(0))
     assert torch.equal(weights, again)
 
 
@@ -103,9 +111,11 @@ def test_plans_estimators_and_trainable_codebook(mode):
     logits, centroids = _inputs((2, 3))
     plans = mix.Plans(mode, centroids, temperature=0.5).eval()
     assert isinstance(plans.codebook, torch.nn.Parameter) and torch.equal(plans.codebook, centroids)
-    assert plans.codebook is not centroids and plans.uses_planner and not mix.Plans("oracle", centroids).uses_planner
+    assert (plans.codebook is not centroids and plans.uses_planner
+            and not mix.Plans("oracle", centroids).uses_planner)
     out = plans(logits=logits)
-    torch.testing.assert_close(out.double(), by_hand("soft" if mode == "gumbel" else mode, logits, centroids, 0.5))
+    torch.testing.assert_close(
+        out.double(), by_hand("soft" if mode == "gumbel" else mode, logits, centroids, 0.5))
     out.sum().backward()
     assert plans.codebook.grad.abs().sum() > 0
     assert (logits.grad is None) == (mode == "hard")
@@ -115,5 +125,6 @@ def test_plans_estimators_and_trainable_codebook(mode):
 
 
 def test_unknown_mode_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown mode 'argmax': choose one of none, fixed, uniform, oracle, hard, st, soft, gumbel"):
+    with pytest.raises(ValueError, match="unknown mode 'argmax': choose one of none, fixed, "
+                                         "uniform, oracle, hard, st, soft, gumbel"):
         mix.Plans("argmax", torch.zeros(2, 2))

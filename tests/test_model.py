@@ -51,7 +51,8 @@ def test_loss_ignores_unscored_targets():
     partial[:, :4] = -1
     logits, _ = model(idx)
     no_logits, loss = model(idx, partial)
-    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 64), targets[:, 4:].reshape(-1))
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 64),
+                                                 targets[:, 4:].reshape(-1))
     assert no_logits is None  # with targets, the loss comes without the [B, T, vocab] logits
     torch.testing.assert_close(loss, expected)
 
@@ -59,13 +60,16 @@ def test_loss_ignores_unscored_targets():
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
 def test_chunked_head_loss_equals_the_plain_loss_and_every_gradient(dtype, tol, chunk, monkeypatch):
-    """ChunkedHeadLoss against head_loss (F.cross_entropy): the loss and the gradient of every parameter,
-    with unscored targets, in float32 and under bf16 autocast, for chunks smaller and larger than the batch."""
+    """ChunkedHeadLoss against head_loss (F.cross_entropy): the loss and the gradient of every
+    parameter, with unscored targets, in float32 and under bf16 autocast, for chunks smaller and
+    larger than the batch."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32, plan_dim=8))
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                          plan_dim=8))
     for b in model.blocks:
         torch.nn.init.normal_(b.adapter.weight, std=0.1)
-    idx, targets, plan = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16)), torch.randn(3, 16, 8)
+    idx, targets, plan = (torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16)),
+                          torch.randn(3, 16, 8))
     targets[0, :5] = -1
     targets[2, 9] = -1
     monkeypatch.setattr(fastloss, "LOSS_CHUNK", chunk)
@@ -92,7 +96,8 @@ def test_chunked_head_loss_without_gradients_and_with_nothing_scored():
         model.chunked_loss = False
         _, plain = model(idx, idx)
         model.chunked_loss = True
-        assert torch.isnan(model(idx, torch.full_like(idx, -1))[1])  # as F.cross_entropy: a mean of nothing
+        # as F.cross_entropy: a mean of nothing
+        assert torch.isnan(model(idx, torch.full_like(idx, -1))[1])
     torch.testing.assert_close(fast, plain)
 
 
@@ -108,7 +113,8 @@ def test_parameter_and_flop_counts():
     model = _model()
     adapters = TINY["n_layer"] * TINY["plan_dim"] * TINY["n_embd"]
     assert model.num_params() - model.num_params(adapters=False) == adapters
-    assert model.num_params() == sum(p.numel() for p in model.parameters())  # the tied head counted once
+    # the tied head counted once
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
     assert model.flops_per_token() - model.flops_per_token(adapters=False) == 6 * adapters
 
 
@@ -150,12 +156,14 @@ def test_generate_with_plans():
 
     def plan_fn(idx):
         calls.append(idx.shape[1])  # a different plan at every position
-        return torch.sin(torch.arange(idx.shape[1])[:, None] * torch.arange(1, 9)).expand(idx.shape[0], -1, -1)
+        return torch.sin(torch.arange(idx.shape[1])[:, None] * torch.arange(1, 9)).expand(
+            idx.shape[0], -1, -1)
 
     prompt = torch.zeros(2, 3, dtype=torch.long)
     out = model.generate(prompt, 40, plan_fn=plan_fn, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 43) and torch.equal(out[:, :3], prompt)
-    assert calls == list(range(3, 43))  # asked for plans before every new token, past block_size too
+    # asked for plans before every new token, past block_size too
+    assert calls == list(range(3, 43))
     again = model.generate(prompt, 40, plan_fn=plan_fn, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
     greedy = model.generate(prompt, 5, top_k=1, plan_fn=plan_fn)
@@ -176,7 +184,8 @@ def test_a_closed_vocabulary_predicts_over_its_own_tokens():
     logits, _ = model(ids)
     rows = {t: i for i, t in enumerate(vocab)}
     expected = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, 6), torch.tensor([rows.get(int(t), -1) for t in targets.reshape(-1)]), ignore_index=-1)
+        logits.reshape(-1, 6), torch.tensor([rows.get(int(t), -1) for t in targets.reshape(-1)]),
+        ignore_index=-1)
     torch.testing.assert_close(model(ids, targets)[1], expected)
     out = model.generate(ids[:, :2], 30, generator=torch.Generator().manual_seed(0))
     assert set(out.reshape(-1).tolist()) <= set(vocab)
@@ -187,9 +196,12 @@ def test_a_closed_vocabulary_predicts_over_its_own_tokens():
 
 def test_biases_start_at_zero_and_then_it_is_the_bias_free_gpt():
     with_bias, plain = _model(bias=True), _model()
-    biases = {k for k in with_bias.state_dict() if k.endswith(".bias") and ".ln_" not in k and "ln_f" not in k}
-    assert len(biases) == 4 * TINY["n_layer"] and not any(".adapter." in k for k in biases)  # qkv, proj, fc, mlp proj
-    with_bias.load_state_dict({**plain.state_dict(), **{k: with_bias.state_dict()[k] for k in biases}})
+    biases = {k for k in with_bias.state_dict()
+              if k.endswith(".bias") and ".ln_" not in k and "ln_f" not in k}
+    # qkv, proj, fc, mlp proj
+    assert len(biases) == 4 * TINY["n_layer"] and not any(".adapter." in k for k in biases)
+    with_bias.load_state_dict({**plain.state_dict(),
+                               **{k: with_bias.state_dict()[k] for k in biases}})
     idx = torch.randint(0, 64, (2, 16))
     torch.testing.assert_close(with_bias(idx)[0], plain(idx)[0])
     with torch.no_grad():

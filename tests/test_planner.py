@@ -6,7 +6,8 @@ from planner import Planner, PlannerConfig, accuracy, planner_loss
 
 def _planner(seed=0, codebook=None, **kw):
     torch.manual_seed(seed)
-    return Planner(PlannerConfig(**{**dict(n_labels=6, embed_dim=8, n_layer=2, n_head=2, n_embd=16), **kw}), codebook)
+    return Planner(PlannerConfig(**{**dict(n_labels=6, embed_dim=8, n_layer=2, n_head=2, n_embd=16),
+                                    **kw}), codebook)
 
 
 def test_row_s_sees_only_earlier_sentences():
@@ -33,11 +34,14 @@ def test_padding_never_changes_real_rows():
     mask = torch.tensor([[True] * 4 + [False] * 3])
     junk = [torch.cat([labels, torch.randint(0, 6, (1, 3))], 1) for _ in range(2)]
     torch.testing.assert_close(planner_loss(a, junk[0], mask), planner_loss(b, junk[1], mask))
-    torch.testing.assert_close(planner_loss(a, junk[0], mask), planner_loss(planner(emb), labels, torch.ones(1, 4, dtype=torch.bool)))
+    torch.testing.assert_close(planner_loss(a, junk[0], mask),
+                               planner_loss(planner(emb), labels,
+                                            torch.ones(1, 4, dtype=torch.bool)))
 
 
 def test_documents_longer_than_max_sentences():
-    """Sentences past max_sentences share its last position embedding, and the planner stays causal there."""
+    """Sentences past max_sentences share its last position embedding, and the planner stays
+    causal there."""
     planner = _planner(max_sentences=4)
     emb = torch.randn(2, 10, 8)
     changed = emb.clone()
@@ -49,7 +53,8 @@ def test_documents_longer_than_max_sentences():
 
 
 def test_tiny_planner_learns_a_deterministic_label_sequence():
-    codebook = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    codebook = torch.nn.functional.normalize(
+        torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     labels = torch.tensor([[2, 0, 5, 1, 4, 3, 2, 0, 5, 1]]).repeat(4, 1)
     emb = codebook[labels]
     mask = torch.ones_like(labels, dtype=torch.bool)

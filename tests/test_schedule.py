@@ -1,5 +1,5 @@
-"""Schedules that fit the corpus: what a schedule implies is printed, the best checkpoint is what counts,
-and the GPU defaults follow from the corpus by arithmetic."""
+"""Schedules that fit the corpus: what a schedule implies is printed, the best checkpoint is what
+counts, and the GPU defaults follow from the corpus by arithmetic."""
 import json
 
 import pytest
@@ -15,23 +15,27 @@ def test_each_stage_prints_tokens_per_step_and_passes(tiny_out, capsys):
     train.main(flags + ["--mode", "none", "--run", "schedule"])
     out = capsys.readouterr().out
     corpus_tokens = len(evaluation.load_run(root / "out" / "schedule")[2].splits["train"].tokens)
-    line = f"finetune: 128 tokens a step x 6 steps = 768 tokens, {768 / corpus_tokens:.2f} passes over the {corpus_tokens:,} training tokens"
+    line = (f"finetune: 128 tokens a step x 6 steps = 768 tokens, {768 / corpus_tokens:.2f} passes "
+            f"over the {corpus_tokens:,} training tokens")
     assert line in out
 
 
 def test_many_passes_warn_with_the_fix(tiny_out, capsys, monkeypatch, tmp_path):
     flags, _ = tiny_out
-    flags = flags[:flags.index("--out-dir")] + ["--out-dir", str(tmp_path)] + flags[flags.index("--out-dir") + 2:]
-    monkeypatch.setattr(runtime, "WARN_PASSES", 0.1)  # LM pretraining makes 0.12 passes, fine-tuning 0.04
+    flags = (flags[:flags.index("--out-dir")] + ["--out-dir", str(tmp_path)]
+             + flags[flags.index("--out-dir") + 2:])
+    # LM pretraining makes 0.12 passes, fine-tuning 0.04
+    monkeypatch.setattr(runtime, "WARN_PASSES", 0.1)
     train.main(flags + ["--mode", "none"])
     err = capsys.readouterr().err
-    assert "passes over the corpus: the LM will overfit long before the end" in err and "fewer --lm-iters" in err
+    assert ("passes over the corpus: the LM will overfit long before the end" in err
+            and "fewer --lm-iters" in err)
     assert "fewer --finetune-iters" not in err
 
 
 def test_the_best_checkpoint_by_val_loss_is_what_counts(tiny_out, monkeypatch, capsys):
-    """Validation losses 3, 1, 2 at steps 2, 4, 6: best.pt is step 4's, eval.py reads it, the log says so,
-    and the run ends holding step 4's weights (what the report and later stages use)."""
+    """Validation losses 3, 1, 2 at steps 2, 4, 6: best.pt is step 4's, eval.py reads it, the log
+    says so, and the run ends holding step 4's weights (what the report and later stages use)."""
     flags, root = tiny_out
     losses = iter([3.0, 1.0, 2.0, 2.0])  # the last: the report's own evaluation after training
     monkeypatch.setattr(train, "val_loss", lambda *a: {"val_loss": next(losses)})
@@ -45,7 +49,8 @@ def test_the_best_checkpoint_by_val_loss_is_what_counts(tiny_out, monkeypatch, c
     monkeypatch.setattr(train, "finetune", keep_net)
     train.main(flags + ["--mode", "oracle", "--run", "best"])
     out = capsys.readouterr().out
-    assert "finetune: the best val loss (1) was at step 4 of 6: going on with that checkpoint" in out
+    assert ("finetune: the best val loss (1) was at step 4 of 6: going on with that checkpoint"
+            in out)
     run = root / "out" / "best"
     best, last = (torch.load(run / f, weights_only=True) for f in ("best.pt", "ckpt.pt"))
     assert best["step"] == 4 and last["step"] == 6 and last["best_step"] == 4
@@ -66,9 +71,12 @@ def test_gpu_defaults_follow_from_the_corpus(tokens, docs, model, lm_iters):
     d = runtime.cuda_defaults(tokens, docs)
     assert {k: d[k] for k in runtime.CUDA_MODELS[model]} == runtime.CUDA_MODELS[model]
     per_step = d["batch_size"] * d["grad_accum"] * d["block_size"]
-    assert d["lm_iters"] == lm_iters and d["lm_iters"] * per_step <= runtime.MAX_PASSES * tokens * 1.001
-    assert d["finetune_iters"] == round(d["lm_iters"] / 3) and d["eval_interval"] == d["finetune_iters"] // 8
-    assert d["planner_iters"] * 64 <= min(runtime.CUDA_PLANNER_DOCS, runtime.PLANNER_PASSES * docs) * 1.001
+    assert (d["lm_iters"] == lm_iters
+            and d["lm_iters"] * per_step <= runtime.MAX_PASSES * tokens * 1.001)
+    assert (d["finetune_iters"] == round(d["lm_iters"] / 3)
+            and d["eval_interval"] == d["finetune_iters"] // 8)
+    assert d["planner_iters"] * 64 <= min(runtime.CUDA_PLANNER_DOCS,
+                                          runtime.PLANNER_PASSES * docs) * 1.001
     assert d["n_embd"] % d["n_head"] == 0
 
 

@@ -1,4 +1,5 @@
-"""Tests for train.py and eval.py on the synthetic corpus: the method end to end, and the loop's guarantees."""
+"""Tests for train.py and eval.py on the synthetic corpus: the method end to end, and the loop's
+guarantees."""
 import json
 import math
 import os
@@ -21,16 +22,18 @@ from mix import Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
 
-TINY = ["--dataset", "synthetic", "--synthetic-docs", "600", "--n-labels", "16", "--embed-dim", "32",
-        "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "64", "--batch-size", "8",
-        "--lm-iters", "150", "--planner-iters", "150", "--finetune-iters", "80", "--eval-interval", "40",
+TINY = ["--dataset", "synthetic", "--synthetic-docs", "600", "--n-labels", "16",
+        "--embed-dim", "32", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
+        "--block-size", "64", "--batch-size", "8", "--lm-iters", "150", "--planner-iters", "150",
+        "--finetune-iters", "80", "--eval-interval", "40",
         "--eval-iters", "4", "--lr", "3e-3", "--planner-lr", "3e-3", "--finetune-lr", "3e-3",
         "--warmup-iters", "10", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    """Runs none, oracle and soft (joint) once; the pretrained stages they share are reused by later tests.
+    """Runs none, oracle and soft (joint) once; the pretrained stages they share are reused by later
+    tests.
 
     The oracle run fine-tunes longer, until its LM writes the sentence type it is told to."""
     root = tmp_path_factory.mktemp("runs")
@@ -48,7 +51,8 @@ def test_plans_lower_perplexity_end_to_end(dirs):
     """The synthetic corpus makes the next sentence's type predictable from earlier sentences only:
     the oracle plan and the jointly trained soft planner must both beat no plan."""
     _, root = dirs
-    ppl = {name: evaluation.evaluate(root / "out" / name)["perplexity"] for name in ("none", "oracle", "soft-joint")}
+    ppl = {name: evaluation.evaluate(root / "out" / name)["perplexity"]
+           for name in ("none", "oracle", "soft-joint")}
     assert ppl["oracle"] < 0.35 * ppl["none"]  # measured: 0.21
     assert ppl["soft-joint"] < 0.9 * ppl["none"]  # measured: 0.78
 
@@ -57,11 +61,14 @@ def test_logs_are_written_and_parsed(dirs):
     _, root = dirs
     log = evaluation.read_log(root / "out" / "soft-joint")
     assert [r["step"] for r in log] == [40, 80]
-    for r in log:  # the schedule's lr at the step logged (peak 3e-3, warmup 10 of 80), and values that can be
+    # the schedule's lr at the step logged (peak 3e-3, warmup 10 of 80), and values that can be
+    for r in log:
         assert r["lr"] == pytest.approx(train.lr_at(r["step"] - 1, 80, 3e-3, 10))
-        assert 0 < r["train_loss"] < 10 and 0 < r["val_loss"] < 10 and r["per_s"] > 0 and 0 <= r["planner_top1"] <= 1
+        assert (0 < r["train_loss"] < 10 and 0 < r["val_loss"] < 10 and r["per_s"] > 0
+                and 0 <= r["planner_top1"] <= 1)
     assert log[-1]["best_step"] == min(log, key=lambda r: r["val_loss"])["step"]
-    assert log[-1]["val_loss"] < evaluation.read_log(next((root / "out" / "pretrain").glob("lm-*")))[0]["val_loss"]
+    assert log[-1]["val_loss"] < evaluation.read_log(
+        next((root / "out" / "pretrain").glob("lm-*")))[0]["val_loss"]
     assert evaluation.read_log(root / "out" / "oracle" / "ckpt.pt")[-1]["step"] == 300
     with pytest.raises(evaluation.EvalError, match="no training log at"):
         evaluation.read_log(root)
@@ -98,10 +105,12 @@ def test_eval_perplexity_is_exp_of_mean_nll_recomputed(dirs):
         start = min(start, n - block)
         idx, tgt = tokens[start:start + block], tokens[start + 1:start + block + 1]
         sent = torch.as_tensor(sp.tok_sent[start + 1:start + block + 1].astype(np.int64))
-        plan = torch.where((sent >= 0)[:, None], codebook[torch.as_tensor(sp.labels)[sent.clamp_min(0)]], 0.0)
+        plan = torch.where((sent >= 0)[:, None],
+                           codebook[torch.as_tensor(sp.labels)[sent.clamp_min(0)]], 0.0)
         with torch.no_grad():
             logits = net.lm(idx[None], plan=plan[None])[0][0].double()
-        nll = -torch.log_softmax(logits, -1)[torch.arange(block), net.lm.rows(tgt)]  # synthetic: a closed vocabulary
+        # synthetic: a closed vocabulary
+        nll = -torch.log_softmax(logits, -1)[torch.arange(block), net.lm.rows(tgt)]
         first_new = scored - start  # targets start+1 .. scored were scored already
         total += nll[first_new:].sum().item()
         scored = start + block
@@ -109,20 +118,24 @@ def test_eval_perplexity_is_exp_of_mean_nll_recomputed(dirs):
     result = evaluation.evaluate(root / "out" / "oracle")
     assert result["tokens"] == n
     assert math.isclose(result["nll"], total / n, rel_tol=1e-5)
-    assert math.isclose(math.log(result["perplexity"]), total / n, rel_tol=1e-5)  # float32 vs float64 sums
+    # float32 vs float64 sums
+    assert math.isclose(math.log(result["perplexity"]), total / n, rel_tol=1e-5)
 
 
 def test_eval_json_and_table(dirs, capsys):
     common, root = dirs
-    evaluation.main([str(root / "out" / "none"), str(root / "out" / "soft-joint"), "--json", "--split", "test"])
+    evaluation.main([str(root / "out" / "none"), str(root / "out" / "soft-joint"), "--json",
+                     "--split", "test"])
     out = json.loads(capsys.readouterr().out)
     assert [r["mode"] for r in out] == ["none", "soft"] and out[0]["planner_top1"] is None
     for r in out:
-        assert {"mode", "planner", "split", "tokens", "nll", "perplexity", "planner_top1", "planner_top5"} <= set(r)
+        assert {"mode", "planner", "split", "tokens", "nll", "perplexity", "planner_top1",
+                "planner_top5"} <= set(r)
         assert r["split"] == "test" and math.isclose(r["perplexity"], math.exp(r["nll"]))
     evaluation.main([str(root / "out" / "none"), str(root / "out" / "soft-joint")])
     table = capsys.readouterr().out
-    assert "| none | none |  |" in table and "| soft-joint | soft | joint |" in table and "+0.0%" in table
+    assert ("| none | none |  |" in table and "| soft-joint | soft | joint |" in table
+            and "+0.0%" in table)
 
 
 def test_eval_refuses_a_checkpoint_of_other_labels(dirs, tmp_path):
@@ -130,7 +143,8 @@ def test_eval_refuses_a_checkpoint_of_other_labels(dirs, tmp_path):
     ck = torch.load(root / "out" / "none" / "ckpt.pt", weights_only=True)
     ck["identity"]["labels"] = "0123456789abcdef"
     torch.save(ck, tmp_path / "ckpt.pt")
-    with pytest.raises(SystemExit, match="error: .* was trained with other labels than --dataset synthetic gives now"):
+    with pytest.raises(SystemExit, match="error: .* was trained with other labels than "
+                                         "--dataset synthetic gives now"):
         evaluation.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="error: no checkpoint at"):
         evaluation.main([str(tmp_path / "nothing")])
@@ -138,8 +152,10 @@ def test_eval_refuses_a_checkpoint_of_other_labels(dirs, tmp_path):
 
 def _tiny_system(mode, frozen):
     torch.manual_seed(0)
-    lm = GPT(GPTConfig(vocab_size=data.VOCAB_SIZE, block_size=32, n_layer=1, n_head=2, n_embd=16, plan_dim=8))
-    for b in lm.blocks:  # as after a few fine-tuning steps: the zero-initialised adapters have moved
+    lm = GPT(GPTConfig(vocab_size=data.VOCAB_SIZE, block_size=32, n_layer=1, n_head=2, n_embd=16,
+                       plan_dim=8))
+    # as after a few fine-tuning steps: the zero-initialised adapters have moved
+    for b in lm.blocks:
         torch.nn.init.normal_(b.adapter.weight, std=0.1)
     planner = Planner(PlannerConfig(n_labels=4, embed_dim=8, n_layer=1, n_head=2, n_embd=16))
     return mix.PlannedLM(lm, planner, Plans(mode, torch.randn(4, 8)), planner_frozen=frozen)
@@ -152,21 +168,25 @@ def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reach
     corpus = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
     sd = data.SplitData(corpus.splits["train"], "cpu")
     net = _tiny_system(mode, frozen)
-    loss, _ = net(**sd.lm_batch(torch.tensor([0, 40]), 32), generator=torch.Generator().manual_seed(0))
+    loss, _ = net(**sd.lm_batch(torch.tensor([0, 40]), 32),
+                  generator=torch.Generator().manual_seed(0))
     loss.backward()
     grads = [p.grad for p in net.planner.parameters()]
     if reaches:
         assert sum(g.abs().sum() for g in grads if g is not None) > 0
     else:
-        assert all(g is None for g in grads) and not any(p.requires_grad for p in net.planner.parameters())
+        assert (all(g is None for g in grads)
+                and not any(p.requires_grad for p in net.planner.parameters()))
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--mode", "hard", "--planner", "joint"], "--mode hard sends no gradient to the planner"),
-    (["--mode", "oracle", "--planner", "frozen"], "--mode oracle uses no planner: drop --planner frozen"),
+    (["--mode", "oracle", "--planner", "frozen"],
+     "--mode oracle uses no planner: drop --planner frozen"),
     (["--mode", "argmax"], "unknown --mode 'argmax': choose one of none, fixed"),
     (["--temperature", "0"], "--temperature must be a positive number"),
-    (["--mode", "soft", "--planner", "frozen", "--planner-loss-weight", "0.5"], "only applies to a joint planner"),
+    (["--mode", "soft", "--planner", "frozen", "--planner-loss-weight", "0.5"],
+     "only applies to a joint planner"),
 ])
 def test_bad_flag_combinations(flags, message):
     with pytest.raises(SystemExit, match=message):
@@ -180,19 +200,22 @@ def test_resume_without_a_checkpoint(dirs, tmp_path):
 
 
 def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
-    small = TINY + ["--lm-iters", "4", "--planner-iters", "2", "--finetune-iters", "4", "--eval-interval", "2",
-                    "--mode", "soft", "--dtype", "float32", "--data-dir", str(tmp_path / "data")]
+    small = TINY + ["--lm-iters", "4", "--planner-iters", "2", "--finetune-iters", "4",
+                    "--eval-interval", "2", "--mode", "soft", "--dtype", "float32",
+                    "--data-dir", str(tmp_path / "data")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = [sys.executable, "train.py", *small, "--batch-size", "4", "--out-dir", str(tmp_path / "one")]
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-           *small, "--batch-size", "2", "--out-dir", str(tmp_path / "two")]
+    one = [sys.executable, "train.py", *small, "--batch-size", "4",
+           "--out-dir", str(tmp_path / "one")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", *small, "--batch-size", "2", "--out-dir", str(tmp_path / "two")]
     for cmd in (one, two):
         subprocess.run(cmd, check=True, cwd=data.ROOT, env=env, capture_output=True, timeout=300)
     logs = {}
     for name in ("one", "two"):
         lm_log = next((tmp_path / name / "pretrain").glob("lm-*/log.jsonl"))
         ft_log = tmp_path / name / "soft-joint" / "log.jsonl"
-        logs[name] = [json.loads(line) for f in (lm_log, ft_log) for line in f.read_text().splitlines()]
+        logs[name] = [json.loads(line) for f in (lm_log, ft_log)
+                      for line in f.read_text().splitlines()]
     assert len(logs["one"]) == len(logs["two"]) == 4
     for a, b in zip(logs["one"], logs["two"]):
         assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
@@ -215,7 +238,8 @@ def test_sampling_is_deterministic_and_follows_forced_labels(dirs, monkeypatch):
     rows = evaluation.sample(net, corpus, 2, force=[5, 9], max_tokens=3)
     assert [planned for planned, _, _ in rows] == [5, 9]
     codebook = net.plans.codebook
-    assert all(torch.equal(v, codebook[5]) for v in seen[:3]) and all(torch.equal(v, codebook[9]) for v in seen[3:])
+    assert (all(torch.equal(v, codebook[5]) for v in seen[:3])
+            and all(torch.equal(v, codebook[9]) for v in seen[3:]))
 
 
 def test_forced_labels_are_realised_on_synthetic(dirs):
@@ -238,27 +262,33 @@ def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
 
 
 def test_browse_guesses_match_planner_accuracy(dirs, capsys):
-    """Per-document top-1 guesses over the whole val split give the planner's batched top-1 accuracy:
-    row s of a document is planned from sentences < s and is set against the label of sentence s."""
+    """Per-document top-1 guesses over the whole val split give the planner's batched top-1
+    accuracy: row s of a document is planned from sentences < s and is set against the label of
+    sentence s."""
     _, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "soft-joint")
     sp = corpus.splits["val"]
     hits = total = 0
     for doc in range(len(sp.doc_sent) - 1):
         rows = evaluation.browse(net, corpus, "val", doc)
-        assert [true for _, true, _ in rows] == sp.labels[sp.doc_sent[doc]:sp.doc_sent[doc + 1]].tolist()
+        assert ([true for _, true, _ in rows]
+                == sp.labels[sp.doc_sent[doc]:sp.doc_sent[doc + 1]].tolist())
         for _, true, guesses in rows:
             probs = [p for _, p in guesses]
-            assert len(guesses) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+            assert (len(guesses) == 5 and probs == sorted(probs, reverse=True)
+                    and sum(probs) <= 1 + 1e-6)
             hits += guesses[0][0] == true
             total += 1
     top1 = planner.planner_metrics(net.planner, data.SplitData(sp, "cpu"))["planner_top1"]
     assert math.isclose(hits / total, top1, abs_tol=1e-6)
     evaluation.main([str(root / "out" / "soft-joint"), "--browse", "1"])
     out = capsys.readouterr().out
-    assert out.startswith("val document 1:") and out.count(" like: ") == 5 * len(evaluation.browse(net, corpus, "val", 1))
-    for run_dir, flags, message in [("none", ["--browse", "0"], "mode none has no planner to browse"),
-                                    ("soft-joint", ["--browse", "999"], "the val split has documents 0..")]:
+    assert (out.startswith("val document 1:")
+            and out.count(" like: ") == 5 * len(evaluation.browse(net, corpus, "val", 1)))
+    for run_dir, flags, message in [("none", ["--browse", "0"],
+                                     "mode none has no planner to browse"),
+                                    ("soft-joint", ["--browse", "999"],
+                                     "the val split has documents 0..")]:
         with pytest.raises(SystemExit, match=message):
             evaluation.main([str(root / "out" / run_dir), *flags])
 
@@ -272,11 +302,15 @@ def test_figures_of_a_comparison(dirs, tmp_path, monkeypatch):
     (tmp_path / "cmp" / "results.json").write_text(json.dumps(results))
     written = figures.figures(tmp_path / "cmp", tmp_path / "figs")
     assert [p.name for p in written] == ["cmp-val-loss.png", "cmp-perplexity.png"]
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in written)
-    with pytest.raises(SystemExit, match="error: no results.json in .*: give a folder made by compare.py"):
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+               for p in written)
+    with pytest.raises(SystemExit,
+                       match="error: no results.json in .*: give a folder made by compare.py"):
         figures.main([str(root / "out"), str(tmp_path / "figs")])
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
-    with pytest.raises(SystemExit, match="error: figures need matplotlib, an optional dependency: pip install matplotlib"):
+    # as if it were not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match="error: figures need matplotlib, an optional dependency: "
+                                         "pip install matplotlib"):
         figures.main([str(tmp_path / "cmp"), str(tmp_path / "figs")])
 
 
@@ -284,15 +318,21 @@ def test_sampling_errors(dirs):
     _, root = dirs
     for run_dir, flags, message in [("oracle", [], "mode oracle needs the true label"),
                                     ("none", ["--force-labels", "1"], "mode none takes no label"),
-                                    ("soft-joint", ["--force-labels", "99"], "there is no label 99"),
-                                    ("soft-joint", ["--force-labels", "a,b"], "comma-separated label numbers")]:
+                                    ("soft-joint", ["--force-labels", "99"],
+                                     "there is no label 99"),
+                                    ("soft-joint", ["--force-labels", "a,b"],
+                                     "comma-separated label numbers"),
+                                    ("soft-joint", ["--prompt", "The river rises in the north."],
+                                     "--prompt: this run's LM knows only the words of its corpus, "
+                                     "not 'river', 'in'")]:
         with pytest.raises(SystemExit, match=message):
             evaluation.main([str(root / "out" / run_dir), "--sample", "1", *flags])
 
 
 def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
     """Plans given back unchanged through the substitution path reproduce the run's own figure; the
-    oracle run, which leans on its plans, gets worse with another sentence's plan or the mean plan."""
+    oracle run, which leans on its plans, gets worse with another sentence's plan or the mean
+    plan."""
     _, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "oracle")
     sd = data.SplitData(corpus.splits["val"], "cpu")
@@ -300,20 +340,24 @@ def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
     same = evaluation.perplexity(net, sd, net.lm.config.block_size,
                                  plan_table=evaluation.substituted_plans(net, sd, "as-planned"))[1]
     assert math.isclose(own, same, rel_tol=1e-6)
-    ppl = {how: evaluation.evaluate(root / "out" / "oracle", plans=how)["perplexity"] for how in evaluation.PLANS}
-    assert ppl["shuffled"] > 3 * ppl["as-planned"] and ppl["mean"] > 1.8 * ppl["as-planned"]  # measured: 6.8, 3.2
+    ppl = {how: evaluation.evaluate(root / "out" / "oracle", plans=how)["perplexity"]
+           for how in evaluation.PLANS}
+    # measured: 6.8, 3.2
+    assert ppl["shuffled"] > 3 * ppl["as-planned"] and ppl["mean"] > 1.8 * ppl["as-planned"]
     with pytest.raises(SystemExit, match="mode none has no plans to substitute"):
         evaluation.main([str(root / "out" / "none"), "--plans", "mean"])
 
 
 def test_scoring_in_shorter_windows_shows_the_lm_less(dirs, capsys):
-    """The run's own window reproduces its figure; a shorter one scores every target once, with less of
-    its document in sight: another figure. (Not necessarily a worse one: this LM, trained briefly, scores
-    better in 8-token windows than in its own 64, as the wiki LMs do at 32 tokens against 128.)"""
+    """The run's own window reproduces its figure; a shorter one scores every target once, with less
+    of its document in sight: another figure. (Not necessarily a worse one: this LM, trained
+    briefly, scores better in 8-token windows than in its own 64, as the wiki LMs do at 32 tokens
+    against 128.)"""
     _, root = dirs
     own, same, short = (evaluation.evaluate(root / "out" / "none", window=w) for w in (None, 64, 8))
     assert same["perplexity"] == own["perplexity"] and (own["window"], short["window"]) == (64, 8)
-    assert short["tokens"] == own["tokens"] and abs(short["perplexity"] / own["perplexity"] - 1) > 0.01
+    assert (short["tokens"] == own["tokens"]
+            and abs(short["perplexity"] / own["perplexity"] - 1) > 0.01)
     with pytest.raises(SystemExit, match="trained on windows of 64 tokens .*give at most 64"):
         evaluation.main([str(root / "out" / "none"), "--window", "65"])
     evaluation.main([str(root / "out" / "none"), "--window", "8"])
@@ -321,12 +365,15 @@ def test_scoring_in_shorter_windows_shows_the_lm_less(dirs, capsys):
 
 
 def test_label_baselines_count_what_they_say():
-    split = lambda labels, doc_sent: type("S", (), {"labels": np.array(labels), "doc_sent": np.array(doc_sent)})()
+    split = lambda labels, doc_sent: type("S", (), {"labels": np.array(labels),
+                                                    "doc_sent": np.array(doc_sent)})()
     corpus = type("C", (), {"codebook": np.zeros((3, 2)), "splits": {
-        "train": split([0, 1, 0, 1, 0, 2, 0, 1], [0, 5, 8]),  # after 0 comes 1 (3 of 4 times), after 1 comes 0
+        # after 0 comes 1 (3 of 4 times), after 1 comes 0
+        "train": split([0, 1, 0, 1, 0, 2, 0, 1], [0, 5, 8]),
         "val": split([0, 1, 0, 2, 2], [0, 3, 5])}})()
     out = evaluation.label_baselines(corpus, "val")
     assert out["majority_top1"] == 2 / 5  # label 0 everywhere
-    # bigram: both training documents open with 0 (val: hit for the first document, miss for the second);
-    # after 0 comes 1 (hit), after 1 comes 0 (hit), after 2 comes 0 (seen once in train: miss)
+    # bigram: both training documents open with 0 (val: hit for the first document, miss for the
+    # second); after 0 comes 1 (hit), after 1 comes 0 (hit), after 2 comes 0
+    # (seen once in train: miss)
     assert out["bigram_top1"] == 3 / 5 and out["bigram_top5"] == 1.0 and out["majority_top5"] == 1.0

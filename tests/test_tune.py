@@ -1,4 +1,5 @@
-"""Tests for tune.py: the one-decision-at-a-time search, on a tiny synthetic setting, then a rerun that redoes nothing."""
+"""Tests for tune.py: the one-decision-at-a-time search, on a tiny synthetic setting, then a rerun
+that redoes nothing."""
 import json
 
 import pytest
@@ -16,7 +17,8 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
     monkeypatch.setattr(tune, "LM_SHARES", (0.5, 0.625))
     monkeypatch.setattr(tune, "CONFIRM_SEEDS", (1,))
     pairs = [FAST[i:i + 2] for i in range(0, len(FAST), 2)]
-    flags = [f for pair in pairs if pair[0] not in ("--seeds", "--sample-docs") for f in pair]  # tokens a step: 4 x 32
+    # tokens a step: 4 x 32
+    flags = [f for pair in pairs if pair[0] not in ("--seeds", "--sample-docs") for f in pair]
     argv = flags + ["--out-dir", str(tmp_path / "tune"), "--data-dir", str(tmp_path / "data")]
     real_run, calls = tune.run, []
 
@@ -28,25 +30,30 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
     monkeypatch.setattr(tune, "run", stopped_after_two)
     with pytest.raises(KeyboardInterrupt):
         tune.main(argv)
-    partial = (tmp_path / "tune" / "results.md").read_text()  # what a stopped search leaves: its table so far
+    # what a stopped search leaves: its table so far
+    partial = (tmp_path / "tune" / "results.md").read_text()
     assert partial.count("| 1. window |") == 2 and "best on seed 0" not in partial
     monkeypatch.setattr(tune, "run", real_run)
     real_train, trained = train.main, []
     monkeypatch.setattr(train, "main", lambda argv: trained.append(argv) or real_train(argv))
-    tune.main(argv)  # continues where it stopped: 7 runs in all, the 2 finished ones not trained again
+    # continues where it stopped: 7 runs in all, the 2 finished ones not trained again
+    tune.main(argv)
     assert len(trained) == 5
     md = (tmp_path / "tune" / "results.md").read_text()
     runs = sorted((tmp_path / "tune").glob("*/seed*/soft-joint"))
     # window 16 and 32 (lr 2e-3, 10 of 16 steps pretraining); lr 1e-3 and 3e-3 at the better window;
     # 8 and 10 pretraining steps at the better of those; the best two again on seed 1
-    assert len({r.parent.parent.name for r in runs}) == 5 and sum(r.parent.name == "seed1" for r in runs) == 2
+    assert (len({r.parent.parent.name for r in runs}) == 5
+            and sum(r.parent.name == "seed1" for r in runs) == 2)
     ppl = {}
     for run in runs:
         ck = runtime.load_checkpoint(run / "ckpt.pt")["config"]
-        assert ck["batch_size"] * ck["block_size"] == 128 and ck["lm_iters"] + ck["finetune_iters"] == 16
+        assert (ck["batch_size"] * ck["block_size"] == 128
+                and ck["lm_iters"] + ck["finetune_iters"] == 16)
         assert ck["finetune_lr"] == ck["lr"] / 2 and ck["mode"] == "soft"
         if run.parent.name == "seed0":
-            ppl[run.parent.parent.name] = json.loads((run / "eval-val.json").read_text())["perplexity"]
+            ppl[run.parent.parent.name] = json.loads(
+                (run / "eval-val.json").read_text())["perplexity"]
     assert md.count("| confirm |") == 2 and md.count("| 1. window |") == 2
     assert f"- best on seed 0: {min(ppl, key=ppl.get)};" in md
 

@@ -20,11 +20,13 @@ RECORDED = Path(__file__).with_name("recorded_run.json")
 
 
 def measure(root):
-    flags = TINY + ["--dtype", "float32", "--out-dir", str(root / "out"), "--data-dir", str(root / "data")]
+    flags = TINY + ["--dtype", "float32", "--out-dir", str(root / "out"),
+                    "--data-dir", str(root / "data")]
     for mode in ("soft", "gumbel", "oracle"):
         train.main(flags + ["--mode", mode])
     out = root / "out"
-    got = {"lm": [(r["train_loss"], r["val_loss"]) for r in evaluation.read_log(next(out.glob("pretrain/lm-*")))],
+    got = {"lm": [(r["train_loss"], r["val_loss"])
+                  for r in evaluation.read_log(next(out.glob("pretrain/lm-*")))],
            "planner": [(r["train_loss"], r["planner_val_loss"])
                        for r in evaluation.read_log(next(out.glob("pretrain/planner-*")))]}
     for run in ("soft-joint", "gumbel-joint", "oracle"):
@@ -39,4 +41,5 @@ def test_the_small_setting_gives_the_recorded_numbers(tmp_path):
     assert got.keys() == recorded.keys()
     flat = lambda v: [x for row in v for x in row] if isinstance(v, list) else [v]
     for key, want in recorded.items():
-        assert len(flat(got[key])) == len(flat(want)) and flat(got[key]) == pytest.approx(flat(want), rel=1e-4), key
+        assert (len(flat(got[key])) == len(flat(want))
+                and flat(got[key]) == pytest.approx(flat(want), rel=1e-4)), key
