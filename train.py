@@ -370,6 +370,9 @@ def main(argv=None):
         if resume_from.exists() and not (args.resume or args.overwrite):
             raise TrainError(runtime.run_exists(resume_from))
         with runtime.folder_lock(resume_from.parent, runtime.launched_as_master()):
+            if args.overwrite and not args.resume and runtime.launched_as_master():
+                for name in ("ckpt.pt", "best.pt", "log.jsonl"):  # nothing of the old run mixes in
+                    (resume_from.parent / name).unlink(missing_ok=True)
             run_stages(args, resume_from)
     except (TrainError, data.DataError) as e:
         sys.exit(f"error: {e}")
