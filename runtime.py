@@ -373,7 +373,7 @@ def refuse_other_data(ck, args, corpus, ckpt_path):
     if other := [k for k, v in ck["identity"].items() if have.get(k) != v]:
         raise TrainError(f"--resume: {ckpt_path} was trained on other data than --dataset "
                          f"{args.dataset} gives now (its {' and '.join(other)} differ): restore "
-                         f"that data, or delete {ckpt_path.parent} to start the run over")
+                         f"that data, or start the run over with --overwrite instead of --resume")
 
 
 def run_exists(ckpt_path):
@@ -565,9 +565,12 @@ class Run:
             try:
                 yield
             except KeyboardInterrupt:  # the second Ctrl-C, mid-step: nothing of that step is kept
+                go_on = (f"; continue with the same command"
+                         f"{' and --resume' if self.stage == 'finetune' else ''}"
+                         if self.saved is not None else "")
                 raise TrainError(f"interrupted twice during step {self.done + 1} of {self.stage}: "
                                  f"that step was not saved. "
-                                 f"{kept(self.saved, self.ckpt)}") from None
+                                 f"{kept(self.saved, self.ckpt)}{go_on}") from None
             finally:
                 self.bar.close()
 

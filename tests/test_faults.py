@@ -363,6 +363,7 @@ def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, 
     message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "twice"]))
     assert ("interrupted twice during step 5 of finetune: that step was not saved. "
             "The last good checkpoint (step 4)") in message
+    assert message.endswith("; continue with the same command and --resume")
     assert torch.load(root / "out" / "twice" / "ckpt.pt", weights_only=True)["step"] == 4
 
 
