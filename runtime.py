@@ -501,7 +501,7 @@ class Run:
 
         first = run.begin(net, opt, resume)     # continue from the checkpoint, or start the log
                                                 # afresh
-        with run.stopping():                    # Ctrl-C: finish the step under way, then stop
+        with run.stopping():                    # Ctrl-C, SIGTERM, SIGHUP: finish the step, stop
             for step in run.steps():            # a progress bar; ends early once a stop is agreed
                 ...one optimisation step...
                 run.check_loss(total, step)     # the NaN guard, before the update is applied
