@@ -37,7 +37,8 @@ from data import SplitData
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig, planner_metrics, sentence_logits
-from runtime import TrainError, check_ranges, file_error, load_checkpoint, resolve_device
+from runtime import (TrainError, check_ranges, file_error, first_line, load_checkpoint,
+                     resolve_device)
 
 
 class EvalError(Exception):
@@ -63,24 +64,35 @@ def load_run(run, device="cpu"):
     if ck.get("stage") != "finetune":
         raise EvalError(f"{path} is a pretraining checkpoint ({ck.get('stage')}): evaluate a "
                         "fine-tuned run")
-    c = ck["config"]
-    corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
-                       c["synthetic_types"], c["data_dir"], quiet=True,
-                       synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
+    try:
+        c = ck["config"]
+        source = (c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
+                  c["synthetic_types"], c["data_dir"])
+    except (KeyError, TypeError) as e:
+        raise malformed(path, e) from None
+    corpus = data.load(*source, quiet=True, synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
     for what, want in ck["identity"].items():
         if corpus.identity()[what] != want:
             raise EvalError(f"{path} was trained with other {what} than --dataset {c['dataset']} "
                             f"gives now ({want} vs {corpus.identity()[what]}): restore that data "
                             "or retrain")
-    lm = GPT(GPTConfig(**ck["model_args"]))
-    lm.load_state_dict(ck["model"])
-    planner = None
-    if "planner" in ck:
-        planner = Planner(PlannerConfig(**ck["planner_args"]))
-        planner.load_state_dict(ck["planner"])
-    plans = Plans(ck["mode"], corpus.codebook, c["temperature"])
-    plans.load_state_dict(ck["plans"])
+    try:
+        lm = GPT(GPTConfig(**ck["model_args"]))
+        lm.load_state_dict(ck["model"])
+        planner = None
+        if "planner" in ck:
+            planner = Planner(PlannerConfig(**ck["planner_args"]))
+            planner.load_state_dict(ck["planner"])
+        plans = Plans(ck["mode"], corpus.codebook, c["temperature"])
+        plans.load_state_dict(ck["plans"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise malformed(path, e) from None
     return PlannedLM(lm, planner, plans).to(device).eval(), ck, corpus
+
+
+def malformed(path, e):
+    return EvalError(f"{path} does not hold a run this code can read ({type(e).__name__}: "
+                     f"{first_line(e)[:80]}): give a run folder made by train.py")
 
 
 def windows(n_targets, block_size):

@@ -331,7 +331,7 @@ def load_checkpoint(path, device="cpu"):
         raise TrainError(f"{path} is damaged or not a checkpoint (cut short while copying?): "
                          "delete it and train again, or copy it again")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ck = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         raise TrainError(f"{path} holds more than tensors and plain values, so it was refused "
                          f"without running it ({first_line(e)[:80]}...): use a checkpoint "
@@ -339,6 +339,15 @@ def load_checkpoint(path, device="cpu"):
     except (RuntimeError, EOFError, OSError) as e:
         raise TrainError(f"{path} is damaged ({first_line(e)[:100]}): "
                          f"delete it and train again") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise TrainError(f"{path} is not a checkpoint written by train.py (it has no "
+                         f"{', '.join(missing)}): give a run folder made by train.py")
+    return ck
+
+
+# What every checkpoint holds (checkpoint()); a fine-tuned run's also the model, plans and mode.
+CHECKPOINT_KEYS = ("stage", "step", "done", "config", "identity", "optimizer")
 
 
 def load_state(net, ck):
@@ -524,8 +533,13 @@ class Run:
             if self.stage == "finetune":
                 refuse_other_settings(ck["config"], args, self.ckpt)
                 refuse_other_data(ck, args, self.corpus, self.ckpt)
-            load_state(net, ck)
-            opt.load_state_dict(ck["optimizer"])
+            try:
+                load_state(net, ck)
+                opt.load_state_dict(ck["optimizer"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise TrainError(f"--resume: {self.ckpt} does not fit this run's model "
+                                 f"({type(e).__name__}: {first_line(e)[:80]}): delete it to start "
+                                 "the run over") from None
             step = self.saved = ck["step"]
             self.best = ck.get("best_loss", math.inf), ck.get("best_step")
         elif self.ctx.master:

@@ -239,6 +239,45 @@ def test_resuming_on_other_data_is_refused_before_any_pretraining(tiny_out, tmp_
     assert not (tmp_path / "pretrain").exists()
 
 
+def _broken(ck, how):
+    """A valid zip that is no checkpoint this code can read."""
+    if how == "a list":
+        return [ck]
+    if how == "no config":
+        del ck["config"]
+    elif how == "no model_args":
+        del ck["model_args"]
+    elif how == "an unknown mode":
+        ck["mode"] = "argmax"
+    elif how == "a wrong shape":
+        ck["model"]["wte.weight"] = torch.zeros(3, 3)
+    elif how == "an extra weight":
+        ck["model"]["extra.weight"] = torch.zeros(1)
+    return ck
+
+
+@pytest.mark.parametrize("how, message", [
+    ("a list", "is not a checkpoint written by train.py (it has no stage, step, done, config"),
+    ("no config", "is not a checkpoint written by train.py (it has no config)"),
+    ("no model_args", "does not hold a run this code can read (KeyError: 'model_args')"),
+    ("an unknown mode", "does not hold a run this code can read (ValueError: unknown mode"),
+    ("a wrong shape", "does not hold a run this code can read (RuntimeError: Error(s) in loading"),
+    ("an extra weight",
+     "does not hold a run this code can read (RuntimeError: Error(s) in loading"),
+])
+def test_a_malformed_checkpoint_is_one_line(tiny_out, tmp_path, how, message):
+    flags, root = tiny_out
+    ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
+    (tmp_path / "soft-joint").mkdir()
+    torch.save(_broken(ck, how), tmp_path / "soft-joint" / "ckpt.pt")
+    assert message in one_line_error(lambda: evaluation.main([str(tmp_path / "soft-joint")]))
+    if how == "a wrong shape":  # and --resume, once the shared stages are trained
+        others = flags[:flags.index("--out-dir")] + flags[flags.index("--out-dir") + 2:]
+        resumed = one_line_error(lambda: train.main(
+            others + ["--out-dir", str(tmp_path), "--mode", "soft", "--resume"]))
+        assert "does not fit this run's model (RuntimeError" in resumed
+
+
 def test_a_truncated_checkpoint_is_one_line(tiny_out, tmp_path):
     flags, root = tiny_out
     raw = (root / "out" / "soft-joint" / "ckpt.pt").read_bytes()
