@@ -528,11 +528,9 @@ class Run:
         """-> the first step: the checkpoint's, if resuming from one, else 0 with an empty log."""
         step, args = 0, self.args
         if resume and self.ckpt.exists():
+            # a pretrained stage's folder is keyed by its settings; a run's flags and data were
+            # checked against its checkpoint before pretraining (check_resume)
             ck = load_checkpoint(self.ckpt, args.device)
-            # a pretrained stage's folder is keyed by its settings; a run's is only named
-            if self.stage == "finetune":
-                refuse_other_settings(ck["config"], args, self.ckpt)
-                refuse_other_data(ck, args, self.corpus, self.ckpt)
             try:
                 load_state(net, ck)
                 opt.load_state_dict(ck["optimizer"])

@@ -309,6 +309,22 @@ def sigint():
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def whole_run(argv, root):
+    """The run never stopped, that a stopped and resumed one must end at."""
+    if not (root / "out" / "whole" / "ckpt.pt").exists():
+        train.main(argv + ["--run", "whole"])
+
+
+def resume_ends_at_the_whole_run(argv, root, run):
+    """--resume the stopped run; -> both checkpoints, after asserting the same weights."""
+    train.main(argv + ["--run", run, "--resume"])
+    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True)
+                  for r in ("whole", run))
+    for part in ("model", "planner", "plans"):
+        assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
+    return whole, cut
+
+
 POINTS = ["batch", "forward", "clip", "optimizer", "validation", "save"]
 
 
@@ -319,8 +335,7 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out,
     step, and --resume then ends at exactly the weights of a run never interrupted."""
     flags, root = tiny_out
     argv = flags + ["--mode", "gumbel"]
-    if not (root / "out" / "whole" / "ckpt.pt").exists():
-        train.main(argv + ["--run", "whole"])
+    whole_run(argv, root)
     now, fired = {"step": None}, []
 
     def maybe_interrupt():
@@ -350,11 +365,7 @@ def test_ctrl_c_anywhere_in_a_step_resumes_to_the_uninterrupted_result(tiny_out,
             and "--resume" in message)
     assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 4
     monkeypatch.undo()
-    train.main(argv + ["--run", run, "--resume"])
-    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True)
-                  for r in ("whole", run))
-    for part in ("model", "planner", "plans"):
-        assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
+    whole, cut = resume_ends_at_the_whole_run(argv, root, run)
     assert whole["step"] == cut["step"] == 6
 
 
@@ -365,8 +376,7 @@ def test_what_schedulers_send_stops_like_ctrl_c(tiny_out, monkeypatch, capsys, n
     weights of a run never stopped."""
     flags, root = tiny_out
     argv = flags + ["--mode", "gumbel"]
-    if not (root / "out" / "whole" / "ckpt.pt").exists():
-        train.main(argv + ["--run", "whole"])
+    whole_run(argv, root)
     real, calls = mix.PlannedLM.forward, []
 
     def signalled(self, *a, **k):
@@ -381,11 +391,7 @@ def test_what_schedulers_send_stops_like_ctrl_c(tiny_out, monkeypatch, capsys, n
     assert f"{name}: stopping after this step" in capsys.readouterr().err
     assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 3
     monkeypatch.undo()
-    train.main(argv + ["--run", run, "--resume"])
-    whole, cut = (torch.load(root / "out" / r / "ckpt.pt", weights_only=True)
-                  for r in ("whole", run))
-    for part in ("model", "planner", "plans"):
-        assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
+    resume_ends_at_the_whole_run(argv, root, run)
 
 
 def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, monkeypatch):
