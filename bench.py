@@ -40,7 +40,7 @@ import torch
 
 import corpora
 import data
-from eval import read_log
+from runtime import read_log
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig

@@ -345,7 +345,7 @@ def cached(run_dir, name, compute, work="evaluations"):
     """compute(), kept as JSON in the run's folder until the run's checkpoint changes."""
     cache = run_dir / name
     if (cache.exists()
-            and cache.stat().st_mtime > evaluation.checkpoint_path(run_dir).stat().st_mtime):
+            and cache.stat().st_mtime > runtime.checkpoint_path(run_dir).stat().st_mtime):
         try:
             return json.loads(cache.read_text())
         except (ValueError, UnicodeDecodeError):  # cut short or damaged: computed again

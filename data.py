@@ -1,28 +1,21 @@
 """
 Stage 1 of the method: raw documents in; GPT-2 BPE token streams, sentences, sentence embeddings
-and one abstract plan label per sentence out.
+and one abstract plan label per sentence out; last, the batches cut from them.
 
 A sentence's *label* is the index of its nearest k-means centroid in a sentence-embedding space
 (TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD). The K x D
-centroid matrix is the *codebook* that the planner and the estimators in mix.py use.
-Everything is cached under data/cache, keyed by the corpus content and every parameter. Last, the
-batches: LM windows with what their plans are made from (the plan alignment is pictured in
-SplitData.lm_batch), and the planner's documents. Where documents come from (the synthetic
-testbed too) is corpora.py.
-
-    python data.py --dataset wiki               # build (or load) the cache, print a summary
-    python data.py --show-labels 5              # five training sentences of every label
-    python data.py --dataset synthetic --synthetic-docs 2000
-    python data.py --dataset path/to/corpus.txt # or a folder of .txt files
+centroid matrix is the *codebook* that the planner and the estimators in mix.py use. The batches:
+LM windows with what their plans are made from (the plan alignment is pictured in
+SplitData.lm_batch), and the planner's documents. Where documents come from (the synthetic testbed
+too) and the cache under data/cache are corpora.py; `python explore.py --dataset wiki --labels 5`
+builds a corpus and shows what its labels mean.
 """
 
-import argparse
 import base64
 import hashlib
 import itertools
 import json
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -395,45 +388,14 @@ def from_arrays(a):
 def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000,
          synthetic_types=16, data_dir=ROOT / "data", quiet=False, synthetic_ambiguity=0.0):
     """The corpus with its labels: from the cache if an identical one was built before, else built
-    now."""
-    t0 = time.time()
-    if n_labels < 1 or embed_dim < 1:
-        raise DataError("--n-labels and --embed-dim must be positive")
-    if not 0 <= synthetic_ambiguity <= 1:
-        raise DataError(f"--synthetic-ambiguity is a probability, from 0 to 1: got "
-                        f"{synthetic_ambiguity}")
-    files = corpora.source_files(dataset, data_dir)
-    docs = (corpora.read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
-                           synthetic_ambiguity) if files is None else None)
-    params = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed,
-                  val=VAL_FRAC, test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER,
-                  svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE, kmeans_sample=KMEANS_SAMPLE,
-                  content=corpora.fingerprint(files, docs))
-    path, key = corpora.cache_path(data_dir, dataset, params)
-    corpus = corpora.read_cache(path, from_arrays)
-    if corpus is not None:
-        corpus.meta["load_seconds"] = round(time.time() - t0, 2)
-        return corpus
-    if not quiet:
-        print(f"building {dataset} (K={n_labels}, D={embed_dim}, seed={seed}) -> {path}",
-              file=sys.stderr)
-    try:
-        if docs is None:
-            docs = corpora.read_documents(dataset, files, seed, synthetic_docs, synthetic_types,
-                                  synthetic_ambiguity)
-        corpus = build(docs, n_labels, embed_dim, seed)
-        corpus.meta.update(params, dataset=dataset, key=key, cache=str(path))
-        if dataset == "synthetic":
-            types = corpora.synthetic_corpus(synthetic_docs, synthetic_types, seed,
-                                             synthetic_ambiguity)[1]
-            ceiling = corpora.next_type_ceiling(types, synthetic_types, seed, synthetic_ambiguity)
-            corpus.meta.update(synthetic_ambiguity=synthetic_ambiguity,
-                               next_type_ceiling=ceiling[0])
-        corpora.write_cache(path, to_arrays(corpus))
-    except KeyboardInterrupt:
-        raise DataError(f"interrupted while building the data cache; nothing was written to "
-                        f"{path}: run the same command again to build it") from None
-    return corpus
+    now (corpora.cached keys the cache by the corpus's bytes and every setting)."""
+    settings = dict(version=CACHE_VERSION, n_labels=n_labels, embed_dim=embed_dim, seed=seed,
+                    val=VAL_FRAC, test=TEST_FRAC, kmeans_max_iter=KMEANS_MAX_ITER,
+                    svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE, kmeans_sample=KMEANS_SAMPLE)
+    synthetic = dict(n_docs=synthetic_docs, n_types=synthetic_types, seed=seed,
+                     ambiguity=synthetic_ambiguity)
+    return corpora.cached(dataset, data_dir, settings, synthetic, quiet=quiet, make=from_arrays,
+                          build=lambda docs: to_arrays(build(docs, n_labels, embed_dim, seed)))
 
 
 # ----------------------------------------------------------------------------- batches with plans
@@ -497,19 +459,6 @@ class SplitData:
         return dict(emb=emb, labels=labels, mask=mask)
 
 
-# --------------------------------------------------------------- the synthetic corpus's vocabulary
-
-def synthetic_vocab(seed=0, n_types=16):
-    """Every token the generator can write, sorted: each word as it stands mid-sentence, capitalised
-    after a full stop and capitalised opening a document, the full stop, <|endoftext|>. The LM of a
-    synthetic run predicts over these few hundred tokens instead of all 50,257 (see
-    model.GPTConfig.vocab)."""
-    own, shared, _ = corpora.synthetic_plan(np.random.default_rng(seed), n_types)
-    enc, words = tokenizer(), [str(w) for w in (*own.ravel(), *shared)]
-    pieces = [p for w in words for p in (" " + w, " " + w.capitalize(), w.capitalize())] + ["."]
-    return tuple(sorted({t for ids in enc.encode_ordinary_batch(pieces) for t in ids} | {EOT}))
-
-
 # ----------------------------------------------------------------------------- command line
 
 def add_data_args(parser):
@@ -534,68 +483,3 @@ def add_data_args(parser):
 def load_from_args(args):
     return load(args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
                 args.synthetic_types, args.data_dir, synthetic_ambiguity=args.synthetic_ambiguity)
-
-
-def summary(corpus):
-    m = corpus.meta
-    lines = [f"{m['dataset']}: K={m['n_labels']} labels, D={m['embed_dim']}, seed={m['seed']}, "
-             f"cache {m['cache']}"]
-    for k, sp in corpus.splits.items():
-        lines.append(f"  {k:5s}: {len(sp.doc_sent) - 1:7,d} documents {len(sp.sent_len):9,d} "
-                     f"sentences {len(sp.tokens):11,d} tokens")
-    p = (np.bincount(corpus.splits["train"].labels, minlength=len(corpus.codebook))
-         / len(corpus.splits["train"].labels))
-    entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
-    lines.append(f"  label entropy (train) {entropy:.2f} bits of at most {np.log2(len(p)):.2f}; "
-                 f"k-means converged in {m['kmeans_steps']} steps")
-    if "next_type_ceiling" in m:
-        lines.append(f"  synthetic ambiguity {m['synthetic_ambiguity']}: the best possible top-1 "
-                     f"accuracy on the next sentence's type is {m['next_type_ceiling']:.3f} "
-                     "(Bayes-optimal, from the types before it)")
-    how = (f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m
-           else f"built in {m['build_seconds']:.1f} s")
-    return "\n".join(lines + [f"  {how}"])
-
-
-def typical_sentences(corpus, label, n):
-    """The n training sentences of a label nearest to its centroid, as one-line texts."""
-    train = corpus.splits["train"]
-    members = np.flatnonzero(train.labels == label)
-    return [" ".join(corpus.sentence_text("train", s).split())
-            for s in members[np.argsort(-(train.emb[members] @ corpus.codebook[label]))[:n]]]
-
-
-def shorten(text, width=120):
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def show_labels(corpus, n):
-    """n typical training sentences of every label."""
-    labels = corpus.splits["train"].labels
-    for j in range(len(corpus.codebook)):
-        share = np.mean(labels == j)
-        print(f"label {j} ({np.sum(labels == j)} sentences, {share:.1%})")
-        for text in typical_sentences(corpus, j, n):
-            print(f"    {shorten(text)}")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    parser.add_argument("--seed", type=int, default=0,
-                        help="splits, embeddings, k-means (and the synthetic corpus)")
-    parser.add_argument("--show-labels", type=int, metavar="N", default=0,
-                        help="print N training sentences per label")
-    args = parser.parse_args(argv)
-    try:
-        corpus = load_from_args(args)
-    except DataError as e:
-        sys.exit(f"error: {e}")
-    if args.show_labels:
-        show_labels(corpus, args.show_labels)
-    print(summary(corpus))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it
                                                         # starts
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
-    python eval.py out/soft-joint --browse 4            # the planner's guesses for val document 4
     python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's
                                                         # (or: mean)
     python eval.py out/soft-joint --window 16           # scored in 16-token windows: less of each
@@ -25,58 +24,36 @@ scored targets only (fastloss.py). A run is judged by its best.pt (lowest valida
 import argparse
 import json
 import math
+import itertools
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import corpora
 import data
+import runtime
 from data import SplitData
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig, planner_metrics, sentence_logits
-from runtime import (TrainError, check_ranges, file_error, first_line, load_checkpoint,
-                     resolve_device)
 
 
 class EvalError(Exception):
     """A run that cannot be evaluated: shown as one line with the fix."""
 
 
-def checkpoint_path(run):
-    """What a run is judged by: its best.pt (lowest validation loss, written by train.py), else
-    ckpt.pt, or the file given."""
-    run = Path(run)
-    if not run.is_dir():
-        return run
-    return run / "best.pt" if (run / "best.pt").exists() else run / "ckpt.pt"
-
-
 def load_run(run, device="cpu"):
     """-> (the trained PlannedLM in eval mode, the checkpoint, the corpus it was trained on)."""
-    path = checkpoint_path(run)
-    if not path.exists():
-        raise EvalError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. "
-                        "out/soft-joint)")
-    ck = load_checkpoint(path, device)
-    if ck.get("stage") != "finetune":
-        raise EvalError(f"{path} is a pretraining checkpoint ({ck.get('stage')}): evaluate a "
-                        "fine-tuned run")
-    try:
+    path, ck = runtime.run_checkpoint(run, device)
+    with runtime.readable(path):
         c = ck["config"]
         source = (c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
                   c["synthetic_types"], c["data_dir"])
-    except (KeyError, TypeError) as e:
-        raise malformed(path, e) from None
     corpus = data.load(*source, quiet=True, synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
-    for what, want in ck["identity"].items():
-        if corpus.identity()[what] != want:
-            raise EvalError(f"{path} was trained with other {what} than --dataset {c['dataset']} "
-                            f"gives now ({want} vs {corpus.identity()[what]}): restore that data "
-                            "or retrain")
-    try:
+    runtime.refuse_other_data(ck, c["dataset"], corpus, path, "retrain")
+    with runtime.readable(path):
         lm = GPT(GPTConfig(**ck["model_args"]))
         lm.load_state_dict(ck["model"])
         planner = None
@@ -85,14 +62,7 @@ def load_run(run, device="cpu"):
             planner.load_state_dict(ck["planner"])
         plans = Plans(ck["mode"], corpus.codebook, c["temperature"])
         plans.load_state_dict(ck["plans"])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise malformed(path, e) from None
     return PlannedLM(lm, planner, plans).to(device).eval(), ck, corpus
-
-
-def malformed(path, e):
-    return EvalError(f"{path} does not hold a run this code can read ({type(e).__name__}: "
-                     f"{first_line(e)[:80]}): give a run folder made by train.py")
 
 
 def windows(n_targets, block_size):
@@ -162,7 +132,7 @@ def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
     """-> the run's perplexity on the split and its planner's accuracy, as a dict. window: score
     with windows of this many tokens instead of the run's own block size: the same LM shown less
     of each document."""
-    device = resolve_device(device)
+    device = runtime.resolve_device(device)
     net, ck, corpus = load_run(run, device)
     block = net.lm.config.block_size
     if window is not None and window > block:
@@ -265,25 +235,29 @@ def next_plan(net, corpus, history, forced=None):
     """-> (planned label or None, plan vector or None) for the sentence after the texts in
     history."""
     plans, codebook = net.plans, net.plans.codebook
-    if forced is not None:
-        if plans.mode in ("none", "fixed", "uniform"):
-            raise EvalError(f"mode {plans.mode} takes no label: --force-labels needs a run of mode "
-                            "oracle, hard, st, soft or gumbel")
-        if not 0 <= forced < len(codebook):
-            raise EvalError(f"--force-labels: there is no label {forced}, the labels are "
-                            f"0..{len(codebook) - 1}")
-        return forced, codebook[forced]
+    if forced is None:
+        return plan_each(net, corpus, history)[-1]
+    if plans.mode in ("none", "fixed", "uniform"):
+        raise EvalError(f"mode {plans.mode} takes no label: --force-labels needs a run of mode "
+                        "oracle, hard, st, soft or gumbel")
+    if not 0 <= forced < len(codebook):
+        raise EvalError(f"--force-labels: there is no label {forced}, the labels are "
+                        f"0..{len(codebook) - 1}")
+    return forced, codebook[forced]
+
+
+def plan_each(net, corpus, texts):
+    """-> [(planned label or None, plan vector or None)] for each of texts, planned from the texts
+    before it, and for the sentence after them: one pass of the planner."""
+    plans, dim = net.plans, net.plans.codebook.shape[1]
     if plans.mode == "oracle":
         raise EvalError("mode oracle needs the true label of a sentence not yet written: give "
                         "--force-labels")
-    if not plans.uses_planner:
-        # none: None; fixed, uniform: their vector
-        return None, plans(labels=torch.zeros((), dtype=torch.long))
-    emb = (torch.as_tensor(corpus.embedder.embed_texts(history)) if history
-           else torch.zeros(0, codebook.shape[1]))
-    # the row after the last
-    logits = net.planner(torch.cat([emb, torch.zeros(1, emb.shape[1])])[None])[0, -1]
-    return int(logits.argmax()), plans(logits=logits)
+    if not plans.uses_planner:  # none: no vector; fixed, uniform: their vector
+        return [(None, plans(labels=torch.zeros((), dtype=torch.long)))] * (len(texts) + 1)
+    emb = torch.as_tensor(corpus.embedder.embed_texts(texts)) if texts else torch.zeros(0, dim)
+    logits = net.planner(torch.cat([emb, torch.zeros(1, dim)])[None])[0]  # row s: from texts < s
+    return [(int(z.argmax()), plans(logits=z)) for z in logits]
 
 
 @torch.no_grad()
@@ -295,26 +269,29 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     planner reads the sentences so far, embedded as the corpus was, and the run's estimator turns
     its logits into the plan; force[i], if given, dictates the label of the i-th new sentence.
     """
-    enc, g = data.tokenizer(), torch.Generator().manual_seed(seed)
+    enc, g, block = data.tokenizer(), torch.Generator().manual_seed(seed), net.lm.config.block_size
+    given = data.split_sentences(prompt.strip()) if prompt.strip() else []
+    given_tokens = [enc.encode_ordinary(text) for text in given]
+    if net.lm.config.vocab is not None:
+        corpora.refuse_unknown_tokens(net.lm.config.vocab, enc, itertools.chain(*given_tokens))
     history, idx, plans, out = [], [data.EOT], [], []
-    refuse_unknown_words(net.lm.config.vocab, enc, prompt)
 
     def add(token, vec):
         plans.append(vec)  # the plan at the position before token: the one that predicts it
         idx.append(token)
 
-    for text in data.split_sentences(prompt.strip()) if prompt.strip() else []:
-        _, vec = next_plan(net, corpus, history)
-        for token in enc.encode_ordinary(text):
+    for text, tokens, (_, vec) in zip(given, given_tokens,
+                                      plan_each(net, corpus, given) if given else []):
+        for token in tokens:
             add(token, vec)
         history.append(text)
     for i in range(n_sentences):
         label, vec = next_plan(net, corpus, history, force[i] if i < len(force) else None)
         start = len(idx)
-        for _ in range(max_tokens):
-            plan_fn = None if vec is None else (lambda _: torch.stack(plans + [vec])[None])
-            token = int(net.lm.generate(torch.tensor([idx]), 1, temperature, top_k, plan_fn,
-                                        g)[0, -1])
+        for _ in range(max_tokens):  # the LM sees the last block of tokens and their plans only
+            plan_fn = None if vec is None else (lambda _: torch.stack((plans + [vec])[-block:])[None])
+            token = int(net.lm.generate(torch.tensor([idx[-block:]]), 1, temperature, top_k,
+                                        plan_fn, g)[0, -1])
             if token == data.EOT:  # a new document is not what was asked for: draw again
                 continue
             add(token, vec)
@@ -326,77 +303,9 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     return out
 
 
-def refuse_unknown_words(vocab, enc, prompt):
-    """An LM with a closed vocabulary (the synthetic corpus) reads only its generator's words."""
-    if vocab is None or not prompt.strip():
-        return
-    known = set(vocab)
-    tokens = [t for text in data.split_sentences(prompt.strip()) for t in enc.encode_ordinary(text)]
-    unknown = list(dict.fromkeys(enc.decode([t]).strip() for t in tokens if t not in known))
-    if unknown:
-        pieces = [enc.decode([t]) for t in vocab]
-        words = sorted(p[1:] for p in pieces
-                       if p[:1] == " " and p[1:].isalpha() and p[1:].islower())
-        raise EvalError(f"--prompt: this run's LM knows only the words of its corpus, not "
-                        f"{', '.join(map(repr, unknown[:5]))}: write the prompt with words such as "
-                        f"{', '.join(words[:8])}, or leave it out")
-
-
-def read_log(run):
-    """The records train.py appended to log.jsonl next to a run's checkpoint, oldest first."""
-    path = (Path(run) if Path(run).is_dir() else Path(run).parent) / "log.jsonl"
-    if not path.exists():
-        raise EvalError(f"no training log at {path}: train.py writes one next to every checkpoint")
-    records = {}
-    for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            print(f"warning: {path} line {n} is not a whole record (cut short?): skipped",
-                  file=sys.stderr)
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records[record["step"]] = record  # a step logged twice (a failed save, then --resume)
-    return list(records.values())
-
-
-@torch.no_grad()
-def browse(net, corpus, split="val", doc=0, top=5):
-    """-> [(text, true label, [(label, probability)] * top)] for every sentence of a held-out
-    document."""
-    if net.planner is None:
-        raise EvalError(f"mode {net.plans.mode} has no planner to browse: give a run of mode hard, "
-                        "st, soft or gumbel")
-    sp = corpus.splits[split]
-    if not 0 <= doc < len(sp.doc_sent) - 1:
-        raise EvalError(f"--browse: the {split} split has documents 0..{len(sp.doc_sent) - 2}, "
-                        f"not {doc}")
-    lo, hi = sp.doc_sent[doc], sp.doc_sent[doc + 1]
-    # row s: from sentences < s
-    probs = torch.softmax(net.planner(torch.as_tensor(sp.emb[lo:hi])[None])[0].float(), -1)
-    best = probs.topk(min(top, probs.shape[1]), -1)
-    return [(corpus.sentence_text(split, s), int(sp.labels[s]),
-             list(zip(best.indices[i].tolist(), best.values[i].tolist())))
-            for i, s in enumerate(range(lo, hi))]
-
-
-def print_browse(args):
-    net, _, corpus = load_run(args.runs[0])
-    rows = browse(net, corpus, args.split, args.browse)
-    hits = sum(true == guesses[0][0] for _, true, guesses in rows)
-    print(f"{args.split} document {args.browse}: {len(rows)} sentences, the planner's top guess "
-          f"right for {hits}")
-    for i, (text, true, guesses) in enumerate(rows):
-        print(f"\n{i}. [label {true}] {data.shorten(' '.join(text.split()), 110)}")
-        for label, prob in guesses:
-            example = data.shorten(data.typical_sentences(corpus, label, 1)[0], 80)
-            print(f"   {prob:6.1%}  label {label:>3} {'=' if label == true else ' '}  like: "
-                  f"{example}")
-
-
 # eval.py's numeric flags and their ranges, as runtime.FLAG_RANGES.
 FLAG_RANGES = [(("sample", "top_k"), lambda v: v >= 1, "at least 1"),
-               (("browse", "seed"), lambda v: v >= 0, "zero or more"),
+               (("seed",), lambda v: v >= 0, "zero or more"),
                (("window",), lambda v: v >= 1, "at least 1 token"),
                (("temperature",), lambda v: 0 <= v < math.inf,
                 "zero (always the likeliest token) or a positive number")]
@@ -427,27 +336,18 @@ def make_parser():
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("looking inside")
-    g.add_argument("--browse", type=int, metavar="DOC",
-                   help="the planner's top-5 labels for every sentence of document DOC of --split")
     return p
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    try:
-        check_ranges(args, FLAG_RANGES)
-        if (args.sample or args.browse is not None) and len(args.runs) != 1:
-            raise EvalError("--sample and --browse take one RUN")
+    with runtime.one_line_errors(EvalError, data.DataError):
+        runtime.check_ranges(args, FLAG_RANGES)
         if args.sample is not None:
+            if len(args.runs) != 1:
+                raise EvalError("--sample takes one RUN")
             return print_samples(args)
-        if args.browse is not None:
-            return print_browse(args)
         results = [evaluate(r, args.split, args.device, args.plans, args.window) for r in args.runs]
-    except (EvalError, TrainError, data.DataError) as e:
-        sys.exit(f"error: {e}")
-    except OSError as e:
-        sys.exit(f"error: {file_error(e)}")
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import EvalError, read_log, run_name
+from eval import EvalError, run_name
+from runtime import read_log
 
 
 def sd(xs):

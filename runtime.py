@@ -137,12 +137,38 @@ FLAG_RANGES = [
 
 
 def check_ranges(args, table):
-    """Refuse the first flag outside its range (NaN is outside every range) with one line."""
+    """Refuse the first flag outside its range (NaN is outside every range) with one line; a flag
+    the command does not have is skipped."""
     for names, ok, what in table:
         for name in names:
-            value = getattr(args, name)
+            value = getattr(args, name, None)
             if value is not None and not ok(value):
                 raise TrainError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+
+
+def check_shapes(args, planner_heads):
+    if args.n_embd % args.n_head:
+        raise TrainError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}: "
+                         f"change one of them")
+    if args.planner_embd % planner_heads:
+        raise TrainError(f"--planner-embd {args.planner_embd} must be a multiple of the planner's "
+                         f"{planner_heads} heads")
+
+
+def check_split_sizes(corpus, args, shares):
+    """Training and validation windows need block_size + 2 tokens of their split's stream.
+    shares: each split's share of the documents."""
+    docs = sum(len(sp.doc_sent) - 1 for sp in corpus.splits.values())
+    per_doc = sum(len(sp.tokens) for sp in corpus.splits.values()) / docs
+    for name in ("train", "val"):
+        n = len(corpus.splits[name].tokens)
+        if n < args.block_size + 2:
+            lower = f"lower --block-size to at most {n - 2}, or " if n > 2 else ""
+            need = math.ceil((args.block_size + 2) / per_doc / shares[name])
+            raise TrainError(f"the {name} split has {n} tokens, fewer than --block-size "
+                             f"{args.block_size} + 2: {lower}"
+                             f"use a corpus of about {need} documents or more (it has {docs}, "
+                             f"of ~{per_doc:.0f} tokens each)")
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -171,6 +197,18 @@ def setup_distributed(args):
     if args.device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Under DDP, rank 0 runs the block (it builds the data cache) before the others, who then read
+    what it wrote."""
+    ctx = Context.get()
+    if ctx.world > 1 and not ctx.master:
+        dist.barrier()
+    yield
+    if ctx.world > 1 and ctx.master:
+        dist.barrier()
 
 
 # ----------------------------------------------------------------------------- files written whole
@@ -282,6 +320,41 @@ def take_lock(path, mine):
     return True
 
 
+@contextlib.contextmanager
+def run_folder(args):
+    """The fine-tuning run's folder, held by this process: -> the checkpoint path to resume from.
+    A finished run is never replaced without --overwrite, and --resume is refused before hours of
+    pretraining, not after, if there is nothing to resume."""
+    ckpt_path = Path(args.out_dir) / args.run / "ckpt.pt"
+    if args.resume and not ckpt_path.exists():
+        raise TrainError(f"--resume: there is no checkpoint at {ckpt_path}: "
+                         f"drop --resume to start the run")
+    if ckpt_path.exists() and not (args.resume or args.overwrite):
+        raise TrainError(run_exists(ckpt_path))
+    with folder_lock(ckpt_path.parent, launched_as_master()):
+        if args.overwrite and not args.resume and launched_as_master():
+            for name in ("ckpt.pt", "best.pt", "log.jsonl"):  # nothing of the old run mixes in
+                (ckpt_path.parent / name).unlink(missing_ok=True)
+        yield ckpt_path
+
+
+@contextlib.contextmanager
+def one_line_errors(*errors, interrupted="interrupted"):
+    """A command's bad input (TrainError, errors) and file-system faults end it with one line, as
+    does a Ctrl-C outside the training loops (which stop between steps themselves)."""
+    try:
+        yield
+    except (TrainError, *errors) as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: {file_error(e)}")
+    except KeyboardInterrupt:
+        sys.exit(f"error: {interrupted}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -350,6 +423,38 @@ def load_checkpoint(path, device="cpu"):
 CHECKPOINT_KEYS = ("stage", "step", "done", "config", "identity", "optimizer")
 
 
+def checkpoint_path(run):
+    """What a run is judged by: its best.pt (lowest validation loss), else ckpt.pt, or the file
+    given."""
+    run = Path(run)
+    if not run.is_dir():
+        return run
+    return run / "best.pt" if (run / "best.pt").exists() else run / "ckpt.pt"
+
+
+def run_checkpoint(run, device="cpu"):
+    """-> (checkpoint_path(run), its checkpoint), checked to be a fine-tuned run's."""
+    path = checkpoint_path(run)
+    if not path.exists():
+        raise TrainError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. "
+                         "out/soft-joint)")
+    ck = load_checkpoint(path, device)
+    if ck["stage"] != "finetune":
+        raise TrainError(f"{path} is a pretraining checkpoint ({ck['stage']}): evaluate a "
+                         "fine-tuned run")
+    return path, ck
+
+
+@contextlib.contextmanager
+def readable(path):
+    """Whatever a checkpoint that is a valid file but not train.py's breaks, as one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise TrainError(f"{path} does not hold a run this code can read ({type(e).__name__}: "
+                         f"{first_line(e)[:80]}): give a run folder made by train.py") from None
+
+
 def load_state(net, ck):
     if hasattr(net, "plans"):
         net.lm.load_state_dict(ck["model"])
@@ -375,14 +480,13 @@ def refuse_other_settings(saved, args, ckpt_path):
                          f"{ckpt_path.parent} to start the run over")
 
 
-def refuse_other_data(ck, args, corpus, ckpt_path):
-    """Continuing a run on other data (the corpus file changed under its name, other labels) would
-    make a run of neither: eval.py would not score it either."""
+def refuse_other_data(ck, dataset, corpus, ckpt_path, fix):
+    """Continuing or scoring a run on other data (the corpus file changed under its name, other
+    labels) would make a run of neither."""
     have = corpus.identity()
     if other := [k for k, v in ck["identity"].items() if have.get(k) != v]:
-        raise TrainError(f"--resume: {ckpt_path} was trained on other data than --dataset "
-                         f"{args.dataset} gives now (its {' and '.join(other)} differ): restore "
-                         f"that data, or start the run over with --overwrite instead of --resume")
+        raise TrainError(f"{ckpt_path} was trained on other data than --dataset {dataset} gives "
+                         f"now (its {' and '.join(other)} differ): restore that data, or {fix}")
 
 
 def run_exists(ckpt_path):
@@ -401,7 +505,8 @@ def check_resume(ckpt_path, args, corpus):
     """Before any pretraining: --resume continues only the run of the same flags and data."""
     ck = load_checkpoint(ckpt_path, args.device)
     refuse_other_settings(ck["config"], args, ckpt_path)
-    refuse_other_data(ck, args, corpus, ckpt_path)
+    refuse_other_data(ck, args.dataset, corpus, ckpt_path, "start the run over with --overwrite "
+                      "instead of --resume")
 
 
 def stage_dir(args, name, corpus, *settings):
@@ -426,6 +531,26 @@ def finished(ckpt_path, net, args):
         raise TrainError(f"pretrained stage {ckpt_path.parent}: {e} "
                          f"(rm -r {ckpt_path.parent} retrains it)") from None
     return ck["done"]
+
+
+def read_log(run):
+    """The records a run's stages appended to log.jsonl next to its checkpoint, oldest first: a
+    torn line is skipped with a warning, a step logged twice (a failed save, then --resume) kept
+    once, its last record."""
+    path = (Path(run) if Path(run).is_dir() else Path(run).parent) / "log.jsonl"
+    if not path.exists():
+        raise TrainError(f"no training log at {path}: train.py writes one next to every checkpoint")
+    records = {}
+    for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            print(f"warning: {path} line {n} is not a whole record (cut short?): skipped",
+                  file=sys.stderr)
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records[record["step"]] = record
+    return list(records.values())
 
 
 # ----------------------------------------------------------------------------- one stage's run

@@ -24,7 +24,6 @@ so differences come from the estimator alone. Then compare runs with
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import corpora
 import data
 import runtime
 from data import SplitData
@@ -122,24 +122,13 @@ def make_parser():
 def get_args(argv=None):
     args = make_parser().parse_args(argv)
     args.device = runtime.resolve_device(args.device)
-    if args.device != "cuda":
-        # on a GPU they wait for the corpus: see cuda_defaults
+    if args.device != "cuda":  # on a GPU the defaults wait for the corpus: see cuda_defaults
         runtime.fill_defaults(args, CPU_DEFAULTS)
     runtime.check_ranges(args, runtime.FLAG_RANGES)
-    # on a GPU the defaults come with the corpus
     if args.n_embd is not None and args.n_head is not None:
-        check_shapes(args)
+        runtime.check_shapes(args, PlannerConfig.n_head)
     check_method(args)
     return args
-
-
-def check_shapes(args):
-    if args.n_embd % args.n_head:
-        raise TrainError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}: "
-                         f"change one of them")
-    if args.planner_embd % PlannerConfig.n_head:
-        raise TrainError(f"--planner-embd {args.planner_embd} must be a multiple of the planner's "
-                         f"{PlannerConfig.n_head} heads")
 
 
 def check_method(args):
@@ -163,8 +152,8 @@ def gpt_config(args):
     # The synthetic corpus has a closed vocabulary: its LM's head has a row per token the generator
     # can write (~700), not 50,257 rows for tokens that never occur, which made 97% of a small
     # model's step.
-    vocab = (data.synthetic_vocab(args.seed, args.synthetic_types) if args.dataset == "synthetic"
-             else None)
+    vocab = (corpora.synthetic_vocab(data.tokenizer(), data.EOT, args.seed, args.synthetic_types)
+             if args.dataset == "synthetic" else None)
     return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                      n_embd=args.n_embd, dropout=args.dropout, plan_dim=args.embed_dim,
                      bias=args.bias, vocab=vocab)
@@ -360,48 +349,27 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
 
 
 def main(argv=None):
-    try:
+    with runtime.one_line_errors(data.DataError, interrupted="interrupted; every checkpoint "
+                                 "written so far is whole: run the same command to go on"):
         runtime.stop_like_ctrl_c()
         args = get_args(argv)
-        resume_from = Path(args.out_dir) / args.run / "ckpt.pt"
-        if args.resume and not resume_from.exists():  # before hours of pretraining, not after
-            raise TrainError(f"--resume: there is no checkpoint at {resume_from}: "
-                             f"drop --resume to start the run")
-        if resume_from.exists() and not (args.resume or args.overwrite):
-            raise TrainError(runtime.run_exists(resume_from))
-        with runtime.folder_lock(resume_from.parent, runtime.launched_as_master()):
-            if args.overwrite and not args.resume and runtime.launched_as_master():
-                for name in ("ckpt.pt", "best.pt", "log.jsonl"):  # nothing of the old run mixes in
-                    (resume_from.parent / name).unlink(missing_ok=True)
+        with runtime.run_folder(args) as resume_from:
             run_stages(args, resume_from)
-    except (TrainError, data.DataError) as e:
-        sys.exit(f"error: {e}")
-    except OSError as e:
-        sys.exit(f"error: {runtime.file_error(e)}")
-    except KeyboardInterrupt:  # outside the training loops, which stop between steps themselves
-        sys.exit("error: interrupted; every checkpoint written so far is whole: "
-                 "run the same command to go on")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def run_stages(args, resume_from):
     """The data, the two shared pretraining stages and this run's fine-tuning, then the report."""
     runtime.setup_distributed(args)
-    ctx = Context.get()
-    if ctx.world > 1 and not ctx.master:
-        dist.barrier()  # rank 0 builds the data cache first
-    corpus = data.load_from_args(args)
-    if ctx.world > 1 and ctx.master:
-        dist.barrier()
+    with runtime.rank0_first():
+        corpus = data.load_from_args(args)
     if args.device.startswith("cuda"):
-        train_split = corpus.splits["train"]
-        runtime.fill_defaults(args, runtime.cuda_defaults(len(train_split.tokens),
-                                                          len(train_split.doc_sent) - 1,
-                                                          ctx.world, args.planner_batch))
-        check_shapes(args)
-    check_split_sizes(corpus, args)
+        train = corpus.splits["train"]
+        runtime.fill_defaults(args, runtime.cuda_defaults(len(train.tokens),
+                                                          len(train.doc_sent) - 1,
+                                                          Context.get().world, args.planner_batch))
+        runtime.check_shapes(args, PlannerConfig.n_head)
+    runtime.check_split_sizes(corpus, args, {"train": 1 - data.VAL_FRAC - data.TEST_FRAC,
+                                             "val": data.VAL_FRAC})
     if args.resume:
         runtime.check_resume(resume_from, args, corpus)
     splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
@@ -409,23 +377,8 @@ def run_stages(args, resume_from):
     lm, lm_dir = pretrain_lm(args, corpus, splits)
     planner, planner_dir = pretrain_planner(args, corpus, splits)
     net, out, final = finetune(args, corpus, splits, lm, planner)
-    if ctx.master:
+    if Context.get().master:
         report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
-
-
-def check_split_sizes(corpus, args):
-    """Training and validation windows need block_size + 2 tokens of their split's stream."""
-    docs = sum(len(sp.doc_sent) - 1 for sp in corpus.splits.values())
-    per_doc = sum(len(sp.tokens) for sp in corpus.splits.values()) / docs
-    for name, share in (("train", 1 - data.VAL_FRAC - data.TEST_FRAC), ("val", data.VAL_FRAC)):
-        n = len(corpus.splits[name].tokens)
-        if n < args.block_size + 2:
-            lower = f"lower --block-size to at most {n - 2}, or " if n > 2 else ""
-            need = math.ceil((args.block_size + 2) / per_doc / share)
-            raise TrainError(f"the {name} split has {n} tokens, fewer than --block-size "
-                             f"{args.block_size} + 2: {lower}"
-                             f"use a corpus of about {need} documents or more (it has {docs}, "
-                             f"of ~{per_doc:.0f} tokens each)")
 
 
 def unigram_loss(corpus, batches, vocab=None):

@@ -8,6 +8,7 @@ import pytest
 
 import corpora
 import data
+import explore
 
 
 @pytest.fixture
@@ -314,7 +315,7 @@ def test_undecodable_bytes_are_replaced_and_reported(tmp_path, capsys):
 
 def test_unknown_dataset_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as e:
-        data.main(["--dataset", "wikipedia"])
+        explore.main(["--dataset", "wikipedia"])
     assert str(e.value).startswith("error: unknown dataset 'wikipedia': use one of wiki, synthetic")
     assert "\n" not in str(e.value)
 
@@ -359,7 +360,7 @@ def test_the_ambiguity_knob_splits_successors_as_it_says(ambiguity):
 
 def test_the_synthetic_vocabulary_holds_every_token_the_generator_writes():
     for seed, ambiguity in ((0, 0.0), (5, 0.5)):
-        vocab = data.synthetic_vocab(seed, 16)
+        vocab = corpora.synthetic_vocab(data.tokenizer(), data.EOT, seed, 16)
         docs, _ = corpora.synthetic_corpus(800, 16, seed, ambiguity)
         written = (set(np.concatenate([data.tokenizer().encode_ordinary(d) for d in docs]).tolist())
                    | {data.EOT})

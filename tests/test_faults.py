@@ -14,6 +14,7 @@ import compare
 import corpora
 import data
 import eval as evaluation
+import explore
 import figures
 import mix
 import runtime
@@ -36,7 +37,7 @@ def bad_values(parser, table):
     refuses."""
     types = {a.dest: a.type for a in parser._actions}
     for names, ok, _ in table:
-        for name in names:
+        for name in filter(types.__contains__, names):  # the command's own flags
             for raw in ("-1", "0", "0.5", "1.5", "nan", "inf"):
                 try:
                     value = types[name](raw)
@@ -57,11 +58,19 @@ def test_eval_flag_out_of_range_is_one_line(flag, value):
     assert flag in one_line_error(lambda: evaluation.main(["out/none", flag, value]))
 
 
+@pytest.mark.parametrize("flag, value",
+                         list(bad_values(explore.make_parser(), explore.FLAG_RANGES)))
+def test_explore_flag_out_of_range_is_one_line(flag, value):
+    assert flag in one_line_error(lambda: explore.main(["--dataset", "synthetic", flag, value]))
+
+
 def test_every_numeric_flag_has_a_range():
     for parser, table in ((train.make_parser(), runtime.FLAG_RANGES),
-                          (evaluation.make_parser(), evaluation.FLAG_RANGES)):
+                          (evaluation.make_parser(), evaluation.FLAG_RANGES),
+                          (explore.make_parser(), explore.FLAG_RANGES)):
         numeric = {a.dest for a in parser._actions if a.type in (int, float)}
-        assert numeric == {name for names, _, _ in table for name in names}
+        ranged = {name for names, _, _ in table for name in names}
+        assert numeric == ranged & {a.dest for a in parser._actions}, parser.prog
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -187,7 +196,7 @@ def test_a_damaged_log_is_read_as_far_as_it_is_whole(tmp_path, capsys):
                                          b'{"step": 4, "val_loss": 2.5}\n'
                                          b'{"step": 4, "val_loss": 2.0, "note": "\xff"}\n'
                                          b'{"step": 6, "val_lo')
-    log = evaluation.read_log(tmp_path)
+    log = runtime.read_log(tmp_path)
     assert [(r["step"], r["val_loss"]) for r in log] == [(2, 3.0), (4, 2.0)]
     assert "line 4 is not a whole record (cut short?): skipped" in capsys.readouterr().err
 

@@ -155,7 +155,7 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
         corpus = data.load_from_args(args)
         splits = {k: data.SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
         lm, out = train.pretrain_lm(args, corpus, splits)
-        ends[batch], logs[batch] = snapshot(lm), evaluation.read_log(out)
+        ends[batch], logs[batch] = snapshot(lm), runtime.read_log(out)
     assert [r["step"] for r in logs[8]] == [r["step"] for r in logs[4]] == [2, 4]
     for one, two in zip(logs[8], logs[4]):
         assert math.isclose(one["train_loss"], two["train_loss"], rel_tol=1e-5)
@@ -184,7 +184,7 @@ def test_the_log_holds_the_values_the_loop_used(stages):
     args, corpus, splits, lm, planner = stages("--mode", "gumbel", "--finetune-iters", "4",
                                                "--run", "logged")
     net, out, _ = train.finetune(args, corpus, splits, lm, planner)
-    log = evaluation.read_log(out)
+    log = runtime.read_log(out)
     assert [r["step"] for r in log] == [2, 4]
     for r in log:
         assert r["lr"] == pytest.approx(train.lr_at(r["step"] - 1, 4, args.finetune_lr,

@@ -56,8 +56,8 @@ def test_the_best_checkpoint_by_val_loss_is_what_counts(tiny_out, monkeypatch, c
     assert best["step"] == 4 and last["step"] == 6 and last["best_step"] == 4
     assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
     assert all(torch.equal(v, best["model"][k]) for k, v in seen[0].lm.state_dict().items())
-    assert [r["best_step"] for r in evaluation.read_log(run)] == [2, 4, 4]
-    assert evaluation.checkpoint_path(run) == run / "best.pt"
+    assert [r["best_step"] for r in runtime.read_log(run)] == [2, 4, 4]
+    assert runtime.checkpoint_path(run) == run / "best.pt"
     monkeypatch.undo()
     evaluation.main([str(run), "--json"])
     assert json.loads(capsys.readouterr().out)["step"] == 4

@@ -13,6 +13,7 @@ import torch
 import compare
 import data
 import eval as evaluation
+import explore
 import figures
 import mix
 import planner
@@ -59,7 +60,7 @@ def test_plans_lower_perplexity_end_to_end(dirs):
 
 def test_logs_are_written_and_parsed(dirs):
     _, root = dirs
-    log = evaluation.read_log(root / "out" / "soft-joint")
+    log = runtime.read_log(root / "out" / "soft-joint")
     assert [r["step"] for r in log] == [40, 80]
     # the schedule's lr at the step logged (peak 3e-3, warmup 10 of 80), and values that can be
     for r in log:
@@ -67,11 +68,11 @@ def test_logs_are_written_and_parsed(dirs):
         assert (0 < r["train_loss"] < 10 and 0 < r["val_loss"] < 10 and r["per_s"] > 0
                 and 0 <= r["planner_top1"] <= 1)
     assert log[-1]["best_step"] == min(log, key=lambda r: r["val_loss"])["step"]
-    assert log[-1]["val_loss"] < evaluation.read_log(
+    assert log[-1]["val_loss"] < runtime.read_log(
         next((root / "out" / "pretrain").glob("lm-*")))[0]["val_loss"]
-    assert evaluation.read_log(root / "out" / "oracle" / "ckpt.pt")[-1]["step"] == 300
-    with pytest.raises(evaluation.EvalError, match="no training log at"):
-        evaluation.read_log(root)
+    assert runtime.read_log(root / "out" / "oracle" / "ckpt.pt")[-1]["step"] == 300
+    with pytest.raises(runtime.TrainError, match="no training log at"):
+        runtime.read_log(root)
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -143,8 +144,9 @@ def test_eval_refuses_a_checkpoint_of_other_labels(dirs, tmp_path):
     ck = torch.load(root / "out" / "none" / "ckpt.pt", weights_only=True)
     ck["identity"]["labels"] = "0123456789abcdef"
     torch.save(ck, tmp_path / "ckpt.pt")
-    with pytest.raises(SystemExit, match="error: .* was trained with other labels than "
-                                         "--dataset synthetic gives now"):
+    with pytest.raises(SystemExit, match="error: .* was trained on other data than --dataset "
+                                         "synthetic gives now \\(its labels differ\\): restore "
+                                         "that data, or retrain"):
         evaluation.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="error: no checkpoint at"):
         evaluation.main([str(tmp_path / "nothing")])
@@ -270,7 +272,7 @@ def test_browse_guesses_match_planner_accuracy(dirs, capsys):
     sp = corpus.splits["val"]
     hits = total = 0
     for doc in range(len(sp.doc_sent) - 1):
-        rows = evaluation.browse(net, corpus, "val", doc)
+        rows = explore.browse(net, corpus, "val", doc)
         assert ([true for _, true, _ in rows]
                 == sp.labels[sp.doc_sent[doc]:sp.doc_sent[doc + 1]].tolist())
         for _, true, guesses in rows:
@@ -281,16 +283,16 @@ def test_browse_guesses_match_planner_accuracy(dirs, capsys):
             total += 1
     top1 = planner.planner_metrics(net.planner, data.SplitData(sp, "cpu"))["planner_top1"]
     assert math.isclose(hits / total, top1, abs_tol=1e-6)
-    evaluation.main([str(root / "out" / "soft-joint"), "--browse", "1"])
+    explore.main([str(root / "out" / "soft-joint"), "--browse", "1"])
     out = capsys.readouterr().out
     assert (out.startswith("val document 1:")
-            and out.count(" like: ") == 5 * len(evaluation.browse(net, corpus, "val", 1)))
+            and out.count(" like: ") == 5 * len(explore.browse(net, corpus, "val", 1)))
     for run_dir, flags, message in [("none", ["--browse", "0"],
                                      "mode none has no planner to browse"),
                                     ("soft-joint", ["--browse", "999"],
                                      "the val split has documents 0..")]:
         with pytest.raises(SystemExit, match=message):
-            evaluation.main([str(root / "out" / run_dir), *flags])
+            explore.main([str(root / "out" / run_dir), *flags])
 
 
 def test_figures_of_a_comparison(dirs, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import eval as evaluation
+import runtime
 import train
 from conftest import TINY
 
@@ -29,11 +30,11 @@ def measure(root):
         train.main(flags + ["--mode", mode])
     out = root / "out"
     got = {"lm": [(r["train_loss"], r["val_loss"])
-                  for r in evaluation.read_log(next(out.glob("pretrain/lm-*")))],
+                  for r in runtime.read_log(next(out.glob("pretrain/lm-*")))],
            "planner": [(r["train_loss"], r["planner_val_loss"])
-                       for r in evaluation.read_log(next(out.glob("pretrain/planner-*")))]}
+                       for r in runtime.read_log(next(out.glob("pretrain/planner-*")))]}
     for run in ("soft-joint", "gumbel-joint", "oracle"):
-        got[run] = [(r["train_loss"], r["val_loss"]) for r in evaluation.read_log(out / run)]
+        got[run] = [(r["train_loss"], r["val_loss"]) for r in runtime.read_log(out / run)]
         got[run + " nll"] = evaluation.evaluate(out / run, device="cpu")["nll"]
     return got
 

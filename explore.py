@@ -1,0 +1,138 @@
+"""
+Look inside a corpus and a trained run: what the corpus holds, what its labels mean, and what the
+planner guesses for each sentence of a held-out document.
+
+    python explore.py --dataset wiki               # build (or load) the corpus, print a summary
+    python explore.py --dataset wiki --labels 5    # five typical training sentences of every label
+    python explore.py --dataset synthetic --synthetic-docs 2000
+    python explore.py --dataset path/to/corpus.txt # or a folder of .txt files
+    python explore.py out/soft-joint --browse 4    # the planner's top-5 labels for val document 4
+
+With a RUN the corpus is the one it was trained on, and the data flags are not used.
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+import data
+import eval as evaluation
+import runtime
+
+
+def summary(corpus):
+    m = corpus.meta
+    lines = [f"{m['dataset']}: K={m['n_labels']} labels, D={m['embed_dim']}, seed={m['seed']}, "
+             f"cache {m['cache']}"]
+    for k, sp in corpus.splits.items():
+        lines.append(f"  {k:5s}: {len(sp.doc_sent) - 1:7,d} documents {len(sp.sent_len):9,d} "
+                     f"sentences {len(sp.tokens):11,d} tokens")
+    p = (np.bincount(corpus.splits["train"].labels, minlength=len(corpus.codebook))
+         / len(corpus.splits["train"].labels))
+    entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
+    lines.append(f"  label entropy (train) {entropy:.2f} bits of at most {np.log2(len(p)):.2f}; "
+                 f"k-means converged in {m['kmeans_steps']} steps")
+    if "next_type_ceiling" in m:
+        lines.append(f"  synthetic ambiguity {m['synthetic_ambiguity']}: the best possible top-1 "
+                     f"accuracy on the next sentence's type is {m['next_type_ceiling']:.3f} "
+                     "(Bayes-optimal, from the types before it)")
+    how = (f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m
+           else f"built in {m['build_seconds']:.1f} s")
+    return "\n".join(lines + [f"  {how}"])
+
+
+def typical_sentences(corpus, label, n):
+    """The n training sentences of a label nearest to its centroid, as one-line texts."""
+    train = corpus.splits["train"]
+    members = np.flatnonzero(train.labels == label)
+    return [" ".join(corpus.sentence_text("train", s).split())
+            for s in members[np.argsort(-(train.emb[members] @ corpus.codebook[label]))[:n]]]
+
+
+def shorten(text, width=120):
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def show_labels(corpus, n):
+    """n typical training sentences of every label."""
+    labels = corpus.splits["train"].labels
+    for j in range(len(corpus.codebook)):
+        print(f"label {j} ({np.sum(labels == j)} sentences, {np.mean(labels == j):.1%})")
+        for text in typical_sentences(corpus, j, n):
+            print(f"    {shorten(text)}")
+
+
+@torch.no_grad()
+def browse(net, corpus, split="val", doc=0, top=5):
+    """-> [(text, true label, [(label, probability)] * top)] for every sentence of a held-out
+    document."""
+    if net.planner is None:
+        raise evaluation.EvalError(f"mode {net.plans.mode} has no planner to browse: give a run of "
+                                   "mode hard, st, soft or gumbel")
+    sp = corpus.splits[split]
+    if not 0 <= doc < len(sp.doc_sent) - 1:
+        raise evaluation.EvalError(f"--browse: the {split} split has documents "
+                                   f"0..{len(sp.doc_sent) - 2}, not {doc}")
+    lo, hi = sp.doc_sent[doc], sp.doc_sent[doc + 1]
+    # row s: from sentences < s
+    probs = torch.softmax(net.planner(torch.as_tensor(sp.emb[lo:hi])[None])[0].float(), -1)
+    best = probs.topk(min(top, probs.shape[1]), -1)
+    return [(corpus.sentence_text(split, s), int(sp.labels[s]),
+             list(zip(best.indices[i].tolist(), best.values[i].tolist())))
+            for i, s in enumerate(range(lo, hi))]
+
+
+def print_browse(net, corpus, split, doc):
+    rows = browse(net, corpus, split, doc)
+    hits = sum(true == guesses[0][0] for _, true, guesses in rows)
+    print(f"{split} document {doc}: {len(rows)} sentences, the planner's top guess right for "
+          f"{hits}")
+    for i, (text, true, guesses) in enumerate(rows):
+        print(f"\n{i}. [label {true}] {shorten(' '.join(text.split()), 110)}")
+        for label, prob in guesses:
+            example = shorten(typical_sentences(corpus, label, 1)[0], 80)
+            print(f"   {prob:6.1%}  label {label:>3} {'=' if label == true else ' '}  like: "
+                  f"{example}")
+
+
+# explore.py's numeric flags and their ranges: the data flags' as train.py's, and its own.
+FLAG_RANGES = runtime.FLAG_RANGES + [(("labels", "browse"), lambda v: v >= 0, "zero or more")]
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", nargs="?", metavar="RUN",
+                        help="a run folder made by train.py (its corpus, and --browse)")
+    data.add_data_args(parser)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="splits, embeddings, k-means (and the synthetic corpus)")
+    parser.add_argument("--labels", type=int, metavar="N", default=0,
+                        help="print N typical training sentences of every label")
+    parser.add_argument("--browse", type=int, metavar="DOC",
+                        help="the planner's top-5 labels for every sentence of document DOC of "
+                             "--split (needs a RUN)")
+    parser.add_argument("--split", default="val", choices=("val", "test"))
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    with runtime.one_line_errors(evaluation.EvalError, data.DataError):
+        runtime.check_ranges(args, FLAG_RANGES)
+        if args.browse is not None and args.run is None:
+            raise evaluation.EvalError("--browse needs a RUN: python explore.py out/soft-joint "
+                                       f"--browse {args.browse}")
+        net, corpus = (evaluation.load_run(args.run)[::2] if args.run
+                       else (None, data.load_from_args(args)))
+        if args.labels:
+            show_labels(corpus, args.labels)
+        if args.browse is not None:
+            print_browse(net, corpus, args.split, args.browse)
+        else:
+            print(summary(corpus))
+
+
+if __name__ == "__main__":
+    main()
