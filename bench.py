@@ -264,7 +264,7 @@ def pipeline(args):
     from eval import windows
     from data import SplitData
     t = time.perf_counter()
-    splits = {k: SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
+    splits = {k: SplitData(corpus, k, "cpu") for k in corpus.splits}
     print(f"SplitData (tensors of every split): {time.perf_counter() - t:.1f} s")
     train, g = splits["train"], np.random.default_rng(0)
     for what, fn in (("LM batch, 32 windows of 512 tokens, with every document's planner input",

@@ -329,6 +329,9 @@ class Corpus:
     splits: dict  # 'train' / 'val' / 'test' -> Split
     codebook: np.ndarray  # [K, D]: the k-means centroids
     embedder: Embedder = field(repr=False)
+    # A closed vocabulary (the synthetic corpus): the GPT-2 ids its LM predicts over, row i of the
+    # LM's head being vocab[i]; None: all 50,257.
+    vocab: tuple | None = None
 
     def label(self, emb):
         """Label of each embedding: the index of its nearest centroid."""
@@ -337,6 +340,19 @@ class Corpus:
     def identity(self):
         """What a checkpoint must agree with to be used on this corpus."""
         return {"tokenizer": GPT2_RANKS_SHA256, "labels": self.meta["key"]}
+
+    def to_rows(self, ids):
+        """GPT-2 ids -> what the LM reads: the ids, or their rows in the closed vocabulary."""
+        if self.vocab is None:
+            return np.asarray(ids)
+        row = np.full(VOCAB_SIZE, -1)
+        row[list(self.vocab)] = np.arange(len(self.vocab))
+        if (rows := row[np.asarray(ids)]).min(initial=0) < 0:
+            raise DataError("a token outside this corpus's closed vocabulary")
+        return rows
+
+    def to_ids(self, rows):
+        return rows if self.vocab is None else np.asarray(self.vocab)[rows]
 
     def sentence_text(self, split, s):
         sp = self.splits[split]
@@ -394,19 +410,24 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
                     svd_niter=SVD_NITER, svd_sample=SVD_SAMPLE, kmeans_sample=KMEANS_SAMPLE)
     synthetic = dict(n_docs=synthetic_docs, n_types=synthetic_types, seed=seed,
                      ambiguity=synthetic_ambiguity)
-    return corpora.cached(dataset, data_dir, settings, synthetic, quiet=quiet, make=from_arrays,
-                          build=lambda docs: to_arrays(build(docs, n_labels, embed_dim, seed)))
+    corpus = corpora.cached(dataset, data_dir, settings, synthetic, quiet=quiet, make=from_arrays,
+                            build=lambda docs: to_arrays(build(docs, n_labels, embed_dim, seed)))
+    if dataset == "synthetic":  # a few hundred tokens, not 50,257: the head was 97% of a step
+        corpus.vocab = corpora.synthetic_vocab(tokenizer(), EOT, seed, synthetic_types)
+    return corpus
 
 
 # ----------------------------------------------------------------------------- batches with plans
 
 class SplitData:
-    """One split of the corpus as tensors, and the batches cut from it."""
+    """One split of the corpus as tensors (tokens as the LM reads them), and the batches cut from
+    it."""
 
-    def __init__(self, split, device):
+    def __init__(self, corpus, name, device):
+        split = corpus.splits[name]
         long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
         self.tokens, self.tok_sent, self.labels, self.doc_sent = map(
-            long, (split.tokens, split.tok_sent, split.labels, split.doc_sent))
+            long, (corpus.to_rows(split.tokens), split.tok_sent, split.labels, split.doc_sent))
         self.emb = torch.as_tensor(split.emb, device=device)
         self.sent_doc = torch.repeat_interleave(
             torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())

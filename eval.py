@@ -138,7 +138,7 @@ def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
     if window is not None and window > block:
         raise EvalError(f"--window {window}: {run} was trained on windows of {block} tokens (its "
                         f"positions end there): give at most {block}")
-    sd = SplitData(corpus.splits[split], device)
+    sd = SplitData(corpus, split, device)
     table = (None if plans == "as-planned"
              else substituted_plans(net, sd, plans).to(net.lm.wte.weight.dtype))
     tokens, nll = perplexity(net, sd, window or block, plan_table=table)
@@ -272,8 +272,8 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     enc, g, block = data.tokenizer(), torch.Generator().manual_seed(seed), net.lm.config.block_size
     given = data.split_sentences(prompt.strip()) if prompt.strip() else []
     given_tokens = [enc.encode_ordinary(text) for text in given]
-    if net.lm.config.vocab is not None:
-        corpora.refuse_unknown_tokens(net.lm.config.vocab, enc, itertools.chain(*given_tokens))
+    if corpus.vocab is not None:
+        corpora.refuse_unknown_tokens(corpus.vocab, enc, itertools.chain(*given_tokens))
     history, idx, plans, out = [], [data.EOT], [], []
 
     def add(token, vec):
@@ -289,9 +289,10 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
         label, vec = next_plan(net, corpus, history, force[i] if i < len(force) else None)
         start = len(idx)
         for _ in range(max_tokens):  # the LM sees the last block of tokens and their plans only
-            plan_fn = None if vec is None else (lambda _: torch.stack((plans + [vec])[-block:])[None])
-            token = int(net.lm.generate(torch.tensor([idx[-block:]]), 1, temperature, top_k,
-                                        plan_fn, g)[0, -1])
+            plan_fn = None if vec is None else lambda _: torch.stack((plans + [vec])[-block:])[None]
+            rows = torch.as_tensor(corpus.to_rows(idx[-block:]))[None]
+            row = net.lm.generate(rows, 1, temperature, top_k, plan_fn, g)[0, -1]
+            token = int(corpus.to_ids(int(row)))
             if token == data.EOT:  # a new document is not what was asked for: draw again
                 continue
             add(token, vec)

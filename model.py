@@ -30,9 +30,7 @@ import fastloss
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50257  # GPT-2 BPE; with a closed vocabulary, its length
-    # a closed vocabulary (the synthetic corpus): the GPT-2 ids it predicts over
-    vocab: tuple | None = None
+    vocab_size: int = 50257  # GPT-2 BPE; a corpus with a closed vocabulary gives its length
     block_size: int = 256  # context length in tokens
     n_layer: int = 4
     n_head: int = 4
@@ -41,11 +39,6 @@ class GPTConfig:
     plan_dim: int = 128  # width of a plan vector = the codebook's D; 0 builds no adapters
     # biases in the linear layers, as GPT-2; without them a constant plan is a bias (RESULTS.md)
     bias: bool = False
-
-    def __post_init__(self):
-        if self.vocab is not None:
-            self.vocab = tuple(int(t) for t in self.vocab)
-            self.vocab_size = len(self.vocab)
 
 
 class CausalSelfAttention(nn.Module):
@@ -109,13 +102,6 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
-        if c.vocab is not None:
-            # A corpus that can only ever write a few hundred tokens gets a head of that many rows,
-            # not 50,257: token ids are mapped to rows on the way in and back to ids when sampling.
-            self.register_buffer("token_of_row", torch.tensor(c.vocab), persistent=False)
-            row_of_token = torch.full((max(c.vocab) + 1,), -1)
-            row_of_token[self.token_of_row] = torch.arange(len(c.vocab))
-            self.register_buffer("row_of_token", row_of_token, persistent=False)
         self.apply(init_gpt2)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections shrink with depth, as GPT-2
@@ -131,8 +117,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, plan=None):
         """idx, targets: [B, T] token ids (targets -1 = not scored); plan: [B, T, plan_dim] or None.
 
-        -> (logits [B, T, vocab_size], None) without targets (with a closed vocabulary, row i is the
-        token config.vocab[i]); (None, mean loss over scored targets) with them."""
+        -> (logits [B, T, vocab_size], None) without targets; (None, mean loss over scored targets)
+        with them."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size "
@@ -140,20 +126,11 @@ class GPT(nn.Module):
         if plan is not None and plan.shape != (B, T, self.config.plan_dim):
             raise ValueError(f"plan must be [B, T, plan_dim] = {[B, T, self.config.plan_dim]}, "
                              f"got {list(plan.shape)}")
-        if self.config.vocab is not None:
-            idx, targets = self.rows(idx), None if targets is None else self.rows(targets)
         h = self.features(idx, plan)
         if targets is None:
             return self.lm_head(h), None
         loss = fastloss.chunked_head_loss if self.chunked_loss else head_loss
         return None, loss(h, self.lm_head.weight, targets)
-
-    def rows(self, ids):
-        """GPT-2 ids -> rows of the closed vocabulary (-1, an unscored target, stays -1)."""
-        rows = self.row_of_token[ids.clamp(0, len(self.row_of_token) - 1)]
-        if ((rows < 0) & (ids >= 0)).any() or (ids >= len(self.row_of_token)).any():
-            raise ValueError("a token outside this LM's closed vocabulary (config.vocab)")
-        return torch.where(ids >= 0, rows, -1)
 
     def features(self, idx, plan=None):
         """The final hidden states [B, T, n_embd], before the head."""
@@ -173,16 +150,12 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             plan = plan_fn(idx)[:, -ctx.shape[1]:] if plan_fn else None
-            if self.config.vocab is not None:
-                ctx = self.rows(ctx)
             # the head, most of the compute at this size, is needed at the last position only
             logits = self.lm_head(self.features(ctx, plan)[:, -1]) / max(temperature, 1e-6)
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, -float("inf"))
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            if self.config.vocab is not None:
-                nxt = self.token_of_row[nxt]
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 

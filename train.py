@@ -32,7 +32,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import corpora
 import data
 import runtime
 from data import SplitData
@@ -148,15 +147,11 @@ def check_method(args):
     args.run = args.run or args.mode + (f"-{args.planner}" if args.planner else "")
 
 
-def gpt_config(args):
-    # The synthetic corpus has a closed vocabulary: its LM's head has a row per token the generator
-    # can write (~700), not 50,257 rows for tokens that never occur, which made 97% of a small
-    # model's step.
-    vocab = (corpora.synthetic_vocab(data.tokenizer(), data.EOT, args.seed, args.synthetic_types)
-             if args.dataset == "synthetic" else None)
+def gpt_config(args, corpus):
     return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                      n_embd=args.n_embd, dropout=args.dropout, plan_dim=args.embed_dim,
-                     bias=args.bias, vocab=vocab)
+                     bias=args.bias,
+                     vocab_size=len(corpus.vocab) if corpus.vocab else data.VOCAB_SIZE)
 
 
 def planner_config(args):
@@ -212,7 +207,7 @@ def val_loss(net, batches, args):
 
 
 def pretrain_lm(args, corpus, splits):
-    cfg = gpt_config(args)
+    cfg = gpt_config(args, corpus)
     out = runtime.stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr,
                             args.batch_size, args.grad_accum,
                             min(args.warmup_iters, args.lm_iters // 5), args.weight_decay,
@@ -372,7 +367,7 @@ def run_stages(args, resume_from):
                                              "val": data.VAL_FRAC})
     if args.resume:
         runtime.check_resume(resume_from, args, corpus)
-    splits = {k: SplitData(sp, args.device) for k, sp in corpus.splits.items()}
+    splits = {k: SplitData(corpus, k, args.device) for k in corpus.splits}
     t0 = time.time()
     lm, lm_dir = pretrain_lm(args, corpus, splits)
     planner, planner_dir = pretrain_planner(args, corpus, splits)
@@ -381,23 +376,18 @@ def run_stages(args, resume_from):
         report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
 
 
-def unigram_loss(corpus, batches, vocab=None):
-    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows (over
-    the LM's closed vocabulary, if it has one)."""
-    counts = np.bincount(corpus.splits["train"].tokens, minlength=data.VOCAB_SIZE) + 1.0
-    if vocab is not None:
-        counts[np.setdiff1d(np.arange(data.VOCAB_SIZE), vocab)] = 0
-    # log 0 = -inf for tokens outside the vocabulary: never targets
-    with np.errstate(divide="ignore"):
-        logp = torch.as_tensor(np.log(counts / counts.sum()))
+def unigram_loss(corpus, batches):
+    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows."""
+    counts = np.bincount(corpus.to_rows(corpus.splits["train"].tokens),
+                         minlength=len(corpus.vocab) if corpus.vocab else data.VOCAB_SIZE) + 1.0
+    logp = torch.as_tensor(np.log(counts / counts.sum()))
     return float(np.mean([-logp[b["targets"].cpu()].mean().item() for b in batches]))
 
 
 def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):
     world = Context.get().world
     uni = unigram_loss(corpus, [b for r in range(world)
-                                for b in fixed_windows(splits["val"], args, Context(r, world))],
-                       gpt_config(args).vocab)
+                                for b in fixed_windows(splits["val"], args, Context(r, world))])
     print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in "
           f"{seconds:.0f} s; "
           f"pretrained LM {lm_dir}, planner {planner_dir}")

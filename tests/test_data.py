@@ -367,3 +367,20 @@ def test_the_synthetic_vocabulary_holds_every_token_the_generator_writes():
         assert written <= set(vocab) and len(vocab) < 1000 and list(vocab) == sorted(vocab)
         # no more than the generator can write: nearly all of it is written
         assert len(written) > 0.8 * len(vocab)
+
+
+def test_a_closed_vocabulary_maps_ids_to_rows_and_back(tmp_path):
+    """The synthetic corpus's LM reads and predicts rows of its closed vocabulary; other corpora's
+    LMs read GPT-2 ids as they are."""
+    corpus = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
+    assert corpus.vocab == corpora.synthetic_vocab(data.tokenizer(), data.EOT, 0, 4)
+    sd = data.SplitData(corpus, "train", "cpu")
+    ids = corpus.splits["train"].tokens
+    assert sd.tokens.max() < len(corpus.vocab) and sd.tokens.min() >= 0
+    assert np.array_equal(corpus.to_ids(sd.tokens.numpy()), ids)
+    assert [corpus.vocab[r] for r in sd.tokens[:20]] == ids[:20].tolist()
+    with pytest.raises(data.DataError, match="outside this corpus's closed vocabulary"):
+        corpus.to_rows([data.EOT, 4])
+    (tmp_path / "c.txt").write_text("\n\n".join(f"Doc {i}. More." for i in range(20)))
+    text = data.load(str(tmp_path / "c.txt"), 2, 2, data_dir=tmp_path)
+    assert text.vocab is None and np.array_equal(text.to_rows([5, 50256]), [5, 50256])

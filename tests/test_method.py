@@ -35,7 +35,7 @@ def stages(tmp_path_factory):
     def fresh(*flags):
         args = train.get_args(base + list(flags))
         corpus = data.load_from_args(args)
-        splits = {k: data.SplitData(sp, args.device) for k, sp in corpus.splits.items()}
+        splits = {k: data.SplitData(corpus, k, args.device) for k in corpus.splits}
         lm, _ = train.pretrain_lm(args, corpus, splits)
         planner, _ = train.pretrain_planner(args, corpus, splits)
         return args, corpus, splits, lm, planner
@@ -153,7 +153,7 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
         args = train.get_args(flags + ["--out-dir", str(tmp_path / f"b{batch}"),
                                        "--batch-size", str(batch), "--grad-accum", str(accum)])
         corpus = data.load_from_args(args)
-        splits = {k: data.SplitData(sp, "cpu") for k, sp in corpus.splits.items()}
+        splits = {k: data.SplitData(corpus, k, "cpu") for k in corpus.splits}
         lm, out = train.pretrain_lm(args, corpus, splits)
         ends[batch], logs[batch] = snapshot(lm), runtime.read_log(out)
     assert [r["step"] for r in logs[8]] == [r["step"] for r in logs[4]] == [2, 4]

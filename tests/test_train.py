@@ -97,7 +97,8 @@ def test_eval_perplexity_is_exp_of_mean_nll_recomputed(dirs):
     common, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "oracle")
     sp = corpus.splits["val"]
-    tokens, block = torch.as_tensor(sp.tokens.astype(np.int64)), net.lm.config.block_size
+    # synthetic: the LM reads rows of its closed vocabulary
+    tokens, block = torch.as_tensor(corpus.to_rows(sp.tokens)), net.lm.config.block_size
     n = len(tokens) - 1
     codebook = net.plans.codebook.detach()
     total, scored = 0.0, 0
@@ -110,8 +111,7 @@ def test_eval_perplexity_is_exp_of_mean_nll_recomputed(dirs):
                            codebook[torch.as_tensor(sp.labels)[sent.clamp_min(0)]], 0.0)
         with torch.no_grad():
             logits = net.lm(idx[None], plan=plan[None])[0][0].double()
-        # synthetic: a closed vocabulary
-        nll = -torch.log_softmax(logits, -1)[torch.arange(block), net.lm.rows(tgt)]
+        nll = -torch.log_softmax(logits, -1)[torch.arange(block), tgt]
         first_new = scored - start  # targets start+1 .. scored were scored already
         total += nll[first_new:].sum().item()
         scored = start + block
@@ -168,7 +168,7 @@ def _tiny_system(mode, frozen):
     ("hard", True, False), ("soft", True, False), ("st", True, False)])
 def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reaches, tmp_path):
     corpus = data.load("synthetic", 4, 8, 0, 60, 4, data_dir=tmp_path)
-    sd = data.SplitData(corpus.splits["train"], "cpu")
+    sd = data.SplitData(corpus, "train", "cpu")
     net = _tiny_system(mode, frozen)
     loss, _ = net(**sd.lm_batch(torch.tensor([0, 40]), 32),
                   generator=torch.Generator().manual_seed(0))
@@ -281,7 +281,8 @@ def test_browse_guesses_match_planner_accuracy(dirs, capsys):
                     and sum(probs) <= 1 + 1e-6)
             hits += guesses[0][0] == true
             total += 1
-    top1 = planner.planner_metrics(net.planner, data.SplitData(sp, "cpu"))["planner_top1"]
+    sd = data.SplitData(corpus, "val", "cpu")
+    top1 = planner.planner_metrics(net.planner, sd)["planner_top1"]
     assert math.isclose(hits / total, top1, abs_tol=1e-6)
     explore.main([str(root / "out" / "soft-joint"), "--browse", "1"])
     out = capsys.readouterr().out
@@ -337,7 +338,7 @@ def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
     plan."""
     _, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "oracle")
-    sd = data.SplitData(corpus.splits["val"], "cpu")
+    sd = data.SplitData(corpus, "val", "cpu")
     own = evaluation.perplexity(net, sd, net.lm.config.block_size)[1]
     same = evaluation.perplexity(net, sd, net.lm.config.block_size,
                                  plan_table=evaluation.substituted_plans(net, sd, "as-planned"))[1]
