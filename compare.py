@@ -48,6 +48,7 @@ import numpy as np
 
 import data
 import eval as evaluation
+import explore
 import figures
 import runtime
 import train
@@ -217,7 +218,7 @@ def what_holds(args):
         rows.append(f"| {name} | {len({r['seed'] for r in report['val']})} | " +
                     " | ".join(claim_cell(c, kind) if c else ""
                                for c, (*_, kind) in zip(changes, claims)) +
-                    f" | {evaluation.mean_std(shuffled, '+.2%')} |")
+                    f" | {mean_std(shuffled, '+.2%')} |")
     md = ("What holds: val perplexity of A against B of the same seed, mean ± std over seeds [95% "
           "t-interval of the mean] and the verdict it gives, in every setting; plan reliance: how "
           "much soft-joint's val perplexity rises with another sentence's plan than its own\n\n"
@@ -277,13 +278,14 @@ def compare(args, train_flags, out):
     report, tables, title = {}, [], f"{args.dataset}{setting_title(out, args)}"
     for split in ("val", "test"):
         report[split] = [cached(r, f"eval-{split}.json",
-                                lambda: evaluation.evaluate(r, split, args.device))
+                                lambda: {**evaluation.evaluate(r, split, args.device),
+                                         **label_baselines(evaluation.load_run(r)[2], split)})
                          for r in runs]
         tokens = ", ".join(f"{n:,}"
                            for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
         tables.append(f"{title}, {split} split (target tokens per seed: {tokens})\n\n"
-                      f"{evaluation.table(report[split])}"
-                      f"\n\n{evaluation.baselines_line(report[split])}")
+                      f"{table(report[split])}"
+                      f"\n\n{baselines_line(report[split])}")
         print("\n" + tables[-1])
     tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n"
                   f"{claims_table(report)}")
@@ -313,14 +315,88 @@ def compare(args, train_flags, out):
     return report
 
 
+def label_baselines(corpus, split):
+    """What the planner's accuracy is to be read against, on the same split: the most frequent
+    training label, and a label bigram fitted on train (the next label from the previous one alone;
+    a document's first sentence from the first sentences' labels). Ties are broken by overall
+    frequency."""
+    train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
+    prior = np.bincount(train.labels, minlength=k) + 1e-3
+
+    def previous(split_):  # each sentence's previous label in its document, k for a first sentence
+        first = np.zeros(len(split_.labels), bool)
+        first[split_.doc_sent[:-1][np.diff(split_.doc_sent) > 0]] = True
+        return np.where(first, k, np.concatenate([[k], split_.labels[:-1]]))
+    bigram = np.zeros((k + 1, k))  # row k: a document's first sentence
+    np.add.at(bigram, (previous(train), train.labels), 1)
+    bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
+    out = {}
+    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
+                         ("bigram", bigram[previous(sp)])):
+        top = np.argsort(-scores, 1, kind="stable")[:, :5]
+        out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
+                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
+    return out
+
+
+def mean_std(values, fmt):
+    """'mean ± std' over seeds; the mean alone for one run; '' when there is nothing to show."""
+    if not values or values[0] is None:
+        return ""
+    std = f" ± {np.std(values, ddof=1):{fmt.lstrip('+')}}" if len(values) > 1 else ""
+    return f"{np.mean(values):{fmt}}{std}"
+
+
+def table(results):
+    """Markdown comparison, one row per (mode, planner), mean ± std over the seeds given (eval.py's
+    table grouped by seed).
+
+    'vs none' is the change in perplexity against the run of mode none with the same seed;
+    'vs fixed' (when there are fixed runs) against fixed, one learned plan vector for every
+    sentence: the same parameters as any planned mode without the information, so what the plans'
+    content adds.
+    """
+    groups = {}
+    for r in results:
+        groups.setdefault((r["mode"], r["planner"]), []).append(r)
+    refs = ["none"] + (["fixed"] if ("fixed", None) in groups else [])
+    base = {ref: {r["seed"]: r["perplexity"] for r in groups.get((ref, None), [])} for ref in refs}
+    rows = ["| run | mode | planner | perplexity | " + " | ".join(f"vs {ref}" for ref in refs)
+            + " | planner top-1 | planner top-5 |",
+            "|---" * (6 + len(refs)) + "|"]
+    for (mode, planner), rs in groups.items():
+        change = [mean_std([r["perplexity"] / base[ref][r["seed"]] - 1
+                           for r in rs if r["seed"] in base[ref]], "+.1%")
+                  for ref in refs]
+        name = evaluation.run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
+        rows.append(f"| {name} | {mode} | {planner or ''} | "
+                    f"{mean_std([r['perplexity'] for r in rs], '.2f')} | "
+                    f"{' | '.join(change)} | {mean_std([r['planner_top1'] for r in rs], '.3f')} | "
+                    f"{mean_std([r['planner_top5'] for r in rs], '.3f')} |")
+    return "\n".join(rows)
+
+
+def baselines_line(results):
+    """The label baselines of the results' splits (one per seed), mean ± std over seeds."""
+    per_seed = list({r["seed"]: r for r in results}.values())
+    cell = lambda k: mean_std([r.get(k) for r in per_seed], ".3f")
+    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / "
+            f"{cell('majority_top5')}; a label bigram fitted on train {cell('bigram_top1')} / "
+            f"{cell('bigram_top5')}.")
+
+
 def reliance_rows(args, runs, window=None):
     """Each planned run's val perplexity with every plan replaced (shuffled, mean), scored in its
     own windows or in windows of `window` tokens, cached next to its checkpoint."""
     tag = f"-window{window}" if window else ""
-    return [{"run": str(r), how: cached(r, f"eval-val{tag}-{how}.json",
-                                        lambda: evaluation.evaluate(r, "val", args.device, how,
-                                                                    window))["perplexity"]}
-            for r in runs if r.name not in CONSTANT_PLANS for how in ("shuffled", "mean")]
+
+    def replaced(run, how):
+        plans = lambda net, sd: explore.substituted_plans(net, sd, how)
+        return cached(run, f"eval-val{tag}-{how}.json",
+                      lambda: evaluation.evaluate(run, "val", args.device, window, plans))
+
+    return [{"run": str(r), how: replaced(r, how)["perplexity"]}
+            for r in runs if r.name not in CONSTANT_PLANS for how in explore.PLANS]
 
 
 def rescored(args, report, window):
@@ -398,7 +474,7 @@ def verdict(changes, kind):
 def claim_cell(changes, kind):
     ci = interval(changes)
     bounds = f" [{ci[0]:+.2%}, {ci[1]:+.2%}]" if ci else ""
-    return f"{evaluation.mean_std(changes, '+.2%')}{bounds} {verdict(changes, kind)}".strip()
+    return f"{mean_std(changes, '+.2%')}{bounds} {verdict(changes, kind)}".strip()
 
 
 def claims_table(report):
@@ -414,7 +490,7 @@ def claims_table(report):
             rows.append(f"| {claim} | {a} vs {b} | "
                         f"{' '.join(f'{c:+.2%}' for c in change['val'])} | "
                         f"{claim_cell(change['val'], kind)} | "
-                        f"{evaluation.mean_std(change['test'], '+.2%')} |")
+                        f"{mean_std(change['test'], '+.2%')} |")
     return "\n".join(rows)
 
 
@@ -448,7 +524,7 @@ def summarise_sweep(args, out, reports):
              + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
              for f in findings]
     rows += [f"| plan reliance: {RELIANCE[x['how']]} | {x['run']} | "
-             + " | ".join(evaluation.mean_std(c, "+.2%") for c in x["rises"]) + " |"
+             + " | ".join(mean_std(c, "+.2%") for c in x["rises"]) + " |"
              for x in reliance]
     md = (f"{args.dataset}, the findings at each {what}: val perplexity of A against B of the same "
           f"seed, mean ± std over seeds {args.seeds} [95% t-interval of the mean] and the verdict "
@@ -486,8 +562,8 @@ def reliance_table(report):
     content."""
     return "\n".join([f"| run | shuffled: {RELIANCE['shuffled']} | mean: {RELIANCE['mean']} |",
                       "|---|---|---|"] +
-                      [f"| {name} | {evaluation.mean_std(r['shuffled'], '+.2%')} | "
-                       f"{evaluation.mean_std(r['mean'], '+.2%')} |"
+                      [f"| {name} | {mean_std(r['shuffled'], '+.2%')} | "
+                       f"{mean_std(r['mean'], '+.2%')} |"
                        for name, r in reliance_rises(report).items()])
 
 

@@ -7,8 +7,6 @@ Evaluate trained runs: exact perplexity over a held-out split, planner accuracy,
     python eval.py out/soft-joint --sample 8            # write 8 sentences, each planned as it
                                                         # starts
     python eval.py out/hard-frozen --sample 3 --force-labels 3,17,5   # dictate the plan
-    python eval.py out/soft-joint --plans shuffled      # each plan replaced by another sentence's
-                                                        # (or: mean)
     python eval.py out/soft-joint --window 16           # scored in 16-token windows: less of each
                                                         # document seen
 
@@ -28,7 +26,6 @@ import itertools
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import corpora
@@ -37,7 +34,7 @@ import runtime
 from data import SplitData
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
-from planner import Planner, PlannerConfig, planner_metrics, sentence_logits
+from planner import Planner, PlannerConfig, planner_metrics
 
 
 class EvalError(Exception):
@@ -84,7 +81,7 @@ def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
     """-> (target tokens, mean NLL in nats) over the whole split.
 
     plan_table [sentences of the split, D], if given, replaces the plans the run would compute: the
-    targets of sentence s are predicted with row s (see substituted_plans)."""
+    targets of sentence s are predicted with row s (see explore.substituted_plans)."""
     n = len(sd.tokens) - 1
     wins, block = windows(n, block_size)
     total, count = 0.0, 0
@@ -106,32 +103,11 @@ def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
     return count, total / count
 
 
-PLANS = ("as-planned", "shuffled", "mean")
-
-
-@torch.no_grad()
-def substituted_plans(net, sd, how, seed=0):
-    """Every sentence's plan as the run computes it (planned from the sentences before it), then
-    'shuffled': each sentence gets the plan of a random other sentence of the split, or 'mean': the
-    split's mean plan for all. Set against 'as-planned': what the LM draws from the plans'
-    content."""
-    if net.plans.mode == "none":
-        raise EvalError("mode none has no plans to substitute: give a run of another mode, or "
-                        "--plans as-planned")
-    table = (net.plans(logits=sentence_logits(net.planner, sd)) if net.plans.uses_planner
-             else net.plans(labels=sd.labels))
-    if how == "mean":
-        return table.mean(0).expand_as(table)
-    if how == "shuffled":
-        return table[torch.randperm(len(table),
-                                    generator=torch.Generator().manual_seed(seed)).to(table.device)]
-    return table
-
-
-def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
+def evaluate(run, split="val", device="auto", window=None, replace_plans=None):
     """-> the run's perplexity on the split and its planner's accuracy, as a dict. window: score
     with windows of this many tokens instead of the run's own block size: the same LM shown less
-    of each document."""
+    of each document. replace_plans(net, sd) -> [sentences, D]: plans to score with instead of the
+    run's own (explore.py's shuffled and mean plans)."""
     device = runtime.resolve_device(device)
     net, ck, corpus = load_run(run, device)
     block = net.lm.config.block_size
@@ -139,8 +115,7 @@ def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
         raise EvalError(f"--window {window}: {run} was trained on windows of {block} tokens (its "
                         f"positions end there): give at most {block}")
     sd = SplitData(corpus, split, device)
-    table = (None if plans == "as-planned"
-             else substituted_plans(net, sd, plans).to(net.lm.wte.weight.dtype))
+    table = replace_plans(net, sd).to(net.lm.wte.weight.dtype) if replace_plans else None
     tokens, nll = perplexity(net, sd, window or block, plan_table=table)
     if not math.isfinite(nll):
         raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a "
@@ -149,78 +124,27 @@ def evaluate(run, split="val", device="auto", plans="as-planned", window=None):
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
             "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"],
             "seed": ck["config"]["seed"], "planner_top1": acc.get("planner_top1"),
-            "planner_top5": acc.get("planner_top5"), "plans": plans,
-            "window": window or block,
-            **label_baselines(corpus, split)}
-
-
-def label_baselines(corpus, split):
-    """What the planner's accuracy is to be read against, on the same split: the most frequent
-    training label, and a label bigram fitted on train (the next label from the previous one alone;
-    a document's first sentence from the first sentences' labels). Ties are broken by overall
-    frequency."""
-    train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
-    prior = np.bincount(train.labels, minlength=k) + 1e-3
-
-    def previous(split_):  # each sentence's previous label in its document, k for a first sentence
-        first = np.zeros(len(split_.labels), bool)
-        first[split_.doc_sent[:-1][np.diff(split_.doc_sent) > 0]] = True
-        return np.where(first, k, np.concatenate([[k], split_.labels[:-1]]))
-    bigram = np.zeros((k + 1, k))  # row k: a document's first sentence
-    np.add.at(bigram, (previous(train), train.labels), 1)
-    bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
-    out = {}
-    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
-                         ("bigram", bigram[previous(sp)])):
-        top = np.argsort(-scores, 1, kind="stable")[:, :5]
-        out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
-                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
-    return out
-
-
-def mean_std(values, fmt):
-    """'mean ± std' over seeds; the mean alone for one run; '' when there is nothing to show."""
-    if not values or values[0] is None:
-        return ""
-    std = f" ± {np.std(values, ddof=1):{fmt.lstrip('+')}}" if len(values) > 1 else ""
-    return f"{np.mean(values):{fmt}}{std}"
+            "planner_top5": acc.get("planner_top5"), "window": window or block}
 
 
 def table(results):
-    """Markdown comparison, one row per (mode, planner), mean ± std over the seeds given.
-
-    'vs none' is the change in perplexity against the run of mode none with the same seed;
-    'vs fixed' (when there are fixed runs) against fixed, one learned plan vector for every
-    sentence: the same parameters as any planned mode without the information, so what the plans'
-    content adds.
-    """
-    groups = {}
+    """Markdown, a row per run: its perplexity, the change against the run of mode none and of mode
+    fixed of the same seed (fixed: one learned plan vector for every sentence, the same parameters
+    as any planned mode without the information), its planner's accuracy. Over several seeds,
+    compare.py sums up."""
+    refs = [m for m in ("none", "fixed") if any(r["mode"] == m for r in results)]
+    base = {m: {r["seed"]: r["perplexity"] for r in results if r["mode"] == m} for m in refs}
+    rows = ["| run | mode | planner | seed | perplexity | "
+            + "".join(f"vs {m} | " for m in refs) + "planner top-1 | planner top-5 |",
+            "|---" * (7 + len(refs)) + "|"]
     for r in results:
-        groups.setdefault((r["mode"], r["planner"]), []).append(r)
-    refs = ["none"] + (["fixed"] if ("fixed", None) in groups else [])
-    base = {ref: {r["seed"]: r["perplexity"] for r in groups.get((ref, None), [])} for ref in refs}
-    rows = ["| run | mode | planner | perplexity | " + " | ".join(f"vs {ref}" for ref in refs)
-            + " | planner top-1 | planner top-5 |",
-            "|---" * (6 + len(refs)) + "|"]
-    for (mode, planner), rs in groups.items():
-        change = [mean_std([r["perplexity"] / base[ref][r["seed"]] - 1
-                           for r in rs if r["seed"] in base[ref]], "+.1%")
-                  for ref in refs]
-        name = run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
-        rows.append(f"| {name} | {mode} | {planner or ''} | "
-                    f"{mean_std([r['perplexity'] for r in rs], '.2f')} | "
-                    f"{' | '.join(change)} | {mean_std([r['planner_top1'] for r in rs], '.3f')} | "
-                    f"{mean_std([r['planner_top5'] for r in rs], '.3f')} |")
+        cells = [run_name(r["run"]), r["mode"], r["planner"] or "", r["seed"],
+                 f"{r['perplexity']:.2f}"]
+        cells += [f"{r['perplexity'] / base[m][r['seed']] - 1:+.1%}" if r["seed"] in base[m]
+                  else "" for m in refs]
+        cells += ["" if r[k] is None else f"{r[k]:.3f}" for k in ("planner_top1", "planner_top5")]
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(rows)
-
-
-def baselines_line(results):
-    """The label baselines of the results' splits (one per seed), mean ± std over seeds."""
-    per_seed = list({r["seed"]: r for r in results}.values())
-    cell = lambda k: mean_std([r[k] for r in per_seed], ".3f")
-    return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / "
-            f"{cell('majority_top5')}; a label bigram fitted on train {cell('bigram_top1')} / "
-            f"{cell('bigram_top5')}.")
 
 
 def run_name(run):
@@ -322,9 +246,6 @@ def make_parser():
                    help="print JSON (an object, or a list for several runs)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="as train.py: a GPU if there is one")
-    p.add_argument("--plans", default="as-planned", choices=PLANS,
-                   help="replace every sentence's plan by a random other sentence's (shuffled) or "
-                        "the split's mean plan")
     p.add_argument("--window", type=int, metavar="TOKENS",
                    help="score with windows of TOKENS (at most the run's block size): the same LM "
                         "shown less of each document")
@@ -348,15 +269,13 @@ def main(argv=None):
             if len(args.runs) != 1:
                 raise EvalError("--sample takes one RUN")
             return print_samples(args)
-        results = [evaluate(r, args.split, args.device, args.plans, args.window) for r in args.runs]
+        results = [evaluate(r, args.split, args.device, args.window) for r in args.runs]
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
         print(f"{args.split} split, {results[0]['tokens']:,} target tokens" +
-              (f", every plan replaced ({args.plans})" if args.plans != "as-planned" else "") +
               (f", scored in windows of {args.window} tokens" if args.window else ""))
         print(table(results))
-        print(baselines_line(results))
 
 
 def print_samples(args):

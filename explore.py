@@ -7,6 +7,7 @@ planner guesses for each sentence of a held-out document.
     python explore.py --dataset synthetic --synthetic-docs 2000
     python explore.py --dataset path/to/corpus.txt # or a folder of .txt files
     python explore.py out/soft-joint --browse 4    # the planner's top-5 labels for val document 4
+    python explore.py out/soft-joint --plans shuffled  # each plan replaced by another sentence's
 
 With a RUN the corpus is the one it was trained on, and the data flags are not used.
 """
@@ -19,6 +20,7 @@ import torch
 import data
 import eval as evaluation
 import runtime
+from planner import sentence_logits
 
 
 def summary(corpus):
@@ -61,6 +63,28 @@ def show_labels(corpus, n):
         print(f"label {j} ({np.sum(labels == j)} sentences, {np.mean(labels == j):.1%})")
         for text in typical_sentences(corpus, j, n):
             print(f"    {shorten(text)}")
+
+
+PLANS = ("shuffled", "mean")
+
+
+@torch.no_grad()
+def substituted_plans(net, sd, how, seed=0):
+    """Every sentence's plan as the run computes it (planned from the sentences before it), then
+    'shuffled': each sentence gets the plan of a random other sentence of the split, or 'mean': the
+    split's mean plan for all. Set against 'as-planned': what the LM draws from the plans'
+    content."""
+    if net.plans.mode == "none":
+        raise evaluation.EvalError("mode none has no plans to substitute: give a run of another "
+                                   "mode")
+    table = (net.plans(logits=sentence_logits(net.planner, sd)) if net.plans.uses_planner
+             else net.plans(labels=sd.labels))
+    if how == "mean":
+        return table.mean(0).expand_as(table)
+    if how == "shuffled":
+        return table[torch.randperm(len(table),
+                                    generator=torch.Generator().manual_seed(seed)).to(table.device)]
+    return table
 
 
 @torch.no_grad()
@@ -113,24 +137,40 @@ def make_parser():
     parser.add_argument("--browse", type=int, metavar="DOC",
                         help="the planner's top-5 labels for every sentence of document DOC of "
                              "--split (needs a RUN)")
+    parser.add_argument("--plans", choices=PLANS,
+                        help="score the RUN with every plan replaced by a random other sentence's "
+                             "(shuffled) or the split's mean plan, against its own (needs a RUN)")
     parser.add_argument("--split", default="val", choices=("val", "test"))
     return parser
+
+
+def plan_reliance(run, how, split):
+    """What the LM draws from the plans' content: its perplexity with every plan replaced, against
+    the run's own."""
+    own = evaluation.evaluate(run, split)
+    other = evaluation.evaluate(run, split, replace_plans=lambda net, sd: substituted_plans(net, sd,
+                                                                                          how))
+    print(f"{split} perplexity of {run}: {own['perplexity']:.2f} with its own plans, "
+          f"{other['perplexity']:.2f} with every plan replaced ({how}) "
+          f"({other['perplexity'] / own['perplexity'] - 1:+.2%})")
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
     with runtime.one_line_errors(evaluation.EvalError, data.DataError):
         runtime.check_ranges(args, FLAG_RANGES)
-        if args.browse is not None and args.run is None:
-            raise evaluation.EvalError("--browse needs a RUN: python explore.py out/soft-joint "
-                                       f"--browse {args.browse}")
+        if (args.browse is not None or args.plans) and args.run is None:
+            raise evaluation.EvalError("--browse and --plans need a RUN: e.g. python explore.py "
+                                       "out/soft-joint --browse 4")
         net, corpus = (evaluation.load_run(args.run)[::2] if args.run
                        else (None, data.load_from_args(args)))
         if args.labels:
             show_labels(corpus, args.labels)
+        if args.plans:
+            plan_reliance(args.run, args.plans, args.split)
         if args.browse is not None:
             print_browse(net, corpus, args.split, args.browse)
-        else:
+        elif not args.plans:
             print(summary(corpus))
 
 

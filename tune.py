@@ -132,7 +132,7 @@ def table(rows, results, finalists, tokens, steps):
         ppl = [results[finalist, seed]["perplexity"] for seed in seeds
                if (finalist, seed) in results]
         lines.append(f"- {rank} on seed 0: {finalist}; over seeds {', '.join(map(str, seeds))}: "
-                     f"{evaluation.mean_std(ppl, '.2f')} (mean ± std)")
+                     f"{compare.mean_std(ppl, '.2f')} (mean ± std)")
     return "\n".join(lines)
 
 

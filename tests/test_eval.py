@@ -31,24 +31,39 @@ def test_unseen_document_counts_the_text_before_each_targets_window():
     assert compare.unseen_document(split, 100) == (0.0, 0.0)  # one window holds the whole stream
 
 
-def test_table_pairs_seeds_against_none():
+def test_eval_table_is_a_row_per_run_against_none_and_fixed_of_its_seed():
+    rows = [dict(run=f"out/seed{s}/{mode}", mode=mode, planner=None, seed=s, perplexity=p,
+                 planner_top1=None, planner_top5=None)
+            for s, mode, p in ((0, "none", 100), (0, "fixed", 95), (1, "fixed", 80))]
+    rows.append(dict(run="out/seed0/soft-joint/best.pt", mode="soft", planner="joint", seed=0,
+                     perplexity=90, planner_top1=0.1234, planner_top5=0.5))
+    lines = evaluation.table(rows).splitlines()
+    assert lines[0] == ("| run | mode | planner | seed | perplexity | vs none | vs fixed | "
+                        "planner top-1 | planner top-5 |")
+    assert lines[1] == "|---" * 9 + "|"
+    assert lines[4] == "| fixed | fixed |  | 1 | 80.00 |  | +0.0% |  |  |"  # no none of seed 1
+    assert lines[5] == "| soft-joint | soft | joint | 0 | 90.00 | -10.0% | -5.3% | 0.123 | 0.500 |"
+    assert evaluation.table(rows[3:]).splitlines()[0].count("vs ") == 0
+
+
+def test_compare_table_pairs_seeds_against_none():
     rows = [dict(run=f"out/seed{s}/{name}", mode=name.split("-")[0],
                  planner=(name.split("-") + [None])[1], seed=s, perplexity=p,
                  planner_top1=None if name == "none" else 0.1 * (s + 1),
                  planner_top5=None if name == "none" else 0.5)
             for s in range(3) for name, p in (("none", 100 + 10 * s), ("soft-joint", 90 + 10 * s))]
-    lines = evaluation.table(rows).splitlines()
+    lines = compare.table(rows).splitlines()
     assert lines[2] == "| none (×3) | none |  | 110.00 ± 10.00 | +0.0% ± 0.0% |  |  |"
     # soft is 10, 10 and 10 lower: -10.0%, -9.1%, -8.3% against the none of its own seed
     assert lines[3] == ("| soft-joint (×3) | soft | joint | 100.00 ± 10.00 | -9.1% ± 0.8% | "
                         "0.200 ± 0.100 | 0.500 ± 0.000 |")
-    single = evaluation.table(rows[:2]).splitlines()
+    single = compare.table(rows[:2]).splitlines()
     assert single[3] == "| soft-joint | soft | joint | 90.00 | -10.0% | 0.100 | 0.500 |"
     fixed = [dict(r, run=r["run"].replace("none", "fixed"), mode="fixed",
                   perplexity=r["perplexity"] - 5)
              for r in rows if r["mode"] == "none"]
     # then also against fixed: the plans' content
-    with_fixed = evaluation.table(rows + fixed).splitlines()
+    with_fixed = compare.table(rows + fixed).splitlines()
     # fixed is 5 below none: 95, 105, 115 against soft's 90, 100, 110: -5.3%, -4.8%, -4.3%
     assert with_fixed[0] == ("| run | mode | planner | perplexity | vs none | vs fixed | "
                              "planner top-1 | planner top-5 |")

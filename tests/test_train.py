@@ -332,7 +332,7 @@ def test_sampling_errors(dirs):
             evaluation.main([str(root / "out" / run_dir), "--sample", "1", *flags])
 
 
-def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
+def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs, capsys):
     """Plans given back unchanged through the substitution path reproduce the run's own figure; the
     oracle run, which leans on its plans, gets worse with another sentence's plan or the mean
     plan."""
@@ -341,14 +341,17 @@ def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs):
     sd = data.SplitData(corpus, "val", "cpu")
     own = evaluation.perplexity(net, sd, net.lm.config.block_size)[1]
     same = evaluation.perplexity(net, sd, net.lm.config.block_size,
-                                 plan_table=evaluation.substituted_plans(net, sd, "as-planned"))[1]
+                                 plan_table=explore.substituted_plans(net, sd, "as-planned"))[1]
     assert math.isclose(own, same, rel_tol=1e-6)
-    ppl = {how: evaluation.evaluate(root / "out" / "oracle", plans=how)["perplexity"]
-           for how in evaluation.PLANS}
+    ppl = {how: evaluation.evaluate(root / "out" / "oracle", replace_plans=lambda net, sd:
+                                    explore.substituted_plans(net, sd, how))["perplexity"]
+           for how in explore.PLANS}
     # measured: 6.8, 3.2
-    assert ppl["shuffled"] > 3 * ppl["as-planned"] and ppl["mean"] > 1.8 * ppl["as-planned"]
+    assert ppl["shuffled"] > 3 * math.exp(own) and ppl["mean"] > 1.8 * math.exp(own)
+    explore.main([str(root / "out" / "oracle"), "--plans", "mean"])
+    assert f"{ppl['mean']:.2f} with every plan replaced (mean)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="mode none has no plans to substitute"):
-        evaluation.main([str(root / "out" / "none"), "--plans", "mean"])
+        explore.main([str(root / "out" / "none"), "--plans", "mean"])
 
 
 def test_scoring_in_shorter_windows_shows_the_lm_less(dirs, capsys):
@@ -374,7 +377,7 @@ def test_label_baselines_count_what_they_say():
         # after 0 comes 1 (3 of 4 times), after 1 comes 0
         "train": split([0, 1, 0, 1, 0, 2, 0, 1], [0, 5, 8]),
         "val": split([0, 1, 0, 2, 2], [0, 3, 5])}})()
-    out = evaluation.label_baselines(corpus, "val")
+    out = compare.label_baselines(corpus, "val")
     assert out["majority_top1"] == 2 / 5  # label 0 everywhere
     # bigram: both training documents open with 0 (val: hit for the first document, miss for the
     # second); after 0 comes 1 (hit), after 1 comes 0 (hit), after 2 comes 0
