@@ -18,7 +18,7 @@ GPU) is its own. The batch is random tokens shaped like the wiki corpus: windows
 
 --pipeline writes an archive in WikiText-103's raw format (its articles, headings and spaced-out
 punctuation) made of the wiki corpus's sentences, as many tokens as asked, and times
-`python data.py` on it in a fresh process: the build from nothing, then the load from the cache
+`python explore.py` on it in a fresh process: the build from nothing, then the load from the cache
 (wall time, peak RSS, cache size), then batches, the planner's document gathering and the
 evaluation windows at that size.
 """
@@ -249,11 +249,11 @@ def pipeline(args):
     else:
         print(f"using the archive already at {archive} (delete it to write one of another size)")
     shutil.rmtree(root / "cache", ignore_errors=True)
-    cmd = [sys.executable, "data.py", "--dataset", "wikitext103", "--data-dir", str(root),
+    cmd = [sys.executable, "explore.py", "--dataset", "wikitext103", "--data-dir", str(root),
            "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
     for what in ("build from nothing", "load from the cache"):
         seconds, rss, out = timed_process(cmd)
-        print(f"python data.py, {what}: {seconds:.1f} s wall, peak RSS {rss / 2**30:.2f} GiB")
+        print(f"python explore.py, {what}: {seconds:.1f} s wall, peak RSS {rss / 2**30:.2f} GiB")
     print(out.rstrip())
     cache = next((root / "cache").glob("*.npz"))
     print(f"cache {cache.stat().st_size / 2**30:.2f} GiB")
@@ -399,7 +399,7 @@ def kmeans_sample(args):
               f"{time.perf_counter() - t:.1f} s")
 
 
-def main(argv=None):
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", default=",".join(MODES),
@@ -429,12 +429,16 @@ def main(argv=None):
                            "--eval-interval 30 --eval-iters 4",
                    help="train.py flags of --check's short run (defaults: the device's, wiki)")
     p.add_argument("--pipeline", metavar="TOKENS",
-                   help="time data.py on a generated WikiText-103-like corpus, e.g. 103M")
+                   help="time the data pipeline on a generated WikiText-103-like corpus, e.g. 103M")
     p.add_argument("--data-dir", default=str(data.ROOT / "data" / "bench-pipeline"),
                    help="where --pipeline and --check write")
     p.add_argument("--kmeans", type=int, metavar="N",
                    help="held-out inertia of k-means fitted on N sampled wiki sentences vs all")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     if problem := bad_flag(args):
         sys.exit(f"error: {problem}")
     if args.pipeline is not None:

