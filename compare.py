@@ -258,8 +258,8 @@ def sweep_settings(args, train_flags):
 
 def evaluated(run, split, device):
     """eval.py's figures of a run, with the label baselines its planner is read against."""
-    corpus = evaluation.load_run(run)[2]
-    return {**evaluation.evaluate(run, split, device), **explore.label_baselines(corpus, split)}
+    result = evaluation.evaluate(run, split, device)
+    return {**result, **explore.label_baselines(evaluation.load_run(run)[2], split)}
 
 
 def train_runs(args, train_flags, out):
