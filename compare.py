@@ -40,6 +40,7 @@ work took.
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -316,7 +317,7 @@ def compare(args, train_flags, out):
                       f"\n\n{following_table(report['following'])}")
         print("\n" + tables[-1])
     with runtime.atomic_write(out / "results.json") as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=1))
+        Path(tmp).write_text(json.dumps(relative_runs(report, out), indent=1))
     with runtime.atomic_write(out / "results.md") as tmp:
         Path(tmp).write_text("\n\n".join(tables) + "\n")
     try:
@@ -405,18 +406,32 @@ def setting_title(out, args):
 
 
 def cached(run_dir, name, compute, work="evaluations"):
-    """compute(), kept as JSON in the run's folder until the run's checkpoint changes."""
+    """compute(), kept as JSON in the run's folder until the run's checkpoint changes. Its "run" is
+    where the run is now: a comparison folder can be moved or copied."""
     cache = run_dir / name
     if (cache.exists()
             and cache.stat().st_mtime > runtime.checkpoint_path(run_dir).stat().st_mtime):
         try:
-            return json.loads(cache.read_text())
+            found = json.loads(cache.read_text())
+            if isinstance(found, dict) and "run" in found:
+                found["run"] = str(run_dir)
+            return found
         except (ValueError, UnicodeDecodeError):  # cut short or damaged: computed again
             pass
     result = timed(work, compute)
     with runtime.atomic_write(cache) as tmp:
         Path(tmp).write_text(json.dumps(result))
     return result
+
+
+def relative_runs(report, folder):
+    """The report with every run's path relative to folder, where its JSON is written: read back
+    under the folder wherever it was moved or copied to (figures.runs_under)."""
+    return {k: [dict(r, run=os.path.relpath(r["run"], folder)) for r in v] if k in RUN_LISTS
+            else v for k, v in report.items()}
+
+
+RUN_LISTS = ("val", "test", "reliance", "following")  # a report's lists of runs
 
 
 def timed(work, compute):
@@ -520,7 +535,8 @@ def summarise_sweep(args, out, reports):
     print("\n" + md)
     with runtime.atomic_write(out / "sweep.md") as tmp:
         Path(tmp).write_text(md + "\n")
-    sweep.update(findings=findings, reliance=reliance, reports=[[v, r] for v, r in reports])
+    sweep.update(findings=findings, reliance=reliance,
+                 reports=[[v, relative_runs(r, out)] for v, r in reports])
     with runtime.atomic_write(out / "sweep.json") as tmp:
         Path(tmp).write_text(json.dumps(sweep, indent=1))
     try:

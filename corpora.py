@@ -80,7 +80,17 @@ def text_files(path):
     if not p.exists():
         raise DataError(f"dataset path {p} does not exist: give a .txt file, a folder of .txt "
                         f"files, or one of {', '.join(DATASETS[:3])}")
-    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
+    if not (p.is_dir() or p.is_file()):  # a FIFO or a device would be read forever
+        raise DataError(f"dataset path {p} is neither a regular file nor a folder: give a .txt "
+                        "file or a folder of .txt files")
+    if p.is_file():
+        return [p]
+    found = sorted(p.rglob("*.txt"))
+    files = [f for f in found if f.is_file()]
+    if len(files) < len(found):  # folders named x.txt, dangling links, FIFOs, devices
+        others = [f for f in found if not f.is_file()]
+        print(f"warning: {len(others)} entries of {p} named *.txt are not regular files and are "
+              f"left out (the first: {others[0]})", file=sys.stderr)
     if not files:
         raise DataError(f"folder {p} holds no .txt files: put one document per .txt file in it")
     return files
@@ -403,7 +413,7 @@ def fingerprint(files, docs):
     read again), or of the documents themselves when they are generated."""
     h = hashlib.sha256()
     for f in files or []:
-        h.update(Path(f).name.encode() + b"\0")
+        h.update(os.fsencode(Path(f).name) + b"\0")  # any name, in any encoding
         with open(f, "rb") as fh:
             while block := fh.read(1 << 24):
                 h.update(block)

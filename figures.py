@@ -41,7 +41,7 @@ def figures(comparison, out_dir):
     if not (comparison / "results.json").exists():
         raise EvalError(f"no results.json in {comparison}: give a folder made by compare.py")
     try:
-        results = json.loads((comparison / "results.json").read_text())
+        results = runs_under(json.loads((comparison / "results.json").read_text()), comparison)
         assert results["val"] and results["test"]
     except (ValueError, KeyError, TypeError, AssertionError):
         raise EvalError(f"{comparison / 'results.json'} holds no comparison (not JSON, or no val "
@@ -55,6 +55,13 @@ def figures(comparison, out_dir):
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return written
+
+
+def runs_under(results, comparison):
+    """compare.py's results with each run's path under the comparison folder, wherever it is now
+    (compare.py writes them relative to it; an absolute path stays as it is)."""
+    return {k: [dict(r, run=str(comparison / r["run"])) for r in v] if k in ("val", "test")
+            else v for k, v in results.items()}
 
 
 def sweep_figure(sweep_json, path):

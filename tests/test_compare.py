@@ -58,6 +58,14 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
         monkeypatch.setattr(module, name, redone)
     compare.main(argv)
     assert (tmp_path / "cmp" / "results.md").read_text() == md
+    # moved, it is the same comparison: nothing redone, every path under its new place
+    (tmp_path / "cmp").rename(tmp_path / "moved")
+    compare.main(argv[:argv.index("--out-dir")] + ["--out-dir", str(tmp_path / "moved"),
+                                                   "--data-dir", str(tmp_path / "data")])
+    assert (tmp_path / "moved" / "results.md").read_text() == md
+    moved = json.loads((tmp_path / "moved" / "results.json").read_text())
+    assert [r["run"] for r in moved["val"]] == [f"seed0/{name}" for name in names]
+    assert figures.figures(tmp_path / "moved", tmp_path / "figs")
     assert ("nothing to make: every run, evaluation and sample was there already"
             in capsys.readouterr().out)
 

@@ -499,6 +499,35 @@ def test_small_corpus_says_what_to_change(tmp_path):
     assert "split has 2 tokens" in message and "lower --block-size" not in message
 
 
+def test_a_corpus_folder_with_odd_entries_reads_its_regular_files(tmp_path, capsys):
+    """Entries named *.txt that are not regular files are left out with one warning; a file name
+    in another encoding than the locale's is read; nothing hangs."""
+    folder = tmp_path / "docs"
+    (folder / "a-folder.txt").mkdir(parents=True)
+    (folder / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")
+    os.mkfifo(folder / "fifo.txt")
+    for i in range(12):
+        (folder / f"{i}.txt").write_text(f"Document {i} has words. It ends here.")
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "wb") as f:  # a latin-1 name
+        f.write(b"A latin-1 name. Its text is plain.")
+    corpus = data.load(str(folder), 2, 2, data_dir=tmp_path)
+    assert sum(len(sp.doc_sent) - 1 for sp in corpus.splits.values()) == 13
+    err = capsys.readouterr().err
+    assert "warning: 3 entries of" in err and "are not regular files and are left out" in err
+
+
+@pytest.mark.parametrize("what", ["fifo", "device"])
+def test_a_corpus_that_is_no_regular_file_is_one_line(tmp_path, what):
+    path = tmp_path / "c.txt"
+    if what == "fifo":
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    message = one_line_error(lambda: explore.main(["--dataset", str(path),
+                                                   "--data-dir", str(tmp_path)]))
+    assert f"dataset path {path} is neither a regular file nor a folder" in message
+
+
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch, name):
     def interrupted(*a):
