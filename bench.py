@@ -40,11 +40,11 @@ import torch
 
 import corpora
 import data
-from runtime import read_log
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from runtime import CUDA_MODELS, atomic_write, autocast, autocast_dtype, resolve_device
+from runtime import (CUDA_MODELS, atomic_write, autocast, autocast_dtype, one_line_errors,
+                     read_log, resolve_device)
 from train import CPU_DEFAULTS
 
 MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen",
@@ -439,6 +439,11 @@ def make_parser():
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    with one_line_errors(data.DataError):
+        run(args)
+
+
+def run(args):
     if problem := bad_flag(args):
         sys.exit(f"error: {problem}")
     if args.pipeline is not None:

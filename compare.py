@@ -161,7 +161,7 @@ def main(argv=None):
                         "side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
     SPENT.clear()
-    try:
+    with runtime.one_line_errors(evaluation.EvalError, data.DataError):
         if args.holds is not None:
             return what_holds(args)
         seeds = args.seeds.split(",")
@@ -178,8 +178,6 @@ def main(argv=None):
         if len(reports) > 1:
             summarise_sweep(args, out, reports)
         print("\n" + spent())
-    except (runtime.TrainError, evaluation.EvalError, data.DataError) as e:
-        sys.exit(f"error: {e}")
 
 
 def what_holds(args):
@@ -263,6 +261,18 @@ def evaluated(run, split, device):
     return {**result, **explore.label_baselines(evaluation.load_run(run)[2], split)}
 
 
+def training(argv, script):
+    """train.main(argv) for a lab script: an interruption says to run the script again (it skips
+    what is finished and continues a run cut short), not train.py's own command."""
+    try:
+        train.main(argv)
+    except SystemExit as e:
+        if str(e.code).startswith("error: interrupted"):
+            sys.exit(f"{e.code.split(';')[0].split(': saved')[0]}; every checkpoint written so "
+                     f"far is whole: run the same {script} command to go on")
+        raise
+
+
 def train_runs(args, train_flags, out):
     """Every run of every seed, trained into out/seed<seed>/<run> unless it is finished: -> their
     folders."""
@@ -280,7 +290,7 @@ def train_runs(args, train_flags, out):
                                        "--mode", mode] +
                         (["--planner", planner] if planner else []) +
                         (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
-                timed("training runs", lambda: train.main(argv))
+                timed("training runs", lambda: training(argv, "compare.py"))
             runs.append(run_dir / name)
     return runs
 

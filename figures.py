@@ -8,13 +8,12 @@ dependency).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from eval import EvalError, run_name
-from runtime import read_log
+from runtime import one_line_errors, read_log
 
 
 def sd(xs):
@@ -190,15 +189,13 @@ def main(argv=None):
                    help="a folder made by compare.py (results.json, or sweep.json for a sweep)")
     p.add_argument("out_dir", help="where the PNG files go")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors(EvalError):
         comparison = Path(args.comparison)
         if (comparison / "sweep.json").exists() and not (comparison / "results.json").exists():
             print(sweep_figure(comparison / "sweep.json",
                                Path(args.out_dir) / f"{comparison.name}-sweep.png"))
         else:
             print(*figures(comparison, args.out_dir), sep="\n")
-    except EvalError as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

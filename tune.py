@@ -18,7 +18,6 @@ after every run.
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -43,10 +42,8 @@ def main(argv=None):
     p.add_argument("--out-dir", default="out/tune")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     args, train_flags = p.parse_known_args(argv)
-    try:
+    with runtime.one_line_errors(evaluation.EvalError, data.DataError):
         search(args, train_flags)
-    except (runtime.TrainError, evaluation.EvalError, data.DataError) as e:
-        sys.exit(f"error: {e}")
 
 
 def search(args, train_flags):
@@ -97,14 +94,12 @@ def run(args, train_flags, setting, tokens, steps, seed):
     if not compare.done(run_dir / "soft-joint"):
         start = time.perf_counter()
         resume = ["--resume"] if (run_dir / "soft-joint" / "ckpt.pt").exists() else []
-        train.main(train_flags + resume + ["--dataset", args.dataset, "--device", args.device,
-                                  "--seed", str(seed), "--out-dir", str(run_dir),
-                                  "--block-size", str(setting["block"]),
-                                  "--batch-size", str(tokens // setting["block"]),
-                                  "--lr", str(setting["lr"]),
-                                  "--finetune-lr", str(setting["lr"] / 2),
-                                  "--lm-iters", str(setting["lm_iters"]),
-                                  "--finetune-iters", str(steps - setting["lm_iters"])])
+        compare.training(train_flags + resume + [
+            "--dataset", args.dataset, "--device", args.device, "--seed", str(seed),
+            "--out-dir", str(run_dir), "--block-size", str(setting["block"]),
+            "--batch-size", str(tokens // setting["block"]), "--lr", str(setting["lr"]),
+            "--finetune-lr", str(setting["lr"] / 2), "--lm-iters", str(setting["lm_iters"]),
+            "--finetune-iters", str(steps - setting["lm_iters"])], "tune.py")
         with runtime.atomic_write(timing) as tmp:
             Path(tmp).write_text(json.dumps(time.perf_counter() - start))
     result = compare.cached(run_dir / "soft-joint", "eval-val.json",

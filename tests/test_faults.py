@@ -189,6 +189,19 @@ def test_file_system_errors_are_one_line(tiny_out, tmp_path, monkeypatch):
     assert not list((root / "out" / "full").glob("*.tmp"))
 
 
+def test_file_system_errors_of_the_lab_scripts_are_one_line(tmp_path):
+    """A --data-dir or an output folder that is a file, for the scripts beside train.py and eval.py:
+    one line naming the path."""
+    (tmp_path / "a-file").write_text("")
+    for call in (lambda: explore.main(["--dataset", "synthetic", "--synthetic-docs", "30",
+                                       "--data-dir", str(tmp_path / "a-file")]),
+                 lambda: compare.main(["--dataset", "synthetic", "--seeds", "0", "--out-dir",
+                                       str(tmp_path / "a-file" / "cmp")]),
+                 lambda: figures.main([str(tmp_path / "a-file"), str(tmp_path / "a-file")])):
+        message = one_line_error(call)
+        assert str(tmp_path / "a-file") in message, message
+
+
 def test_a_damaged_log_is_read_as_far_as_it_is_whole(tmp_path, capsys):
     """A step logged twice (a save that failed, then --resume) counts once, its last record; a
     stray byte is no crash; a torn last line is skipped with a warning."""
@@ -592,3 +605,17 @@ def test_a_file_that_is_not_text_is_refused(tmp_path, content):
     with pytest.raises(data.DataError, match=r"c.txt is not text: \d+% of its characters are "
                                              r"NUL, control or undecodable"):
         data.load(str(tmp_path / "c.txt"), data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("said", [
+    "error: interrupted after step 3 of finetune: saved x/ckpt.pt; continue with the same command "
+    "and --resume",
+    "error: interrupted; every checkpoint written so far is whole: run the same command to go on"])
+def test_an_interrupted_comparison_says_to_run_the_comparison_again(monkeypatch, tmp_path, said):
+    def interrupted(argv):
+        sys.exit(said)
+    monkeypatch.setattr(train, "main", interrupted)
+    message = one_line_error(lambda: compare.main(["--dataset", "synthetic", "--seeds", "0",
+                                                   "--out-dir", str(tmp_path)]))
+    assert message.startswith("error: interrupted") and "--resume" not in message
+    assert message.endswith("run the same compare.py command to go on")
