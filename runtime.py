@@ -438,6 +438,9 @@ def run_checkpoint(run, device="cpu"):
     if not path.exists():
         raise TrainError(f"no checkpoint at {path}: give a run folder made by train.py (e.g. "
                          "out/soft-joint)")
+    if path == Path(run) and not zipfile.is_zipfile(path):  # a file given, a corpus say
+        raise TrainError(f"{path} is not a checkpoint: give a run folder made by train.py (e.g. "
+                         "out/soft-joint) or its ckpt.pt")
     ck = load_checkpoint(path, device)
     if ck["stage"] != "finetune":
         raise TrainError(f"{path} is a pretraining checkpoint ({ck['stage']}): evaluate a "

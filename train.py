@@ -210,7 +210,7 @@ def val_loss(net, batches, args):
     return {"val_loss": loss.item()}
 
 
-def pretrain_lm(args, corpus, splits):
+def pretrain_lm(args, corpus, splits, needed=True):
     cfg = gpt_config(args, corpus)
     out = runtime.stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr,
                             args.batch_size, args.grad_accum,
@@ -219,7 +219,7 @@ def pretrain_lm(args, corpus, splits):
     torch.manual_seed(args.seed)
     net = PlannedLM(GPT(cfg), None, Plans("none", corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
-    if runtime.finished(ck, net, args):
+    if runtime.finished(ck, net, args) or not needed:
         return net.lm, out
     val = fixed_windows(splits["val"], args, Context.get())
     with runtime.folder_lock(out, Context.get().master):  # every run of this out-dir shares it
@@ -240,7 +240,7 @@ class PlannerObjective(nn.Module):
         return planner_loss(self.planner(emb), labels, mask), None
 
 
-def pretrain_planner(args, corpus, splits):
+def pretrain_planner(args, corpus, splits, needed=True):
     cfg = planner_config(args)
     out = runtime.stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters,
                             args.planner_lr, args.planner_batch,
@@ -249,7 +249,7 @@ def pretrain_planner(args, corpus, splits):
     torch.manual_seed(args.seed)
     net = PlannerObjective(Planner(cfg, corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
-    if runtime.finished(ck, net, args):
+    if runtime.finished(ck, net, args) or not needed:
         return net.planner, out
     train_sd, val_sd = splits["train"], splits["val"]
     n_docs, ctx = len(train_sd.doc_sent) - 1, Context.get()
@@ -373,8 +373,9 @@ def run_stages(args, resume_from):
         runtime.check_resume(resume_from, args, corpus)
     splits = {k: SplitData(corpus, k, args.device) for k in corpus.splits}
     t0 = time.time()
-    lm, lm_dir = pretrain_lm(args, corpus, splits)
-    planner, planner_dir = pretrain_planner(args, corpus, splits)
+    # resumed, the run's checkpoint holds every weight: stages deleted since are not trained again
+    lm, lm_dir = pretrain_lm(args, corpus, splits, needed=not args.resume)
+    planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
     net, out, final = finetune(args, corpus, splits, lm, planner)
     if Context.get().master:
         report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)

@@ -1,6 +1,7 @@
 """Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code
 from a file."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,13 @@ def test_file_system_errors_are_one_line(tiny_out, tmp_path, monkeypatch):
     assert "full/ckpt.pt could not be written (" in message and "free space" in message
     assert torch.load(root / "out" / "full" / "ckpt.pt", weights_only=True)["step"] == 2
     assert not list((root / "out" / "full").glob("*.tmp"))
+
+
+def test_a_file_that_is_no_checkpoint_given_to_eval_is_not_to_be_deleted(tmp_path):
+    (tmp_path / "corpus.txt").write_text("A document. Another sentence.")
+    message = one_line_error(lambda: evaluation.main([str(tmp_path / "corpus.txt")]))
+    assert "corpus.txt is not a checkpoint: give a run folder" in message
+    assert "delete" not in message
 
 
 def test_file_system_errors_of_the_lab_scripts_are_one_line(tmp_path):
@@ -414,6 +422,32 @@ def test_what_schedulers_send_stops_like_ctrl_c(tiny_out, monkeypatch, capsys, n
     assert torch.load(root / "out" / run / "ckpt.pt", weights_only=True)["step"] == 3
     monkeypatch.undo()
     resume_ends_at_the_whole_run(argv, root, run)
+
+
+def test_resume_does_not_pretrain_again(tiny_out, tmp_path, monkeypatch):
+    """The pretrained stages deleted after a stop: --resume does not train them again (the run's
+    checkpoint holds every weight) and still ends at the weights of a run never stopped."""
+    flags, root = tiny_out
+    whole_run(flags + ["--mode", "gumbel"], root)
+    at = flags.index("--out-dir")
+    argv = flags[:at] + ["--out-dir", str(tmp_path / "out")] + flags[at + 2:] + ["--mode", "gumbel"]
+    real, calls = mix.PlannedLM.forward, []
+
+    def stopped(self, *a, **k):
+        calls.append(self.training and self.plans.mode == "gumbel")
+        if sum(calls) == 3:
+            sigint()
+        return real(self, *a, **k)
+    monkeypatch.setattr(mix.PlannedLM, "forward", stopped)
+    assert "interrupted after step 3" in one_line_error(lambda: train.main(argv))
+    monkeypatch.undo()
+    shutil.rmtree(tmp_path / "out" / "pretrain")
+    train.main(argv + ["--resume"])
+    assert not list((tmp_path / "out" / "pretrain").glob("*/ckpt.pt"))
+    whole, cut = (torch.load(d / "ckpt.pt", weights_only=True)
+                  for d in (root / "out" / "whole", tmp_path / "out" / "gumbel-joint"))
+    for part in ("model", "planner", "plans"):
+        assert all(torch.equal(whole[part][k], cut[part][k]) for k in whole[part]), part
 
 
 def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, monkeypatch):

@@ -255,6 +255,31 @@ def test_forced_labels_are_realised_on_synthetic(dirs):
     assert follow["sentences"] == 16 and follow["chance"] == 1 / 16 and follow["rate"] >= 0.75
 
 
+def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, monkeypatch):
+    """Sampling after a prompt of many sentences costs what its length costs, not its square: the
+    planner reads the prompt once (and once more before each new sentence), the LM never more than
+    its block, and each prompt sentence gets the plan of the sentences before it."""
+    _, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "soft-joint")
+    prompt = " ".join(corpus.sentence_text("train", s).strip() for s in range(300))
+    seen = {"planner": [], "lm": []}
+    planner_forward, generate = type(net.planner).forward, type(net.lm).generate
+    monkeypatch.setattr(type(net.planner), "forward", lambda self, emb: seen["planner"].append(
+        emb.shape[1]) or planner_forward(self, emb))
+    monkeypatch.setattr(type(net.lm), "generate", lambda self, idx, *a: seen["lm"].append(
+        (idx.shape[1], a[3](idx).shape[1])) or generate(self, idx, *a))
+    rows = evaluation.sample(net, corpus, 2, prompt, seed=0)
+    n = len(data.split_sentences(prompt))
+    assert len(rows) == 2 and seen["planner"][:3] == [n + 1, n + 1, n + 2]
+    block = net.lm.config.block_size
+    assert all(tokens == plans <= block for tokens, plans in seen["lm"]) and seen["lm"]
+    one_by_one = [evaluation.next_plan(net, corpus, data.split_sentences(prompt)[:s])[1]
+                  for s in (0, 1, n - 1)]
+    each = evaluation.plan_each(net, corpus, data.split_sentences(prompt))
+    for s, vec in zip((0, 1, n - 1), one_by_one):
+        torch.testing.assert_close(each[s][1], vec, atol=1e-5, rtol=1e-5)
+
+
 def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
     rows = [(0, 0, ""), (0, 1, ""), (1, 1, ""), (1, 1, "")]  # planned 0,0,1,1; realised 0,1,1,1
     monkeypatch.setattr(evaluation, "sample", lambda *a, **k: rows)
