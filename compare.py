@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import data
 import eval as evaluation
@@ -53,6 +54,7 @@ import explore
 import figures
 import runtime
 import train
+from planner import sentence_logits
 
 RUNS = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
         ("st", "joint"), ("soft", "frozen"), ("soft", "joint"), ("gumbel", "joint")]
@@ -155,6 +157,11 @@ def main(argv=None):
     g.add_argument("--eval-windows",
                    help="comma-separated windows (at most --block-size) to score the finished "
                         "runs in: the same LMs shown less of each document")
+    p.add_argument("--truth-weights",
+                   help="comma-separated weights w in (0, 1): also fine-tune soft-frozen with the "
+                        "true label mixed into its plans (train.py --truth-weight w), and draw the "
+                        "curve of plan quality from soft-frozen (w = 0) to the oracle (w = 1) "
+                        "against fixed")
     p.add_argument("--holds",
                    help="comma-separated out-dirs of finished comparisons or sweeps: trains "
                         "nothing, sets every finding's verdict in each of their settings side by "
@@ -277,17 +284,19 @@ def train_runs(args, train_flags, out):
     """Every run of every seed, trained into out/seed<seed>/<run> unless it is finished: -> their
     folders."""
     wanted = args.runs.split(",")
-    picked = [(mode, planner) for (mode, planner), name in zip(RUNS, run_names()) if name in wanted]
+    picked = [(mode, planner, name, []) for (mode, planner), name in zip(RUNS, run_names())
+              if name in wanted]
+    picked += [("soft", "frozen", f"soft-frozen-truth{w:g}", ["--truth-weight", f"{w:g}"])
+               for w in truth_weights(args)]
     runs = []
     for seed in map(int, args.seeds.split(",")):
-        for mode, planner in picked:
-            name = mode + (f"-{planner}" if planner else "")
+        for mode, planner, name, flags in picked:
             run_dir = out / f"seed{seed}"
             # a run cut short continues from its last checkpoint
             if not done(run_dir / name):
-                argv = (train_flags + ["--dataset", args.dataset, "--seed", str(seed),
-                                       "--out-dir", str(run_dir), "--device", args.device,
-                                       "--mode", mode] +
+                argv = (train_flags + flags + ["--dataset", args.dataset, "--seed", str(seed),
+                                               "--out-dir", str(run_dir), "--device", args.device,
+                                               "--mode", mode] +
                         (["--planner", planner] if planner else []) +
                         (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
                 timed("training runs", lambda: training(argv, "compare.py"))
@@ -312,6 +321,12 @@ def compare(args, train_flags, out):
     tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n"
                   f"{claims_table(report)}")
     print("\n" + tables[-1])
+    if truth_weights(args):
+        report["curve"] = curve(args, runs, report)
+        tables.append(f"{title}, how good must a plan be: soft plans from w onehot(true label) + "
+                      f"(1-w) the frozen planner's distribution, fine-tuned, against fixed (same "
+                      f"seed), val\n\n{curve_table(report)}")
+        print("\n" + tables[-1])
     report["reliance"] = reliance_rows(args, runs)
     tables.append(f"{title}, plan reliance: val perplexity with every plan replaced, against the "
                   f"run's own plans (same seed)\n\n{reliance_table(report)}")
@@ -346,8 +361,8 @@ def mean_std(values, fmt):
 
 
 def table(results):
-    """Markdown comparison, one row per (mode, planner), mean ± std over the seeds given (eval.py's
-    table grouped by seed).
+    """Markdown comparison, one row per run name (its mode and planner), mean ± std over the seeds
+    given (eval.py's table grouped by seed).
 
     'vs none' is the change in perplexity against the run of mode none with the same seed;
     'vs fixed' (when there are fixed runs) against fixed, one learned plan vector for every
@@ -356,18 +371,18 @@ def table(results):
     """
     groups = {}
     for r in results:
-        groups.setdefault((r["mode"], r["planner"]), []).append(r)
-    refs = ["none"] + (["fixed"] if ("fixed", None) in groups else [])
-    base = {ref: {r["seed"]: r["perplexity"] for r in groups.get((ref, None), [])} for ref in refs}
+        groups.setdefault(evaluation.run_name(r["run"]), []).append(r)
+    refs = ["none"] + (["fixed"] if "fixed" in groups else [])
+    base = {ref: {r["seed"]: r["perplexity"] for r in groups.get(ref, [])} for ref in refs}
     rows = ["| run | mode | planner | perplexity | " + " | ".join(f"vs {ref}" for ref in refs)
             + " | planner top-1 | planner top-5 |",
             "|---" * (6 + len(refs)) + "|"]
-    for (mode, planner), rs in groups.items():
+    for name, rs in groups.items():
         change = [mean_std([r["perplexity"] / base[ref][r["seed"]] - 1
                            for r in rs if r["seed"] in base[ref]], "+.1%")
                   for ref in refs]
-        name = evaluation.run_name(rs[0]["run"]) + (f" (×{len(rs)})" if len(rs) > 1 else "")
-        rows.append(f"| {name} | {mode} | {planner or ''} | "
+        name += f" (×{len(rs)})" if len(rs) > 1 else ""
+        rows.append(f"| {name} | {rs[0]['mode']} | {rs[0]['planner'] or ''} | "
                     f"{mean_std([r['perplexity'] for r in rs], '.2f')} | "
                     f"{' | '.join(change)} | {mean_std([r['planner_top1'] for r in rs], '.3f')} | "
                     f"{mean_std([r['planner_top5'] for r in rs], '.3f')} |")
@@ -381,6 +396,74 @@ def baselines_line(results):
     return (f"Label baselines (top-1 / top-5): the most frequent label {cell('majority_top1')} / "
             f"{cell('majority_top5')}; a label bigram fitted on train {cell('bigram_top1')} / "
             f"{cell('bigram_top5')}.")
+
+
+def truth_weights(args):
+    if not args.truth_weights:
+        return []
+    try:
+        weights = [float(w) for w in args.truth_weights.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(0 < w < 1 for w in weights):
+        raise runtime.TrainError(f"--truth-weights {args.truth_weights}: give weights between 0 "
+                                 "and 1, comma-separated (0 is soft-frozen, 1 the oracle: both "
+                                 "are in --runs)")
+    return weights
+
+
+@torch.no_grad()
+def plan_quality(run, split="val"):
+    """How good a run's plans are as a distribution over the true labels of the split: top-1 and
+    top-5 accuracy, and cross-entropy (nats). The oracle's: 1, 1, 0."""
+    net, _, corpus = evaluation.load_run(run)
+    sd = data.SplitData(corpus, split, "cpu")
+    if net.plans.mode == "oracle":
+        return {"plan_top1": 1.0, "plan_top5": 1.0, "plan_ce": 0.0}
+    q = net.plans.distribution(sentence_logits(net.planner, sd), sd.labels)
+    top = q.topk(min(5, q.shape[1]), -1).indices
+    return {"plan_top1": (top[:, 0] == sd.labels).float().mean().item(),
+            "plan_top5": (top == sd.labels[:, None]).any(-1).float().mean().item(),
+            "plan_ce": -q.gather(1, sd.labels[:, None]).clamp_min(1e-12).log().mean().item()}
+
+
+def curve(args, runs, report):
+    """Each point of the curve, per seed: its truth weight, its plans' quality, its val perplexity
+    against fixed."""
+    weight = {"soft-frozen": 0.0, "oracle": 1.0,
+              **{f"soft-frozen-truth{w:g}": w for w in truth_weights(args)}}
+    points = []
+    for r in runs:
+        if r.name in weight:
+            change = paired_changes([x for x in report["val"] if x["seed"] == seed_of(r)],
+                                    r.name, "fixed")
+            points.append({"run": str(r), "name": r.name, "weight": weight[r.name],
+                           "seed": seed_of(r), "vs_fixed": change[0] if change else None,
+                           **cached(r, "plans-val.json", lambda: plan_quality(r))})
+    return sorted(points, key=lambda p: (p["weight"], p["seed"]))
+
+
+def seed_of(run):
+    return int(Path(run).parent.name.removeprefix("seed"))
+
+
+def curve_table(report):
+    """The curve as a table: a row per truth weight, mean ± std over seeds and the verdict against
+    fixed; below it, where the planner (w = 0) and a label bigram stand on its x-axis."""
+    rows = ["| truth weight w | run | plans' top-1 | plans' top-5 | plans' cross-entropy (nats) "
+            "| val perplexity vs fixed [95% interval], verdict |", "|---" * 6 + "|"]
+    for w in sorted({p["weight"] for p in report["curve"]}):
+        ps = [p for p in report["curve"] if p["weight"] == w]
+        cell = lambda k: mean_std([p[k] for p in ps], ".3f")
+        changes = [p["vs_fixed"] for p in ps if p["vs_fixed"] is not None]
+        rows.append(f"| {w:g} | {ps[0]['name']} | {cell('plan_top1')} | {cell('plan_top5')} | "
+                    f"{cell('plan_ce')} | {claim_cell(changes, 'beats')} |")
+    per_seed = list({r["seed"]: r for r in report["val"]}.values())
+    rows.append(f"\nOn the same axis, a label bigram fitted on train (not fine-tuned): top-1 "
+                f"{mean_std([r.get('bigram_top1') for r in per_seed], '.3f')}, top-5 "
+                f"{mean_std([r.get('bigram_top5') for r in per_seed], '.3f')}, cross-entropy "
+                f"{mean_std([r.get('bigram_ce') for r in per_seed], '.3f')}.")
+    return "\n".join(rows)
 
 
 def reliance_rows(args, runs, window=None):
@@ -585,7 +668,7 @@ def following(run_dir, n_docs):
     net, _, corpus = evaluation.load_run(run_dir)
     row = {"run": str(run_dir),
            "forced": plan_following(net, corpus, n_docs, forced=True)}
-    if net.planner is not None:
+    if net.planner is not None and not net.plans.truth:  # the truth of unwritten sentences: none
         row["planned"] = plan_following(net, corpus, n_docs)
     return row
 

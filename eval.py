@@ -57,7 +57,7 @@ def load_run(run, device="cpu"):
         if "planner" in ck:
             planner = Planner(PlannerConfig(**ck["planner_args"]))
             planner.load_state_dict(ck["planner"])
-        plans = Plans(ck["mode"], corpus.codebook, c["temperature"])
+        plans = Plans(ck["mode"], corpus.codebook, c["temperature"], c.get("truth_weight", 0.0))
         plans.load_state_dict(ck["plans"])
     return PlannedLM(lm, planner, plans).to(device).eval(), ck, corpus
 
@@ -174,9 +174,9 @@ def plan_each(net, corpus, texts):
     """-> [(planned label or None, plan vector or None)] for each of texts, planned from the texts
     before it, and for the sentence after them: one pass of the planner."""
     plans, dim = net.plans, net.plans.codebook.shape[1]
-    if plans.mode == "oracle":
-        raise EvalError("mode oracle needs the true label of a sentence not yet written: give "
-                        "--force-labels")
+    if plans.mode == "oracle" or plans.truth:
+        raise EvalError("this run's plans need the true label of a sentence not yet written: "
+                        "give --force-labels")
     if not plans.uses_planner:  # none: no vector; fixed, uniform: their vector
         return [(None, plans(labels=torch.zeros((), dtype=torch.long)))] * (len(texts) + 1)
     emb = torch.as_tensor(corpus.embedder.embed_texts(texts)) if texts else torch.zeros(0, dim)

@@ -52,7 +52,8 @@ def label_baselines(corpus, split):
     """What the planner's accuracy is to be read against, on the same split: the most frequent
     training label, and a label bigram fitted on train (the next label from the previous one alone;
     a document's first sentence from the first sentences' labels). Ties are broken by overall
-    frequency."""
+    frequency, which also smooths each bigram row (by one count in all): top-1, top-5 and the
+    cross-entropy of its distribution (nats)."""
     train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
     prior = np.bincount(train.labels, minlength=k) + 1e-3
 
@@ -67,8 +68,10 @@ def label_baselines(corpus, split):
     for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
                          ("bigram", bigram[previous(sp)])):
         top = np.argsort(-scores, 1, kind="stable")[:, :5]
+        p = scores[np.arange(len(sp.labels)), sp.labels] / scores.sum(1)
         out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
-                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1)))})
+                    f"{name}_top5": float(np.mean((top == sp.labels[:, None]).any(1))),
+                    f"{name}_ce": float(-np.mean(np.log(p)))})
     return out
 
 
@@ -105,8 +108,8 @@ def substituted_plans(net, sd, how, seed=0):
     if net.plans.mode == "none":
         raise evaluation.EvalError("mode none has no plans to substitute: give a run of another "
                                    "mode")
-    table = (net.plans(logits=sentence_logits(net.planner, sd)) if net.plans.uses_planner
-             else net.plans(labels=sd.labels))
+    logits = sentence_logits(net.planner, sd) if net.plans.uses_planner else None
+    table = net.plans(logits=logits, labels=sd.labels)
     if how == "mean":
         return table.mean(0).expand_as(table)
     if how == "shuffled":

@@ -10,7 +10,8 @@ vector e (D-dim) that conditions the LM, given the codebook C [K, D] of label em
 
 Controls that use no planner: oracle (the true label of the sentence being predicted: an upper
 bound), fixed (one learned vector for every sentence), uniform (the codebook's mean), none (no plan
-at all).
+at all). Between soft and the oracle, soft plans with the truth mixed in (truth w:
+e = (w onehot(true label) + (1 - w) softmax(z / T)) @ C) measure how good a plan must be to pay.
 """
 
 import contextlib
@@ -55,11 +56,13 @@ class Plans(nn.Module):
     """The trainable codebook (it starts as the k-means centroids) and one mode's way to plan
     vectors."""
 
-    def __init__(self, mode, codebook, temperature=1.0):
+    def __init__(self, mode, codebook, temperature=1.0, truth=0.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-        self.mode, self.temperature = mode, temperature
+        if truth and mode != "soft":
+            raise ValueError(f"the truth is mixed into soft plans only, not into mode {mode}")
+        self.mode, self.temperature, self.truth = mode, temperature, truth
         self.codebook = nn.Parameter(torch.as_tensor(codebook, dtype=torch.float32).clone())
         # 'fixed' learns one vector that carries no information; it starts at a random centroid's
         # scale.
@@ -87,7 +90,17 @@ class Plans(nn.Module):
             return self.codebook[labels]
         if self.mode == "gumbel":
             return gumbel(logits, self.codebook, self.temperature, self.training, generator)
+        if self.truth:
+            return self.distribution(logits, labels) @ self.codebook
         return ESTIMATORS[self.mode](logits, self.codebook, self.temperature)
+
+    def distribution(self, logits, labels=None):
+        """The distribution over labels that soft plans average the codebook with: the planner's,
+        with the truth mixed in."""
+        p = F.softmax(logits / self.temperature, dim=-1)
+        if not self.truth:
+            return p
+        return self.truth * F.one_hot(labels, p.shape[-1]).to(p.dtype) + (1 - self.truth) * p
 
 
 # ---------------------------------------------------------------------------- the conditioned model

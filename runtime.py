@@ -132,7 +132,7 @@ FLAG_RANGES = [
     (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf,
      "zero or a positive number"),
     (("dropout",), lambda v: 0 <= v < 1, "at least 0 and below 1"),
-    (("synthetic_ambiguity",), lambda v: 0 <= v <= 1, "a probability, from 0 to 1"),
+    (("synthetic_ambiguity", "truth_weight"), lambda v: 0 <= v <= 1, "from 0 to 1"),
 ]
 
 

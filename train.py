@@ -69,6 +69,10 @@ def make_parser():
                    help="hard: frozen; st, soft, gumbel: joint")
     g.add_argument("--temperature", type=float, default=1.0,
                    help="softmax temperature of st/soft/gumbel")
+    g.add_argument("--truth-weight", type=float, default=0.0,
+                   help="soft plans from w onehot(true label) + (1-w) the planner's distribution: "
+                        "0 the planner's plans, 1 the oracle's, between them the curve of plan "
+                        "quality")
     g.add_argument("--planner-loss-weight", type=float, default=0.0,
                    help="keep the planner's own cross-entropy during joint training "
                         "(0: pure end-to-end)")
@@ -148,7 +152,11 @@ def check_method(args):
     if args.planner_loss_weight and args.planner != "joint":
         raise TrainError("--planner-loss-weight only applies to a joint planner: "
                          "add --planner joint")
-    args.run = args.run or args.mode + (f"-{args.planner}" if args.planner else "")
+    if args.truth_weight and args.mode != "soft":
+        raise TrainError(f"--truth-weight mixes the true label into soft plans: use --mode soft, "
+                         f"not {args.mode}")
+    args.run = args.run or (args.mode + (f"-{args.planner}" if args.planner else "")
+                            + (f"-truth{args.truth_weight:g}" if args.truth_weight else ""))
 
 
 def gpt_config(args, corpus):
@@ -266,7 +274,7 @@ def pretrain_planner(args, corpus, splits, needed=True):
 
 
 def finetune(args, corpus, splits, lm, planner):
-    plans = Plans(args.mode, corpus.codebook, args.temperature)
+    plans = Plans(args.mode, corpus.codebook, args.temperature, args.truth_weight)
     net = PlannedLM(lm, planner if plans.uses_planner else None, plans,
                     args.planner != "joint").to(args.device)
     out = Path(args.out_dir) / args.run

@@ -204,3 +204,26 @@ def test_a_cut_evaluation_cache_is_computed_again(tmp_path):
         "perplexity": 2.0}
     assert json.loads((tmp_path / "eval-val.json").read_text()) == {"perplexity": 2.0}
     assert compare.cached(tmp_path, "eval-val.json", lambda: 1 / 0) == {"perplexity": 2.0}
+
+
+def test_the_curve_from_the_planner_to_the_truth(tmp_path):
+    """--truth-weights adds soft-frozen runs with the truth mixed in; the curve gives each weight
+    its plans' quality (w = 0: the planner's own top-1; w = 0.5: the true label always on top;
+    w = 1, the oracle: 1 and 0 nats) and its change against fixed."""
+    out = tmp_path / "cmp"
+    report = compare.main(FAST + ["--out-dir", str(out), "--data-dir", str(tmp_path / "data"),
+                                  "--runs", "fixed,oracle,soft-frozen", "--truth-weights", "0.5"])
+    points = {p["name"]: p for p in json.loads((out / "results.json").read_text())["curve"]}
+    assert list(points) == ["soft-frozen", "soft-frozen-truth0.5", "oracle"]
+    val = {evaluation.run_name(r["run"]): r for r in json.loads(
+        (out / "results.json").read_text())["val"]}
+    assert points["soft-frozen"]["plan_top1"] == pytest.approx(val["soft-frozen"]["planner_top1"])
+    assert points["soft-frozen-truth0.5"]["plan_top1"] == 1.0
+    assert 0 < points["soft-frozen-truth0.5"]["plan_ce"] < np.log(2)
+    assert (points["oracle"]["plan_top1"], points["oracle"]["plan_ce"]) == (1.0, 0.0)
+    for name, p in points.items():
+        assert p["vs_fixed"] == pytest.approx(val[name]["perplexity"]
+                                              / val["fixed"]["perplexity"] - 1)
+    md = (out / "results.md").read_text()
+    assert "| 0.5 | soft-frozen-truth0.5 | 1.000 |" in md and "a label bigram fitted on train" in md
+    assert report is None or isinstance(report, dict)

@@ -124,6 +124,28 @@ def test_plans_estimators_and_trainable_codebook(mode):
         assert not torch.allclose(sample, out)
 
 
+@pytest.mark.parametrize("truth", [0.0, 0.25, 0.5, 1.0])
+def test_the_truth_mixed_into_soft_plans(truth):
+    """w = 0 is soft exactly; w = 1 the oracle's C[true label]; between, each row by hand:
+    (w onehot(true label) + (1 - w) softmax(z / T)) @ C. The gradient reaches the logits while
+    w < 1."""
+    logits, centroids = _inputs((2, 3))
+    labels = torch.tensor([[0, 5, 2], [1, 1, 3]])
+    plans = mix.Plans("soft", centroids, temperature=0.5, truth=truth)
+    out = plans(logits=logits, labels=labels)
+    p = torch.softmax(logits.detach().double() / 0.5, -1)
+    q = truth * torch.nn.functional.one_hot(labels, 6).double() + (1 - truth) * p
+    torch.testing.assert_close(out.double(), q @ centroids.double())
+    if truth == 0:
+        torch.testing.assert_close(out, mix.Plans("soft", centroids, 0.5)(logits=logits))
+    if truth == 1:
+        torch.testing.assert_close(out, centroids[labels])
+    out.sum().backward()
+    assert (logits.grad.abs().sum() > 0) == (truth < 1)
+    with pytest.raises(ValueError, match="the truth is mixed into soft plans only"):
+        mix.Plans("hard", centroids, truth=truth or 0.5)
+
+
 def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown mode 'argmax': choose one of none, fixed, "
                                          "uniform, oracle, hard, st, soft, gumbel"):

@@ -189,6 +189,8 @@ def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reach
     (["--temperature", "0"], "--temperature must be a positive number"),
     (["--mode", "soft", "--planner", "frozen", "--planner-loss-weight", "0.5"],
      "only applies to a joint planner"),
+    (["--mode", "hard", "--truth-weight", "0.5"],
+     "--truth-weight mixes the true label into soft plans: use --mode soft, not hard"),
 ])
 def test_bad_flag_combinations(flags, message):
     with pytest.raises(SystemExit, match=message):
@@ -344,7 +346,7 @@ def test_figures_of_a_comparison(dirs, tmp_path, monkeypatch):
 
 def test_sampling_errors(dirs):
     _, root = dirs
-    for run_dir, flags, message in [("oracle", [], "mode oracle needs the true label"),
+    for run_dir, flags, message in [("oracle", [], "this run's plans need the true label"),
                                     ("none", ["--force-labels", "1"], "mode none takes no label"),
                                     ("soft-joint", ["--force-labels", "99"],
                                      "there is no label 99"),
@@ -408,3 +410,8 @@ def test_label_baselines_count_what_they_say():
     # second); after 0 comes 1 (hit), after 1 comes 0 (hit), after 2 comes 0
     # (seen once in train: miss)
     assert out["bigram_top1"] == 3 / 5 and out["bigram_top5"] == 1.0 and out["majority_top5"] == 1.0
+    # the majority's distribution is the training labels' frequencies (4, 3, 1 of 8, smoothed)
+    prior = np.array([4, 3, 1]) + 1e-3
+    assert out["majority_ce"] == pytest.approx(-np.mean(np.log(prior[[0, 1, 0, 2, 2]]
+                                                               / prior.sum())))
+    assert 0 < out["bigram_ce"] < out["majority_ce"]
