@@ -58,6 +58,8 @@ from planner import sentence_logits
 
 RUNS = [("none", None), ("fixed", None), ("uniform", None), ("oracle", None), ("hard", "frozen"),
         ("st", "joint"), ("soft", "frozen"), ("soft", "joint"), ("gumbel", "joint")]
+# named in --runs only: soft plans from a label bigram in the planner's place (a point of the curve)
+OPTIONAL_RUNS = [("soft", "bigram")]
 # The paper's findings, each as two runs to set against each other seed by seed, and what the
 # claim says of A against B: lower perplexity ("beats"), not lower ("not better"), or only how
 # far ("gap").
@@ -124,8 +126,8 @@ def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
             "rate": float(np.mean(planned == realised)), "chance": float(chance)}
 
 
-def run_names():
-    return [mode + (f"-{planner}" if planner else "") for mode, planner in RUNS]
+def run_names(runs=RUNS):
+    return [mode + (f"-{planner}" if planner else "") for mode, planner in runs]
 
 
 def done(run_dir):
@@ -238,10 +240,10 @@ def what_holds(args):
 
 def sweep_settings(args, train_flags):
     """-> [(sub-folder, value, train.py flags)]: one setting, or one per value of the swept flag."""
-    unknown = set(args.runs.split(",")) - set(run_names())
-    if unknown:
+    known = run_names(RUNS + OPTIONAL_RUNS)
+    if unknown := set(args.runs.split(",")) - set(known):
         raise runtime.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: "
-                                 f"use some of {', '.join(run_names())}")
+                                 f"use some of {', '.join(known)}")
     if sum(map(bool, (args.ambiguities, args.block_sizes, args.eval_windows))) > 1:
         raise runtime.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a "
                                  "time (an invocation each)")
@@ -284,8 +286,9 @@ def train_runs(args, train_flags, out):
     """Every run of every seed, trained into out/seed<seed>/<run> unless it is finished: -> their
     folders."""
     wanted = args.runs.split(",")
-    picked = [(mode, planner, name, []) for (mode, planner), name in zip(RUNS, run_names())
-              if name in wanted]
+    everything = RUNS + OPTIONAL_RUNS
+    picked = [(mode, planner, name, []) for (mode, planner), name
+              in zip(everything, run_names(everything)) if name in wanted]
     picked += [("soft", "frozen", f"soft-frozen-truth{w:g}", ["--truth-weight", f"{w:g}"])
                for w in truth_weights(args)]
     runs = []
@@ -430,7 +433,7 @@ def plan_quality(run, split="val"):
 def curve(args, runs, report):
     """Each point of the curve, per seed: its truth weight, its plans' quality, its val perplexity
     against fixed."""
-    weight = {"soft-frozen": 0.0, "oracle": 1.0,
+    weight = {"soft-bigram": -1.0, "soft-frozen": 0.0, "oracle": 1.0,  # -1: the label bigram
               **{f"soft-frozen-truth{w:g}": w for w in truth_weights(args)}}
     points = []
     for r in runs:
@@ -456,7 +459,8 @@ def curve_table(report):
         ps = [p for p in report["curve"] if p["weight"] == w]
         cell = lambda k: mean_std([p[k] for p in ps], ".3f")
         changes = [p["vs_fixed"] for p in ps if p["vs_fixed"] is not None]
-        rows.append(f"| {w:g} | {ps[0]['name']} | {cell('plan_top1')} | {cell('plan_top5')} | "
+        rows.append(f"| {'- (a label bigram)' if w < 0 else f'{w:g}'} | {ps[0]['name']} | "
+                    f"{cell('plan_top1')} | {cell('plan_top5')} | "
                     f"{cell('plan_ce')} | {claim_cell(changes, 'beats')} |")
     per_seed = list({r["seed"]: r for r in report["val"]}.values())
     rows.append(f"\nOn the same axis, a label bigram fitted on train (not fine-tuned): top-1 "
@@ -601,7 +605,7 @@ def summarise_sweep(args, out, reports):
     rises = [reliance_rises(r) for _, r in reports]
     reliance = [{"run": name, "how": how, "rises": [r[name][how] for r in rises]}
                 for name in sorted(set.intersection(*map(set, rises)) if rises else (),
-                                   key=run_names().index)
+                                   key=lambda n: (run_names(RUNS + OPTIONAL_RUNS) + [n]).index(n))
                 for how in ("shuffled", "mean")]
     head = "| finding | A vs B | " + " | ".join(f"{what} = {v:g}" for v, _ in reports) + " |"
     rows = [head, "|---" * (2 + len(reports)) + "|"]

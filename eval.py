@@ -34,7 +34,8 @@ import runtime
 from data import SplitData
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
-from planner import Planner, PlannerConfig, planner_metrics
+from planner import (BigramConfig, BigramPlanner, Planner, PlannerConfig,
+                     planner_metrics)
 
 
 class EvalError(Exception):
@@ -55,7 +56,9 @@ def load_run(run, device="cpu"):
         lm.load_state_dict(ck["model"])
         planner = None
         if "planner" in ck:
-            planner = Planner(PlannerConfig(**ck["planner_args"]))
+            kind = ck["planner_args"].get("kind")
+            planner = (BigramPlanner(BigramConfig(**ck["planner_args"])) if kind == "bigram"
+                       else Planner(PlannerConfig(**ck["planner_args"])))
             planner.load_state_dict(ck["planner"])
         plans = Plans(ck["mode"], corpus.codebook, c["temperature"], c.get("truth_weight", 0.0))
         plans.load_state_dict(ck["plans"])

@@ -67,6 +67,50 @@ class Planner(nn.Module):
         return self.head(self.out(self.ln_f(x)))
 
 
+@dataclass
+class BigramConfig:
+    n_labels: int = 64
+    embed_dim: int = 128
+    kind: str = "bigram"
+
+
+class BigramPlanner(nn.Module):
+    """A label bigram as a planner, the reference a planner must beat: the next label's
+    distribution from the previous sentence's label alone (a document's first sentence: from the
+    first sentences' labels), counted on the training labels and smoothed by the labels' overall
+    frequency. It reads what the planner reads: the previous label is the nearest centroid of the
+    previous sentence's embedding, as the labels were made. Nothing in it trains."""
+
+    def __init__(self, config, centroids=None, log_probs=None):
+        super().__init__()
+        self.config = c = config
+        self.register_buffer("centroids", torch.zeros(c.n_labels, c.embed_dim) if centroids is None
+                             else torch.as_tensor(centroids, dtype=torch.float32))
+        self.register_buffer("log_probs", torch.zeros(c.n_labels + 1, c.n_labels)
+                             if log_probs is None else log_probs.float())  # row K: no sentence
+
+    @classmethod
+    def fit(cls, centroids, labels, doc_sent):
+        """From the train split's labels and its documents' first sentences (doc_sent)."""
+        k = len(centroids)
+        labels, doc_sent = torch.as_tensor(labels).long(), torch.as_tensor(doc_sent).long()
+        previous = torch.cat([torch.tensor([k]), labels[:-1]])
+        previous[doc_sent[:-1][doc_sent[1:] > doc_sent[:-1]]] = k  # each document's first
+        prior = torch.bincount(labels, minlength=k) + 1e-3
+        counts = torch.zeros(k + 1, k, dtype=torch.float64).index_put_(
+            (previous, labels), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+        counts += prior / prior.sum()
+        return cls(BigramConfig(k, centroids.shape[1]), centroids,
+                   (counts / counts.sum(1, keepdim=True)).log())
+
+    def forward(self, emb):
+        """emb: [B, S, D] -> logits [B, S, K]; row s from the label of sentence s-1 only."""
+        c = self.centroids
+        nearest = ((c ** 2).sum(1) - 2 * emb[:, :-1].float() @ c.T).argmin(-1)
+        previous = torch.cat([nearest.new_full((emb.shape[0], 1), len(c)), nearest], dim=1)
+        return self.log_probs[previous]
+
+
 def planner_loss(logits, labels, mask):
     """Mean cross-entropy against the k-means labels over real (mask=True) sentences."""
     return F.cross_entropy(logits[mask].float(), labels[mask])

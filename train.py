@@ -37,7 +37,7 @@ import runtime
 from data import SplitData
 from mix import ESTIMATORS, MODES, PlannedLM, Plans
 from model import GPT, GPTConfig
-from planner import Planner, PlannerConfig, planner_loss, planner_metrics
+from planner import BigramPlanner, Planner, PlannerConfig, planner_loss, planner_metrics
 from runtime import Context, TrainError
 
 
@@ -65,8 +65,9 @@ def make_parser():
     data.add_data_args(p)
     g = p.add_argument_group("method")
     g.add_argument("--mode", default="soft", help=f"how plans reach the LM: {', '.join(MODES)}")
-    g.add_argument("--planner", choices=("frozen", "joint"),
-                   help="hard: frozen; st, soft, gumbel: joint")
+    g.add_argument("--planner", choices=("frozen", "joint", "bigram"),
+                   help="hard: frozen; st, soft, gumbel: joint; bigram: a label bigram in the "
+                        "planner's place, the reference a planner must beat")
     g.add_argument("--temperature", type=float, default=1.0,
                    help="softmax temperature of st/soft/gumbel")
     g.add_argument("--truth-weight", type=float, default=0.0,
@@ -249,6 +250,10 @@ class PlannerObjective(nn.Module):
 
 
 def pretrain_planner(args, corpus, splits, needed=True):
+    if args.planner == "bigram":  # counted, not trained
+        labelled = corpus.splits["train"]
+        planner = BigramPlanner.fit(corpus.codebook, labelled.labels, labelled.doc_sent)
+        return planner.to(args.device), "a label bigram (counted on train)"
     cfg = planner_config(args)
     out = runtime.stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters,
                             args.planner_lr, args.planner_batch,
@@ -370,9 +375,9 @@ def run_stages(args, resume_from):
     with runtime.rank0_first():
         corpus = data.load_from_args(args)
     if args.device.startswith("cuda"):
-        train = corpus.splits["train"]
-        runtime.fill_defaults(args, runtime.cuda_defaults(len(train.tokens),
-                                                          len(train.doc_sent) - 1,
+        split = corpus.splits["train"]
+        runtime.fill_defaults(args, runtime.cuda_defaults(len(split.tokens),
+                                                          len(split.doc_sent) - 1,
                                                           Context.get().world, args.planner_batch))
         runtime.check_shapes(args, PlannerConfig.n_head)
     runtime.check_split_sizes(corpus, args, {"train": 1 - data.VAL_FRAC - data.TEST_FRAC,

@@ -212,12 +212,15 @@ def test_the_curve_from_the_planner_to_the_truth(tmp_path):
     w = 1, the oracle: 1 and 0 nats) and its change against fixed."""
     out = tmp_path / "cmp"
     report = compare.main(FAST + ["--out-dir", str(out), "--data-dir", str(tmp_path / "data"),
-                                  "--runs", "fixed,oracle,soft-frozen", "--truth-weights", "0.5"])
+                                  "--runs", "fixed,oracle,soft-frozen,soft-bigram",
+                                  "--truth-weights", "0.5"])
     points = {p["name"]: p for p in json.loads((out / "results.json").read_text())["curve"]}
-    assert list(points) == ["soft-frozen", "soft-frozen-truth0.5", "oracle"]
+    assert list(points) == ["soft-bigram", "soft-frozen", "soft-frozen-truth0.5", "oracle"]
     val = {evaluation.run_name(r["run"]): r for r in json.loads(
         (out / "results.json").read_text())["val"]}
     assert points["soft-frozen"]["plan_top1"] == pytest.approx(val["soft-frozen"]["planner_top1"])
+    assert points["soft-bigram"]["plan_top1"] == pytest.approx(val["fixed"]["bigram_top1"])
+    assert points["soft-bigram"]["plan_ce"] == pytest.approx(val["fixed"]["bigram_ce"], rel=1e-4)
     assert points["soft-frozen-truth0.5"]["plan_top1"] == 1.0
     assert 0 < points["soft-frozen-truth0.5"]["plan_ce"] < np.log(2)
     assert (points["oracle"]["plan_top1"], points["oracle"]["plan_ce"]) == (1.0, 0.0)
@@ -226,4 +229,5 @@ def test_the_curve_from_the_planner_to_the_truth(tmp_path):
                                               / val["fixed"]["perplexity"] - 1)
     md = (out / "results.md").read_text()
     assert "| 0.5 | soft-frozen-truth0.5 | 1.000 |" in md and "a label bigram fitted on train" in md
+    assert "| - (a label bigram) | soft-bigram |" in md
     assert report is None or isinstance(report, dict)

@@ -1,4 +1,5 @@
 """Tests for planner.py: causality, padding, learning, the codebook head, accuracy."""
+import pytest
 import torch
 
 from planner import Planner, PlannerConfig, accuracy, planner_loss
@@ -84,3 +85,32 @@ def test_accuracy():
     assert accuracy(logits, labels, mask, ks=(1, 6)) == {"top1": 0.5, "top6": 1.0}
     three = logits[..., :3]  # K = 3 < 5: the top 5 hold every label
     assert accuracy(three, labels, mask, ks=(1, 5)) == {"top1": 0.5, "top5": 1.0}
+
+
+def test_a_label_bigram_in_the_planners_place(tiny_out):
+    """The bigram planner reads the previous sentence's label off its embedding (the nearest
+    centroid, as the labels were made), plans a document's first sentence from the first
+    sentences' labels, scores as the label bigram baseline, and runs as a frozen planner through
+    train.py and eval.py."""
+    import data
+    import eval as evaluation
+    import explore
+    import train
+    from planner import BigramPlanner, planner_metrics
+    flags, root = tiny_out
+    corpus = data.load("synthetic", 8, 16, 0, 300, 16, data_dir=root / "data")
+    train_split = corpus.splits["train"]
+    bigram = BigramPlanner.fit(corpus.codebook, train_split.labels, train_split.doc_sent)
+    sd = data.SplitData(corpus, "val", "cpu")
+    b = sd.planner_batch(torch.arange(4))
+    logits = bigram(b["emb"])
+    assert torch.equal(logits[:, 0], bigram.log_probs[-1].expand(4, -1))  # nothing before it
+    prev = b["labels"][:, :-1]
+    assert torch.equal(logits[:, 1:][b["mask"][:, 1:]], bigram.log_probs[prev][b["mask"][:, 1:]])
+    assert torch.allclose(logits.exp().sum(-1), torch.ones(4, logits.shape[1]))
+    base = explore.label_baselines(corpus, "val")
+    assert planner_metrics(bigram, sd)["planner_top1"] == pytest.approx(base["bigram_top1"])
+    train.main(flags + ["--mode", "soft", "--planner", "bigram"])
+    result = evaluation.evaluate(root / "out" / "soft-bigram")
+    assert result["planner"] == "bigram" and result["planner_top1"] == pytest.approx(
+        base["bigram_top1"])
