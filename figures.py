@@ -4,6 +4,8 @@ dependency).
 
     python figures.py out/compare-wiki assets     # <name>-val-loss.png and <name>-perplexity.png
     python figures.py out/compare-sweep assets    # a sweep folder (sweep.json): <name>-sweep.png
+
+A comparison with --truth-weights also gets <name>-curve.png: how good a plan must be to pay.
 """
 
 import argparse
@@ -48,12 +50,36 @@ def figures(comparison, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{comparison.name}-val-loss.png",
                out_dir / f"{comparison.name}-perplexity.png"]
-    for draw, path in zip((loss_curves, perplexity_bars), written):
+    if results.get("curve"):
+        written.append(out_dir / f"{comparison.name}-curve.png")
+    for draw, path in zip((loss_curves, perplexity_bars, curve_figure), written):
         fig = draw(plt, results, comparison.name)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return written
+
+
+def curve_figure(plt, results, title):
+    """The curve of plan quality: each point's plans' top-1 accuracy on the true labels against its
+    val perplexity relative to fixed (mean ± std over seeds); below zero, plans pay."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = {}
+    for p in results["curve"]:
+        points.setdefault((p["weight"], p["name"]), []).append(p)
+    for i, ((w, name), ps) in enumerate(sorted(points.items())):
+        x = [p["plan_top1"] for p in ps]
+        y = [100 * p["vs_fixed"] for p in ps if p["vs_fixed"] is not None]
+        label = ("a label bigram (soft)" if w < 0 else "the planner (soft, frozen)" if w == 0
+                 else "the oracle" if w == 1 else f"truth weight {w:g}")
+        ax.errorbar(np.mean(x), np.mean(y), sd(y), xerr=sd(x), marker="os^vD<>"[i % 7], ms=7,
+                    capsize=3, ls="none", label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="plans' top-1 accuracy on the true labels (val)",
+           ylabel="val perplexity against fixed, same seed (%)",
+           title=f"{title}: how good must a plan be? below 0, plans pay")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def runs_under(results, comparison):

@@ -230,4 +230,5 @@ def test_the_curve_from_the_planner_to_the_truth(tmp_path):
     md = (out / "results.md").read_text()
     assert "| 0.5 | soft-frozen-truth0.5 | 1.000 |" in md and "a label bigram fitted on train" in md
     assert "| - (a label bigram) | soft-bigram |" in md
+    assert (out / "cmp-curve.png").exists()
     assert report is None or isinstance(report, dict)
