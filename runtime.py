@@ -52,8 +52,9 @@ def resolve_device(name):
 def autocast_dtype(args):
     if args.dtype != "auto":
         return getattr(torch, args.dtype)
-    if args.device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if args.device.startswith("cuda"):  # native bf16 from Ampere (8.0) on; older cards emulate it
+        native = torch.cuda.get_device_capability(args.device)[0] >= 8
+        return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if args.device == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
@@ -97,15 +98,20 @@ EVALS_PER_FINETUNE = 8
 WARN_PASSES = 10  # an LM stage with more passes than this gets a warning with the fix
 
 
-def cuda_defaults(train_tokens, train_docs, world=1, planner_batch=64):
-    """The GPU defaults for a corpus of train_tokens tokens in train_docs documents."""
+def cuda_defaults(train_tokens, train_docs, world=1, given=None):
+    """The GPU defaults for a corpus of train_tokens tokens in train_docs documents. given: the
+    settings as the user's flags left them (None: not given); the schedule follows from the batch
+    that will run, so --batch-size or --grad-accum keep the token budget and --finetune-iters moves
+    the evaluations."""
     d = dict(CUDA_MODELS["large" if train_tokens >= LARGE_CORPUS else "small"])
-    per_step = d["batch_size"] * d["grad_accum"] * d["block_size"] * world
+    s = {**d, "planner_batch": 64, **{k: v for k, v in (given or {}).items() if v is not None}}
+    per_step = s["batch_size"] * s["grad_accum"] * s["block_size"] * world
     lm_tokens = min(CUDA_LM_TOKENS, MAX_PASSES * train_tokens)
-    finetune_iters = max(1, round(FINETUNE_SHARE * lm_tokens / per_step))
+    finetune_iters = s.get("finetune_iters") or max(1, round(FINETUNE_SHARE * lm_tokens / per_step))
+    planner_docs = min(CUDA_PLANNER_DOCS, PLANNER_PASSES * train_docs)  # a step: every micro-batch
     return dict(d, lm_iters=max(1, round(lm_tokens / per_step)), finetune_iters=finetune_iters,
-                planner_iters=max(1, round(min(CUDA_PLANNER_DOCS, PLANNER_PASSES * train_docs)
-                                           / (planner_batch * world))),
+                planner_iters=max(1, round(planner_docs
+                                           / (s["planner_batch"] * s["grad_accum"] * world))),
                 eval_interval=max(1, finetune_iters // EVALS_PER_FINETUNE), eval_iters=50)
 
 

@@ -378,7 +378,7 @@ def run_stages(args, resume_from):
         split = corpus.splits["train"]
         runtime.fill_defaults(args, runtime.cuda_defaults(len(split.tokens),
                                                           len(split.doc_sent) - 1,
-                                                          Context.get().world, args.planner_batch))
+                                                          Context.get().world, vars(args)))
         runtime.check_shapes(args, PlannerConfig.n_head)
     runtime.check_split_sizes(corpus, args, {"train": 1 - data.VAL_FRAC - data.TEST_FRAC,
                                              "val": data.VAL_FRAC})

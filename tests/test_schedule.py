@@ -1,5 +1,6 @@
 """Schedules that fit the corpus: what a schedule implies is printed, the best checkpoint is what
 counts, and the GPU defaults follow from the corpus by arithmetic."""
+import argparse
 import json
 
 import pytest
@@ -78,6 +79,27 @@ def test_gpu_defaults_follow_from_the_corpus(tokens, docs, model, lm_iters):
     assert d["planner_iters"] * 64 <= min(runtime.CUDA_PLANNER_DOCS,
                                           runtime.PLANNER_PASSES * docs) * 1.001
     assert d["n_embd"] % d["n_head"] == 0
+
+
+def test_the_gpu_schedule_follows_the_batch_that_runs():
+    """The token budget holds whatever the batch: a smaller --batch-size gets more steps; the
+    planner's document budget counts its accumulated micro-batches; --finetune-iters moves the
+    evaluations."""
+    wiki = runtime.cuda_defaults(930_000, 9_030, given={"batch_size": 16})
+    assert wiki["lm_iters"] == round(8 * 930_000 / (16 * 256))
+    assert runtime.cuda_defaults(930_000, 9_030, given={"finetune_iters": 80})["eval_interval"] == 10
+    large = runtime.cuda_defaults(98_000_000, 25_700)
+    assert large["planner_iters"] * 64 * 2 == pytest.approx(runtime.CUDA_PLANNER_DOCS, rel=1e-3)
+    two = runtime.cuda_defaults(98_000_000, 25_700, world=2, given={"grad_accum": 1})
+    assert two["lm_iters"] == round(200e6 / (32 * 1 * 512 * 2))
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 0), torch.float32), ((8, 0), torch.bfloat16),
+                                               ((9, 0), torch.bfloat16)])
+def test_bf16_on_a_gpu_only_where_it_is_native(monkeypatch, capability, dtype):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    args = argparse.Namespace(device="cuda", dtype="auto")
+    assert runtime.autocast_dtype(args) == dtype
 
 
 def test_gpu_defaults_wait_for_the_corpus_and_a_flag_still_wins(monkeypatch):
