@@ -4,8 +4,8 @@ achieved FLOP/s against a matmul peak measured in the same run on the same devic
 and the cost of the planner in the joint modes.
 
     python bench.py                       # the default model and batch of train.py on this device
-    python bench.py --modes none,soft --steps 10 --dtype float32
-    python bench.py --pipeline 103M       # data.py on a generated corpus of WikiText-103's shape
+    python bench.py --modes none,soft-joint --steps 10 --dtype float32
+    python bench.py --pipeline 103M       # the data pipeline on a corpus of WikiText-103's shape
                                           # and size
     python bench.py --kmeans 12500        # k-means on a sample of the training sentences vs on
                                           # all of them
@@ -58,10 +58,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_peak(device, dtype, n, repeat=10):
-    """FLOP/s of a square matmul of size n: what this device can do at best, measured now."""
+def matmul_peak(device, dtype, n, repeat=None):
+    """FLOP/s of a square matmul of size n: what this device can do at best, measured now (on a GPU
+    over ~0.1 s after a warm-up, so that its clocks have risen)."""
+    repeat = repeat or (100 if device.startswith("cuda") else 10)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(2):
+    for _ in range(repeat // 5 + 2):
         a @ b
     sync(device)
     t = time.perf_counter()
@@ -87,10 +89,13 @@ def make_batch(cfg, batch, device, n_labels, g):
     return {k: v.to(device) for k, v in b.items()}
 
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s), by a piece of the device's
-# name, first match: what model FLOP utilisation (MFU) is measured against on a GPU.
-BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-              ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12)]
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s), by whole words of the
+# device's name, first match (so "L4" is not "L40", nor "A10" "A100"): what model FLOP
+# utilisation (MFU) is measured against on a GPU.
+BF16_PEAKS = [("H200 NVL", 835e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12),
+              ("H800 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("H800", 989e12),
+              ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+              ("L40", 181e12), ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12)]
 
 
 def datasheet_peak(device):
@@ -98,7 +103,8 @@ def datasheet_peak(device):
     if not device.startswith("cuda"):
         return None
     name = torch.cuda.get_device_name(device)
-    return next(((name, peak) for key, peak in BF16_PEAKS if key in name), None)
+    return next(((name, peak) for key, peak in BF16_PEAKS
+                 if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name)), None)
 
 
 def shape(args):
@@ -354,7 +360,7 @@ def check(args):
     results = measure(args, ["none", "soft-joint"])
     sheet = datasheet_peak(args.device)
     for (mode, dtype, compiled), r in results.items():
-        if r and sheet:
+        if r and sheet and dtype != "float32":  # the peak is bf16's
             print(f"MFU {mode}{' compiled' if compiled else ''} ({dtype}): "
                   f"{r['flops'] / sheet[1]:.1%} of the "
                   f"{sheet[0]}'s {sheet[1] / 1e12:,.0f} TFLOP/s dense bf16 (data sheet)")

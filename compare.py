@@ -27,6 +27,15 @@ the LM sees of each document changes, not how well it was trained, and sums up t
     python compare.py --holds out/compare-synthetic-ambiguity,out/compare-wiki-window \
         --out-dir out/holds
 
+How good must a plan be to pay? --truth-weights adds soft-frozen runs whose plans mix the true
+label in (train.py --truth-weight), and tables the curve from the planner (soft-frozen, w = 0) to
+the truth (oracle, w = 1): each point's plans' accuracy and cross-entropy on the true labels against
+its val perplexity relative to fixed (--runs must hold fixed, soft-frozen and oracle; soft-bigram,
+a label bigram in the planner's place, adds the point a planner must beat):
+
+    python compare.py --dataset wiki --runs fixed,oracle,soft-frozen,soft-bigram \
+        --truth-weights 0.25,0.5,0.75
+
 --holds trains nothing either: it sets the findings of finished comparisons and sweeps side by side,
 one row a setting, each with its verdict (RESULTS.md's summary table). A folder gives its
 sweep.json if it has one, else its results.json; name either file to choose.
@@ -143,7 +152,7 @@ def main(argv=None):
     p.add_argument("--dataset", default="wiki")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--runs", default=",".join(run_names()),
-                   help="comma-separated, of these (the default)")
+                   help="comma-separated, of these (the default) and soft-bigram")
     p.add_argument("--out-dir", help="default: out/compare-<dataset>")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="for training and evaluation")
@@ -410,8 +419,11 @@ def truth_weights(args):
         weights = []
     if not weights or not all(0 < w < 1 for w in weights):
         raise runtime.TrainError(f"--truth-weights {args.truth_weights}: give weights between 0 "
-                                 "and 1, comma-separated (0 is soft-frozen, 1 the oracle: both "
-                                 "are in --runs)")
+                                 "and 1, comma-separated (0 is soft-frozen, 1 the oracle)")
+    if missing := {"fixed", "soft-frozen", "oracle"} - set(args.runs.split(",")):
+        raise runtime.TrainError(f"--truth-weights: the curve needs {', '.join(sorted(missing))} "
+                                 "in --runs too (fixed is what it is set against; soft-frozen and "
+                                 "oracle are its ends)")
     return weights
 
 
@@ -528,7 +540,7 @@ def relative_runs(report, folder):
             else v for k, v in report.items()}
 
 
-RUN_LISTS = ("val", "test", "reliance", "following")  # a report's lists of runs
+RUN_LISTS = ("val", "test", "reliance", "following", "curve")  # a report's lists of runs
 
 
 def timed(work, compute):
@@ -672,7 +684,8 @@ def following(run_dir, n_docs):
     net, _, corpus = evaluation.load_run(run_dir)
     row = {"run": str(run_dir),
            "forced": plan_following(net, corpus, n_docs, forced=True)}
-    if net.planner is not None and not net.plans.truth:  # the truth of unwritten sentences: none
+    # a truth weight needs the true label of sentences not yet written: no planned labels then
+    if net.planner is not None and not net.plans.truth_weight:
         row["planned"] = plan_following(net, corpus, n_docs)
     return row
 

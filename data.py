@@ -1,5 +1,5 @@
 """
-Stage 1 of the method: raw documents in; GPT-2 BPE token streams, sentences, sentence embeddings
+Stage (a) of the method: raw documents in; GPT-2 BPE token streams, sentences, sentence embeddings
 and one abstract plan label per sentence out; last, the batches cut from them.
 
 A sentence's *label* is the index of its nearest k-means centroid in a sentence-embedding space
@@ -107,10 +107,10 @@ def tokenize_sentences(sentences):
 
 
 def tokenize_by_document(docs, sentences):
-    """Optimisation of tokenize_sentences, ~7x faster: one call per document, then each sentence's
-    tokens found by byte offsets (a document's tokens are its sentences' tokens back to back, since
-    GPT-2's pre-tokenizer never joins a sentence's last character with the whitespace that opens
-    the next).
+    """Optimisation of tokenize_sentences, ~5x faster (RESULTS.md): one call per document, then
+    each sentence's tokens found by byte offsets (a document's tokens are its sentences' tokens
+    back to back, since GPT-2's pre-tokenizer never joins a sentence's last character with the
+    whitespace that opens the next).
     -> (tokens, lengths), or (tokens, None) if some sentence boundary falls inside a token."""
     enc = tokenizer()
     tokens = np.fromiter(itertools.chain.from_iterable(enc.encode_ordinary(d) for d in docs),

@@ -26,6 +26,7 @@ import itertools
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import corpora
@@ -66,7 +67,8 @@ def load_run(run, device="cpu"):
 
 
 def windows(n_targets, block_size):
-    """-> [(start, first target scored)]: every target 1..n_targets scored by exactly one window."""
+    """-> ([(start, first target scored)], block): every target 1..n_targets scored by exactly one
+    window of block tokens."""
     block = min(block_size, n_targets)
     stride = max(1, block // 2)
     starts = list(range(0, n_targets - block + 1, stride))
@@ -163,7 +165,7 @@ def next_plan(net, corpus, history, forced=None):
     history."""
     plans, codebook = net.plans, net.plans.codebook
     if forced is None:
-        return plan_each(net, corpus, history)[-1]
+        return plan_each(net, corpus, history, then=True)[-1]
     if plans.mode in ("none", "fixed", "uniform"):
         raise EvalError(f"mode {plans.mode} takes no label: --force-labels needs a run of mode "
                         "oracle, hard, st, soft or gumbel")
@@ -173,18 +175,22 @@ def next_plan(net, corpus, history, forced=None):
     return forced, codebook[forced]
 
 
-def plan_each(net, corpus, texts):
+def plan_each(net, corpus, texts, then=False):
     """-> [(planned label or None, plan vector or None)] for each of texts, planned from the texts
-    before it, and for the sentence after them: one pass of the planner."""
-    plans, dim = net.plans, net.plans.codebook.shape[1]
-    if plans.mode == "oracle" or plans.truth:
+    before it (a mode that reads the true label gets each text's own), and with then=True for the
+    sentence after them too: one pass of the planner."""
+    plans, dim, device = net.plans, net.plans.codebook.shape[1], net.plans.codebook.device
+    if then and (plans.mode == "oracle" or plans.truth_weight):
         raise EvalError("this run's plans need the true label of a sentence not yet written: "
                         "give --force-labels")
-    if not plans.uses_planner:  # none: no vector; fixed, uniform: their vector
-        return [(None, plans(labels=torch.zeros((), dtype=torch.long)))] * (len(texts) + 1)
-    emb = torch.as_tensor(corpus.embedder.embed_texts(texts)) if texts else torch.zeros(0, dim)
-    logits = net.planner(torch.cat([emb, torch.zeros(1, dim)])[None])[0]  # row s: from texts < s
-    return [(int(z.argmax()), plans(logits=z)) for z in logits]
+    emb = torch.as_tensor(corpus.embedder.embed_texts(texts) if texts else np.zeros((0, dim)))
+    labels = torch.as_tensor(corpus.label(emb.numpy()) if texts else [], dtype=torch.long)
+    labels = torch.cat([labels, labels.new_zeros(int(then))]).to(device)  # then: no label needed
+    if not plans.uses_planner:  # none: no vector; fixed, uniform: theirs; oracle: the true label's
+        return [(None, plans(labels=label)) for label in labels]
+    emb = torch.cat([emb.float(), torch.zeros(int(then), dim)]).to(device)
+    logits = net.planner(emb[None])[0]  # row s: from texts < s
+    return [(int(z.argmax()), plans(logits=z, labels=y)) for z, y in zip(logits, labels)]
 
 
 @torch.no_grad()
@@ -196,7 +202,8 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     planner reads the sentences so far, embedded as the corpus was, and the run's estimator turns
     its logits into the plan; force[i], if given, dictates the label of the i-th new sentence.
     """
-    enc, g, block = data.tokenizer(), torch.Generator().manual_seed(seed), net.lm.config.block_size
+    device, block = net.lm.wte.weight.device, net.lm.config.block_size
+    enc, g = data.tokenizer(), torch.Generator(device).manual_seed(seed)
     given = data.split_sentences(prompt.strip()) if prompt.strip() else []
     given_tokens = [enc.encode_ordinary(text) for text in given]
     if corpus.vocab is not None:
@@ -207,8 +214,7 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
         plans.append(vec)  # the plan at the position before token: the one that predicts it
         idx.append(token)
 
-    for text, tokens, (_, vec) in zip(given, given_tokens,
-                                      plan_each(net, corpus, given) if given else []):
+    for text, tokens, (_, vec) in zip(given, given_tokens, plan_each(net, corpus, given)):
         for token in tokens:
             add(token, vec)
         history.append(text)
@@ -217,7 +223,7 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
         start = len(idx)
         for _ in range(max_tokens):  # the LM sees the last block of tokens and their plans only
             plan_fn = None if vec is None else lambda _: torch.stack((plans + [vec])[-block:])[None]
-            rows = torch.as_tensor(corpus.to_rows(idx[-block:]))[None]
+            rows = torch.as_tensor(corpus.to_rows(idx[-block:]), device=device)[None]
             row = net.lm.generate(rows, 1, temperature, top_k, plan_fn, g)[0, -1]
             token = int(corpus.to_ids(int(row)))
             if token == data.EOT:  # a new document is not what was asked for: draw again
@@ -287,7 +293,7 @@ def print_samples(args):
     except ValueError:
         raise EvalError(f"--force-labels takes comma-separated label numbers, got "
                         f"{args.force_labels!r}") from None
-    net, ck, corpus = load_run(args.runs[0])
+    net, ck, corpus = load_run(args.runs[0], runtime.resolve_device(args.device))
     rows = sample(net, corpus, args.sample, args.prompt, force, args.temperature, args.top_k,
                   args.seed)
     print(args.prompt)

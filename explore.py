@@ -7,6 +7,7 @@ planner guesses for each sentence of a held-out document.
     python explore.py --dataset synthetic --synthetic-docs 2000
     python explore.py --dataset path/to/corpus.txt # or a folder of .txt files
     python explore.py out/soft-joint --browse 4    # the planner's top-5 labels for val document 4
+    python explore.py out/soft-joint --plans mean  # val perplexity with every plan replaced
     python explore.py out/soft-joint --plans shuffled  # each plan replaced by another sentence's
 
 With a RUN the corpus is the one it was trained on, and the data flags are not used.
@@ -20,7 +21,7 @@ import torch
 import data
 import eval as evaluation
 import runtime
-from planner import sentence_logits
+from planner import BigramPlanner, sentence_logits
 
 
 def summary(corpus):
@@ -56,17 +57,14 @@ def label_baselines(corpus, split):
     cross-entropy of its distribution (nats)."""
     train, sp, k = corpus.splits["train"], corpus.splits[split], len(corpus.codebook)
     prior = np.bincount(train.labels, minlength=k) + 1e-3
-
-    def previous(split_):  # each sentence's previous label in its document, k for a first sentence
-        first = np.zeros(len(split_.labels), bool)
-        first[split_.doc_sent[:-1][np.diff(split_.doc_sent) > 0]] = True
-        return np.where(first, k, np.concatenate([[k], split_.labels[:-1]]))
-    bigram = np.zeros((k + 1, k))  # row k: a document's first sentence
-    np.add.at(bigram, (previous(train), train.labels), 1)
-    bigram += prior / prior.sum()  # ties, and labels never seen after a label, by overall frequency
+    # planner.BigramPlanner's table, here read at the true previous labels (row k: none)
+    bigram = BigramPlanner.fit(corpus.codebook, train.labels, train.doc_sent).log_probs.exp()
+    first = np.zeros(len(sp.labels), bool)
+    first[sp.doc_sent[:-1][np.diff(sp.doc_sent) > 0]] = True
+    previous = np.where(first, k, np.concatenate([[k], sp.labels[:-1]]))
     out = {}
     for name, scores in (("majority", np.broadcast_to(prior, (len(sp.labels), k))),
-                         ("bigram", bigram[previous(sp)])):
+                         ("bigram", bigram.double().numpy()[previous])):
         top = np.argsort(-scores, 1, kind="stable")[:, :5]
         p = scores[np.arange(len(sp.labels)), sp.labels] / scores.sum(1)
         out.update({f"{name}_top1": float(np.mean(top[:, 0] == sp.labels)),
@@ -103,8 +101,8 @@ PLANS = ("shuffled", "mean")
 def substituted_plans(net, sd, how, seed=0):
     """Every sentence's plan as the run computes it (planned from the sentences before it), then
     'shuffled': each sentence gets the plan of a random other sentence of the split, or 'mean': the
-    split's mean plan for all. Set against 'as-planned': what the LM draws from the plans'
-    content."""
+    split's mean plan for all (any other how: the plans themselves, which a test sets against the
+    run's own figure). Set against the run's own plans: what the LM draws from their content."""
     if net.plans.mode == "none":
         raise evaluation.EvalError("mode none has no plans to substitute: give a run of another "
                                    "mode")
@@ -131,7 +129,8 @@ def browse(net, corpus, split="val", doc=0, top=5):
                                    f"0..{len(sp.doc_sent) - 2}, not {doc}")
     lo, hi = sp.doc_sent[doc], sp.doc_sent[doc + 1]
     # row s: from sentences < s
-    probs = torch.softmax(net.planner(torch.as_tensor(sp.emb[lo:hi])[None])[0].float(), -1)
+    emb = torch.as_tensor(sp.emb[lo:hi], device=net.plans.codebook.device)
+    probs = torch.softmax(net.planner(emb[None])[0].float(), -1)
     best = probs.topk(min(top, probs.shape[1]), -1)
     return [(corpus.sentence_text(split, s), int(sp.labels[s]),
              list(zip(best.indices[i].tolist(), best.values[i].tolist())))

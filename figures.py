@@ -85,7 +85,7 @@ def curve_figure(plt, results, title):
 def runs_under(results, comparison):
     """compare.py's results with each run's path under the comparison folder, wherever it is now
     (compare.py writes them relative to it; an absolute path stays as it is)."""
-    return {k: [dict(r, run=str(comparison / r["run"])) for r in v] if k in ("val", "test")
+    return {k: [dict(r, run=str(comparison / r["run"])) for r in v] if k in ("val", "test", "curve")
             else v for k, v in results.items()}
 
 

@@ -54,15 +54,15 @@ MODES = CONTROLS + tuple(ESTIMATORS)
 
 class Plans(nn.Module):
     """The trainable codebook (it starts as the k-means centroids) and one mode's way to plan
-    vectors."""
+    vectors; for soft, a truth weight w > 0 mixes the true label into the planner's distribution."""
 
-    def __init__(self, mode, codebook, temperature=1.0, truth=0.0):
+    def __init__(self, mode, codebook, temperature=1.0, truth_weight=0.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-        if truth and mode != "soft":
+        if truth_weight and mode != "soft":
             raise ValueError(f"the truth is mixed into soft plans only, not into mode {mode}")
-        self.mode, self.temperature, self.truth = mode, temperature, truth
+        self.mode, self.temperature, self.truth_weight = mode, temperature, truth_weight
         self.codebook = nn.Parameter(torch.as_tensor(codebook, dtype=torch.float32).clone())
         # 'fixed' learns one vector that carries no information; it starts at a random centroid's
         # scale.
@@ -76,8 +76,8 @@ class Plans(nn.Module):
         return self.mode in ESTIMATORS
 
     def forward(self, logits=None, labels=None, generator=None):
-        """logits [..., K] (estimators) or labels [...] (oracle; others use their shape) -> [..., D]
-        or None."""
+        """logits [..., K] (estimators) and labels [...] (the oracle, a truth weight; the others use
+        their shape) -> [..., D] or None."""
         if self.mode == "none":
             return None
         shape = ((logits.shape[:-1] if logits is not None else labels.shape)
@@ -90,7 +90,7 @@ class Plans(nn.Module):
             return self.codebook[labels]
         if self.mode == "gumbel":
             return gumbel(logits, self.codebook, self.temperature, self.training, generator)
-        if self.truth:
+        if self.truth_weight:
             return self.distribution(logits, labels) @ self.codebook
         return ESTIMATORS[self.mode](logits, self.codebook, self.temperature)
 
@@ -98,9 +98,8 @@ class Plans(nn.Module):
         """The distribution over labels that soft plans average the codebook with: the planner's,
         with the truth mixed in."""
         p = F.softmax(logits / self.temperature, dim=-1)
-        if not self.truth:
-            return p
-        return self.truth * F.one_hot(labels, p.shape[-1]).to(p.dtype) + (1 - self.truth) * p
+        w = self.truth_weight
+        return p if not w else w * F.one_hot(labels, p.shape[-1]).to(p.dtype) + (1 - w) * p
 
 
 # ---------------------------------------------------------------------------- the conditioned model

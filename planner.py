@@ -8,6 +8,7 @@ Because padding sits at the end and attention is causal, padding never changes a
 only decides which rows the loss and accuracy count.
 
 Pretraining is self-supervised: cross-entropy against the k-means labels (see data.py).
+BigramPlanner, with the same interface, is the reference it must beat: a label bigram, counted.
 
     from planner import Planner, PlannerConfig
     logits = Planner(PlannerConfig(n_labels=64, embed_dim=128))(emb)  # [B, S, K]

@@ -10,6 +10,7 @@ parts a checkpoint holds (net.lm, net.plans, net.planner), the stages' names and
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import hashlib
 import json
@@ -197,9 +198,14 @@ class Context:
 
 
 def setup_distributed(args):
+    if args.device.startswith("cuda"):  # TF32 for what runs in float32 (the planner, evaluation)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if "RANK" not in os.environ:
         return
-    dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    # the other ranks wait while rank 0 builds the data (WikiText-103: 11 min on 2 CPU cores): a
+    # barrier must outlast that, NCCL's 10 minutes do not
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo",
+                            timeout=datetime.timedelta(hours=2))
     if args.device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
@@ -753,6 +759,10 @@ class Run:
                              f"saving that step. "
                              f"{kept(self.saved, self.ckpt)}: lower the learning rate and rerun")
         score = record.get("val_loss", record.get("planner_val_loss"))
+        if self.ctx.world > 1:  # rank 0's verdict for all: end() waits on the best step they agree
+            score = torch.tensor(score, dtype=torch.float64, device=args.device)
+            dist.broadcast(score, 0)
+            score = score.item()
         improved = score < self.best[0]
         self.best = (score, done) if improved else self.best
         if self.ctx.master:

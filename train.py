@@ -42,10 +42,9 @@ from runtime import Context, TrainError
 
 
 # Defaults that depend on the device; an explicit flag always wins. The CPU set is a budget: 2,048
-# tokens a step and 550 LM steps, ~10 minutes for every stage on 2 cores with native bf16 on the
-# wiki corpus; on a CPU without it autocast stays float32 and a step is ~3x slower, so expect ~30
-# minutes. Within that budget tune.py measured (exact val perplexity of the default run, a table
-# of RESULTS.md):
+# tokens a step and 550 LM steps, every stage on the wiki corpus in 13 minutes on 2 cores with
+# native bf16 (an Intel Xeon), 31 without it (an AMD EPYC: autocast stays float32). Within that
+# budget tune.py measured (exact val perplexity of the default run, a table of RESULTS.md):
 CPU_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=256, dropout=0.0,
                     # measured: 32-token windows, 64 a step: val perplexity 295; 64 x 32: 323;
                     # 128 x 16: 359
@@ -66,8 +65,9 @@ def make_parser():
     g = p.add_argument_group("method")
     g.add_argument("--mode", default="soft", help=f"how plans reach the LM: {', '.join(MODES)}")
     g.add_argument("--planner", choices=("frozen", "joint", "bigram"),
-                   help="hard: frozen; st, soft, gumbel: joint; bigram: a label bigram in the "
-                        "planner's place, the reference a planner must beat")
+                   help="default: frozen for hard, joint for st, soft, gumbel; bigram: a label "
+                        "bigram in the planner's place (counted, never trained), the reference a "
+                        "planner must beat")
     g.add_argument("--temperature", type=float, default=1.0,
                    help="softmax temperature of st/soft/gumbel")
     g.add_argument("--truth-weight", type=float, default=0.0,
@@ -245,7 +245,7 @@ class PlannerObjective(nn.Module):
         super().__init__()
         self.planner = planner
 
-    def forward(self, emb, labels, mask):
+    def forward(self, emb, labels, mask):  # (loss, aux) as the loop expects: no aux here
         return planner_loss(self.planner(emb), labels, mask), None
 
 
@@ -253,7 +253,7 @@ def pretrain_planner(args, corpus, splits, needed=True):
     if args.planner == "bigram":  # counted, not trained
         labelled = corpus.splits["train"]
         planner = BigramPlanner.fit(corpus.codebook, labelled.labels, labelled.doc_sent)
-        return planner.to(args.device), "a label bigram (counted on train)"
+        return planner.to(args.device), None
     cfg = planner_config(args)
     out = runtime.stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters,
                             args.planner_lr, args.planner_batch,
@@ -322,7 +322,9 @@ def make_optimizer(net, lr, weight_decay, planner_lr_scale=1.0):
                     "lr_scale": scale},
                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0,
                     "lr_scale": scale}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+    fused = next(net.parameters()).is_cuda  # one kernel for every parameter on a GPU
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95),
+                             fused=fused or None)
 
 
 def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resume,
@@ -336,8 +338,8 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
         for step in run.steps():
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, iters, lr, args.warmup_iters) * group["lr_scale"]
-            # dropout noise: also a function of the step
-            torch.manual_seed(args.seed * 1_000_003 + step)
+            # dropout noise: also a function of the step, and of the process (its own data)
+            torch.manual_seed(args.seed * 1_000_003 + step + 7_919 * Context.get().rank)
             total = torch.zeros((), device=args.device)
             # micro-batches: one batch of batch_size x grad_accum
             for micro in range(args.grad_accum):
@@ -408,7 +410,7 @@ def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):
                                 for b in fixed_windows(splits["val"], args, Context(r, world))])
     print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in "
           f"{seconds:.0f} s; "
-          f"pretrained LM {lm_dir}, planner {planner_dir}")
+          f"pretrained LM {lm_dir}, planner {planner_dir or 'a label bigram, counted'}")
     print(f"val perplexity {math.exp(final['val_loss']):.1f} vs unigram {math.exp(uni):.1f} "
           f"(on {args.eval_iters * args.batch_size * world} fixed val windows; "
           f"`python eval.py {out}` gives the exact figure)")

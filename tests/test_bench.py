@@ -29,8 +29,11 @@ def test_the_gpu_check_runs_reduced_on_the_cpu(tmp_path, capsys):
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 PCIe", 756e12),
                                         ("NVIDIA H100 80GB HBM3", 989e12),
-                                        ("NVIDIA A100-SXM4-80GB", 312e12),
-                                        ("Tesla T4", None)])
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200 NVL", 835e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40", 181e12),
+                                        ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
+                                        ("NVIDIA A10", 125e12), ("NVIDIA B200", 2250e12),
+                                        ("NVIDIA H800", 989e12), ("Tesla T4", None)])
 def test_data_sheet_peaks_by_name(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
     assert bench.datasheet_peak("cuda") == ((name, peak) if peak else None)

@@ -131,7 +131,7 @@ def test_the_truth_mixed_into_soft_plans(truth):
     w < 1."""
     logits, centroids = _inputs((2, 3))
     labels = torch.tensor([[0, 5, 2], [1, 1, 3]])
-    plans = mix.Plans("soft", centroids, temperature=0.5, truth=truth)
+    plans = mix.Plans("soft", centroids, temperature=0.5, truth_weight=truth)
     out = plans(logits=logits, labels=labels)
     p = torch.softmax(logits.detach().double() / 0.5, -1)
     q = truth * torch.nn.functional.one_hot(labels, 6).double() + (1 - truth) * p
@@ -143,7 +143,7 @@ def test_the_truth_mixed_into_soft_plans(truth):
     out.sum().backward()
     assert (logits.grad.abs().sum() > 0) == (truth < 1)
     with pytest.raises(ValueError, match="the truth is mixed into soft plans only"):
-        mix.Plans("hard", centroids, truth=truth or 0.5)
+        mix.Plans("hard", centroids, truth_weight=truth or 0.5)
 
 
 def test_unknown_mode_lists_the_valid_ones():

@@ -87,7 +87,8 @@ def test_the_gpu_schedule_follows_the_batch_that_runs():
     evaluations."""
     wiki = runtime.cuda_defaults(930_000, 9_030, given={"batch_size": 16})
     assert wiki["lm_iters"] == round(8 * 930_000 / (16 * 256))
-    assert runtime.cuda_defaults(930_000, 9_030, given={"finetune_iters": 80})["eval_interval"] == 10
+    fewer = runtime.cuda_defaults(930_000, 9_030, given={"finetune_iters": 80})
+    assert fewer["eval_interval"] == 10
     large = runtime.cuda_defaults(98_000_000, 25_700)
     assert large["planner_iters"] * 64 * 2 == pytest.approx(runtime.CUDA_PLANNER_DOCS, rel=1e-3)
     two = runtime.cuda_defaults(98_000_000, 25_700, world=2, given={"grad_accum": 1})

@@ -272,7 +272,7 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
         (idx.shape[1], a[3](idx).shape[1])) or generate(self, idx, *a))
     rows = evaluation.sample(net, corpus, 2, prompt, seed=0)
     n = len(data.split_sentences(prompt))
-    assert len(rows) == 2 and seen["planner"][:3] == [n + 1, n + 1, n + 2]
+    assert len(rows) == 2 and seen["planner"][:3] == [n, n + 1, n + 2]
     block = net.lm.config.block_size
     assert all(tokens == plans <= block for tokens, plans in seen["lm"]) and seen["lm"]
     one_by_one = [evaluation.next_plan(net, corpus, data.split_sentences(prompt)[:s])[1]
@@ -280,6 +280,14 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
     each = evaluation.plan_each(net, corpus, data.split_sentences(prompt))
     for s, vec in zip((0, 1, n - 1), one_by_one):
         torch.testing.assert_close(each[s][1], vec, atol=1e-5, rtol=1e-5)
+    # the oracle's prompt sentences get their own true labels; its new ones, the labels given
+    oracle, _, _ = evaluation.load_run(root / "out" / "oracle")
+    given = data.split_sentences(prompt)[:5]
+    truth = corpus.label(corpus.embedder.embed_texts(given))
+    assert [torch.equal(vec, oracle.plans.codebook[y]) for (_, vec), y in
+            zip(evaluation.plan_each(oracle, corpus, given), truth)] == [True] * 5
+    rows = evaluation.sample(oracle, corpus, 2, " ".join(given), force=[1, 2], seed=0)
+    assert [planned for planned, _, _ in rows] == [1, 2]
 
 
 def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
