@@ -9,11 +9,10 @@ Train the planner-conditioned GPT end to end, in the stages of the method:
     python train.py                                  # wiki corpus, --mode soft --planner joint
     python train.py --mode hard                      # planner frozen (the default for hard)
     python train.py --mode st                        # straight-through, planner joint
-    python train.py --mode oracle                    # the true label of each sentence: an upper
-                                                     # bound
+    python train.py --mode oracle                    # the true label of each sentence: a bound
+    python train.py --planner frozen --truth-weight 0.5   # soft plans halfway to the oracle
     python train.py --dataset synthetic --device cpu
-    torchrun --standalone --nproc_per_node 2 train.py   # DDP: --batch-size windows in each
-                                                        # process, every step
+    torchrun --standalone --nproc_per_node 2 train.py   # DDP: --batch-size windows a process
 
 With the same --seed every mode starts from the same pretrained weights and sees the same batches,
 so differences come from the estimator alone. Then compare runs with
