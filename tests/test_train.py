@@ -286,7 +286,7 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
     truth = corpus.label(corpus.embedder.embed_texts(given))
     assert [torch.equal(vec, oracle.plans.codebook[y]) for (_, vec), y in
             zip(evaluation.plan_each(oracle, corpus, given), truth)] == [True] * 5
-    rows = evaluation.sample(oracle, corpus, 2, " ".join(given), force=[1, 2], seed=0)
+    rows = evaluation.sample(oracle, corpus, 2, "".join(given), force=[1, 2], seed=0)
     assert [planned for planned, _, _ in rows] == [1, 2]
 
 
