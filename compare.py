@@ -179,7 +179,9 @@ def main(argv=None):
                         "side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
     SPENT.clear()
-    with runtime.one_line_errors(evaluation.EvalError, data.DataError):
+    with runtime.one_line_errors(evaluation.EvalError, data.DataError,
+                                 interrupted="interrupted; what is finished is kept: run the same "
+                                             "compare.py command to go on"):
         if args.holds is not None:
             return what_holds(args)
         seeds = args.seeds.split(",")

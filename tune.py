@@ -42,7 +42,9 @@ def main(argv=None):
     p.add_argument("--out-dir", default="out/tune")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     args, train_flags = p.parse_known_args(argv)
-    with runtime.one_line_errors(evaluation.EvalError, data.DataError):
+    with runtime.one_line_errors(evaluation.EvalError, data.DataError,
+                                 interrupted="interrupted; what is finished is kept: run the same "
+                                             "tune.py command to go on"):
         search(args, train_flags)
 
 

@@ -28,7 +28,8 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
         calls.append(a)
         return real_run(*a)
     monkeypatch.setattr(tune, "run", stopped_after_two)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="interrupted; what is finished is kept: run the same "
+                                         "tune.py command to go on"):
         tune.main(argv)
     # what a stopped search leaves: its table so far
     partial = (tmp_path / "tune" / "results.md").read_text()
