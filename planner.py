@@ -107,7 +107,8 @@ class BigramPlanner(nn.Module):
     def forward(self, emb):
         """emb: [B, S, D] -> logits [B, S, K]; row s from the label of sentence s-1 only."""
         c = self.centroids
-        nearest = ((c ** 2).sum(1) - 2 * emb[:, :-1].float() @ c.T).argmin(-1)
+        with torch.autocast(emb.device.type, enabled=False):  # bf16 would pick other centroids
+            nearest = ((c ** 2).sum(1) - 2 * emb[:, :-1].float() @ c.T).argmin(-1)
         previous = torch.cat([nearest.new_full((emb.shape[0], 1), len(c)), nearest], dim=1)
         return self.log_probs[previous]
 

@@ -108,6 +108,8 @@ def test_a_label_bigram_in_the_planners_place(tiny_out):
     prev = b["labels"][:, :-1]
     assert torch.equal(logits[:, 1:][b["mask"][:, 1:]], bigram.log_probs[prev][b["mask"][:, 1:]])
     assert torch.allclose(logits.exp().sum(-1), torch.ones(4, logits.shape[1]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in training: the same labels
+        assert torch.equal(bigram(b["emb"]), logits)
     base = explore.label_baselines(corpus, "val")
     assert planner_metrics(bigram, sd)["planner_top1"] == pytest.approx(base["bigram_top1"])
     train.main(flags + ["--mode", "soft", "--planner", "bigram"])
