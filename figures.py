@@ -61,21 +61,23 @@ def figures(comparison, out_dir):
 
 
 def curve_figure(plt, results, title):
-    """The curve of plan quality: each point's plans' top-1 accuracy on the true labels against its
-    val perplexity relative to fixed (mean ± std over seeds); below zero, plans pay."""
+    """The curve of plan quality: each point's plans' cross-entropy on the true labels (how much of
+    the truth they carry; their top-1 saturates at once) against its val perplexity relative to
+    fixed (mean ± std over seeds); below zero, plans pay."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     points = {}
     for p in results["curve"]:
         points.setdefault((p["weight"], p["name"]), []).append(p)
     for i, ((w, name), ps) in enumerate(sorted(points.items())):
-        x = [p["plan_top1"] for p in ps]
+        x = [p["plan_ce"] for p in ps]
         y = [100 * p["vs_fixed"] for p in ps if p["vs_fixed"] is not None]
         label = ("a label bigram (soft)" if w < 0 else "the planner (soft, frozen)" if w == 0
                  else "the oracle" if w == 1 else f"truth weight {w:g}")
         ax.errorbar(np.mean(x), np.mean(y), sd(y), xerr=sd(x), marker="os^vD<>"[i % 7], ms=7,
                     capsize=3, ls="none", label=label)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="plans' top-1 accuracy on the true labels (val)",
+    ax.invert_xaxis()  # better plans to the right
+    ax.set(xlabel="plans' cross-entropy on the true labels, nats (val)",
            ylabel="val perplexity against fixed, same seed (%)",
            title=f"{title}: how good must a plan be? below 0, plans pay")
     ax.legend(fontsize=8)
