@@ -177,9 +177,8 @@ def make_parser():
 def plan_reliance(run, how, split):
     """What the LM draws from the plans' content: its perplexity with every plan replaced, against
     the run's own."""
-    own = evaluation.evaluate(run, split)
-    other = evaluation.evaluate(run, split, replace_plans=lambda net, sd: substituted_plans(net, sd,
-                                                                                          how))
+    replaced = lambda net, sd: substituted_plans(net, sd, how)
+    own, other = (evaluation.evaluate(run, split, replace_plans=r) for r in (None, replaced))
     print(f"{split} perplexity of {run}: {own['perplexity']:.2f} with its own plans, "
           f"{other['perplexity']:.2f} with every plan replaced ({how}) "
           f"({other['perplexity'] / own['perplexity'] - 1:+.2%})")
