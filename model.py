@@ -159,20 +159,6 @@ class GPT(nn.Module):
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 
-    def num_params(self, adapters=True):
-        """Parameters (the tied head counted once), with or without the plan adapters."""
-        n = sum(p.numel() for p in self.parameters())
-        return n if adapters else n - sum(p.numel() for b in self.blocks if b.adapter
-                                          for p in b.adapter.parameters())
-
-    def flops_per_token(self, adapters=True):
-        """Training FLOPs (forward + backward) per token at full context: 6 per weight, plus
-        attention."""
-        c = self.config
-        # wte counts as the head
-        matmul_weights = self.num_params(adapters) - self.wpe.weight.numel()
-        return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.block_size
-
 
 def head_loss(h, weight, targets):
     """The LM loss, plainly: logits for every position, then the mean cross-entropy over

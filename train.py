@@ -392,30 +392,16 @@ def run_stages(args, resume_from):
     planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
     net, out, final = finetune(args, corpus, splits, lm, planner)
     if Context.get().master:
-        report(args, corpus, splits, out, final, lm_dir, planner_dir, time.time() - t0)
+        report(args, out, final, lm_dir, planner_dir, time.time() - t0)
 
 
-def unigram_loss(corpus, batches):
-    """Cross-entropy of add-one-smoothed train-split token frequencies on the same val windows."""
-    counts = np.bincount(corpus.to_rows(corpus.splits["train"].tokens),
-                         minlength=len(corpus.vocab) if corpus.vocab else data.VOCAB_SIZE) + 1.0
-    logp = torch.as_tensor(np.log(counts / counts.sum()))
-    return float(np.mean([-logp[b["targets"].cpu()].mean().item() for b in batches]))
-
-
-def report(args, corpus, splits, out, final, lm_dir, planner_dir, seconds):
-    world = Context.get().world
-    uni = unigram_loss(corpus, [b for r in range(world)
-                                for b in fixed_windows(splits["val"], args, Context(r, world))])
+def report(args, out, final, lm_dir, planner_dir, seconds):
     print(f"run {out} ({args.mode}{', planner ' + args.planner if args.planner else ''}) in "
-          f"{seconds:.0f} s; "
-          f"pretrained LM {lm_dir}, planner {planner_dir or 'a label bigram, counted'}")
-    print(f"val perplexity {math.exp(final['val_loss']):.1f} vs unigram {math.exp(uni):.1f} "
-          f"(on {args.eval_iters * args.batch_size * world} fixed val windows; "
-          f"`python eval.py {out}` gives the exact figure)")
-    if "planner_top1" in final:
-        print(f"planner val accuracy: top-1 {final['planner_top1']:.3f}, "
-              f"top-5 {final['planner_top5']:.3f}")
+          f"{seconds:.0f} s; pretrained LM {lm_dir}, planner {planner_dir or 'a label bigram'}")
+    print(f"val perplexity {math.exp(final['val_loss']):.1f} on the fixed val windows "
+          f"(`python eval.py {out}` gives the exact figure)"
+          + (f"; planner top-1 {final['planner_top1']:.3f}, top-5 {final['planner_top5']:.3f}"
+             if "planner_top1" in final else ""))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,14 @@ def test_the_wikitext_like_corpus_has_its_shape(tmp_path):
     assert " @-@ " not in " ".join(docs[:200]) and np.mean([" = = " in d for d in docs[:200]]) == 0
     assert (bench.wikitextify("A two-body problem of 1,000 (or more).")
             == "A two @-@ body problem of 1 @,@ 000 ( or more ) .")
+
+
+def test_flops_count_the_tied_head_once_and_the_adapters_on_request():
+    from model import GPT, GPTConfig
+    cfg = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, plan_dim=8)
+    lm, adapters = GPT(cfg), cfg.n_layer * cfg.plan_dim * cfg.n_embd
+    per_layer = 12 * cfg.n_embd ** 2 + 4 * cfg.n_embd  # qkv, proj, fc, proj; two LayerNorms
+    weights = cfg.vocab_size * cfg.n_embd + cfg.n_layer * per_layer + 2 * cfg.n_embd  # + ln_f
+    attention = 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    assert bench.flops_per_token(lm, adapters=False) == 6 * weights + attention
+    assert bench.flops_per_token(lm) == 6 * (weights + adapters) + attention

@@ -38,8 +38,8 @@ def test_known_gpt2_ids():
 
 def test_ranks_file_hash_is_checked(tmp_path, monkeypatch):
     bad = tmp_path / "gpt2.tiktoken"
-    bad.write_bytes(data.GPT2_RANKS.read_bytes().replace(b"IQ== 0", b"IQ== 1"))
-    monkeypatch.setattr(data, "GPT2_RANKS", bad)
+    bad.write_bytes(corpora.GPT2_RANKS.read_bytes().replace(b"IQ== 0", b"IQ== 1"))
+    monkeypatch.setattr(corpora, "GPT2_RANKS", bad)
     data.tokenizer.cache_clear()
     try:
         with pytest.raises(data.DataError, match="sha256"):
@@ -323,10 +323,10 @@ def test_unknown_dataset_is_a_one_line_error(capsys):
 def test_tokenizing_by_document_equals_the_plain_way():
     docs = corpora.wiki_documents()[:1500]
     sentences = [s for d in docs for s in data.split_sentences(d)]
-    plain, fast = data.tokenize_sentences(sentences), data.tokenize_by_document(docs, sentences)
+    plain, fast = data.tokenize_sentences(sentences), corpora.tokenize_by_document(docs, sentences)
     assert np.array_equal(plain[0], fast[0]) and np.array_equal(plain[1], fast[1])
     # a cut inside a token
-    assert data.tokenize_by_document(["Hello world."], ["Hel", "lo world."])[1] is None
+    assert corpora.tokenize_by_document(["Hello world."], ["Hel", "lo world."])[1] is None
 
 
 def theme_of(seq, successor, second):
@@ -384,3 +384,14 @@ def test_a_closed_vocabulary_maps_ids_to_rows_and_back(tmp_path):
     (tmp_path / "c.txt").write_text("\n\n".join(f"Doc {i}. More." for i in range(20)))
     text = data.load(str(tmp_path / "c.txt"), 2, 2, data_dir=tmp_path)
     assert text.vocab is None and np.array_equal(text.to_rows([5, 50256]), [5, 50256])
+
+
+def test_the_unigram_reference_in_a_corpus_summary(synthetic, capsys):
+    """explore.py's summary scores val with add-one train token frequencies over the LM's
+    vocabulary (the closed one of the synthetic corpus), counted here the slow way."""
+    counts = Counter(synthetic.splits["train"].tokens.tolist())
+    total, vocab = sum(counts.values()), len(synthetic.vocab)
+    val = synthetic.splits["val"].tokens[1:].tolist()
+    nll = -sum(np.log((counts[t] + 1) / (total + vocab)) for t in val) / len(val)
+    assert explore.unigram_perplexity(synthetic, "val") == pytest.approx(np.exp(nll), rel=1e-9)
+    assert f"on val: perplexity {np.exp(nll):,.1f}" in explore.summary(synthetic)

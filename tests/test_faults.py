@@ -19,6 +19,7 @@ import explore
 import figures
 import mix
 import runtime
+import sample as sampling
 import train
 from conftest import TINY
 
@@ -60,6 +61,12 @@ def test_eval_flag_out_of_range_is_one_line(flag, value):
 
 
 @pytest.mark.parametrize("flag, value",
+                         list(bad_values(sampling.make_parser(), sampling.FLAG_RANGES)))
+def test_sample_flag_out_of_range_is_one_line(flag, value):
+    assert flag in one_line_error(lambda: sampling.main(["out/none", flag, value]))
+
+
+@pytest.mark.parametrize("flag, value",
                          list(bad_values(explore.make_parser(), explore.FLAG_RANGES)))
 def test_explore_flag_out_of_range_is_one_line(flag, value):
     assert flag in one_line_error(lambda: explore.main(["--dataset", "synthetic", flag, value]))
@@ -86,7 +93,7 @@ def test_flags_that_used_to_crash_or_do_nothing(flags, message):
 
 def test_a_real_process_prints_one_error_line():
     for script, argv in (("train.py", ["--dropout", "1.5"]),
-                         ("eval.py", ["out/x", "--sample", "-1"])):
+                         ("sample.py", ["out/x", "--sentences", "0"])):
         r = subprocess.run([sys.executable, script, *argv], cwd=data.ROOT, capture_output=True,
                            text=True, timeout=120)
         assert (r.returncode != 0 and r.stderr.startswith("error: ")

@@ -18,6 +18,7 @@ import figures
 import mix
 import planner
 import runtime
+import sample as sampling
 import train
 from mix import Plans
 from model import GPT, GPTConfig
@@ -229,9 +230,9 @@ def test_ddp_two_processes_match_one_on_the_same_global_batch(tmp_path):
 def test_sampling_is_deterministic_and_follows_forced_labels(dirs, monkeypatch):
     _, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "soft-joint")
-    a = evaluation.sample(net, corpus, 3, prompt="Weak arms helped.", seed=1)
-    assert a == evaluation.sample(net, corpus, 3, prompt="Weak arms helped.", seed=1)
-    assert a != evaluation.sample(net, corpus, 3, prompt="Weak arms helped.", seed=2)
+    a = sampling.sample(net, corpus, 3, prompt="Weak arms helped.", seed=1)
+    assert a == sampling.sample(net, corpus, 3, prompt="Weak arms helped.", seed=1)
+    assert a != sampling.sample(net, corpus, 3, prompt="Weak arms helped.", seed=2)
     assert all(planned is not None and 0 <= realised < 16 and text for planned, realised, text in a)
     seen, real = [], net.lm.generate
 
@@ -239,7 +240,7 @@ def test_sampling_is_deterministic_and_follows_forced_labels(dirs, monkeypatch):
         seen.append(plan_fn(idx)[0, -1].clone())  # the plan that predicts the next token
         return real(idx, n, temperature, top_k, plan_fn, generator)
     monkeypatch.setattr(net.lm, "generate", spy)
-    rows = evaluation.sample(net, corpus, 2, force=[5, 9], max_tokens=3)
+    rows = sampling.sample(net, corpus, 2, force=[5, 9], max_tokens=3)
     assert [planned for planned, _, _ in rows] == [5, 9]
     codebook = net.plans.codebook
     assert (all(torch.equal(v, codebook[5]) for v in seen[:3])
@@ -251,7 +252,7 @@ def test_forced_labels_are_realised_on_synthetic(dirs):
     text: an LM that follows its plans writes a sentence of the dictated label (chance: 1 in 16)."""
     _, root = dirs
     net, _, corpus = evaluation.load_run(root / "out" / "oracle")
-    rows = evaluation.sample(net, corpus, 16, force=list(range(16)), seed=0)
+    rows = sampling.sample(net, corpus, 16, force=list(range(16)), seed=0)
     assert sum(planned == realised for planned, realised, _ in rows) >= 12
     follow = compare.plan_following(net, corpus, n_docs=2, sentences=8, forced=True)
     assert follow["sentences"] == 16 and follow["chance"] == 1 / 16 and follow["rate"] >= 0.75
@@ -270,14 +271,14 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
         emb.shape[1]) or planner_forward(self, emb))
     monkeypatch.setattr(type(net.lm), "generate", lambda self, idx, *a: seen["lm"].append(
         (idx.shape[1], a[3](idx).shape[1])) or generate(self, idx, *a))
-    rows = evaluation.sample(net, corpus, 2, prompt, seed=0)
+    rows = sampling.sample(net, corpus, 2, prompt, seed=0)
     n = len(data.split_sentences(prompt))
     assert len(rows) == 2 and seen["planner"][:3] == [n, n + 1, n + 2]
     block = net.lm.config.block_size
     assert all(tokens == plans <= block for tokens, plans in seen["lm"]) and seen["lm"]
-    one_by_one = [evaluation.next_plan(net, corpus, data.split_sentences(prompt)[:s])[1]
+    one_by_one = [sampling.next_plan(net, corpus, data.split_sentences(prompt)[:s])[1]
                   for s in (0, 1, n - 1)]
-    each = evaluation.plan_each(net, corpus, data.split_sentences(prompt))
+    each = sampling.plan_each(net, corpus, data.split_sentences(prompt))
     for s, vec in zip((0, 1, n - 1), one_by_one):
         torch.testing.assert_close(each[s][1], vec, atol=1e-5, rtol=1e-5)
     # the oracle's prompt sentences get their own true labels; its new ones, the labels given
@@ -285,14 +286,14 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
     given = data.split_sentences(prompt)[:5]
     truth = corpus.label(corpus.embedder.embed_texts(given))
     assert [torch.equal(vec, oracle.plans.codebook[y]) for (_, vec), y in
-            zip(evaluation.plan_each(oracle, corpus, given), truth)] == [True] * 5
-    rows = evaluation.sample(oracle, corpus, 2, "".join(given), force=[1, 2], seed=0)
+            zip(sampling.plan_each(oracle, corpus, given), truth)] == [True] * 5
+    rows = sampling.sample(oracle, corpus, 2, "".join(given), force=[1, 2], seed=0)
     assert [planned for planned, _, _ in rows] == [1, 2]
 
 
 def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
     rows = [(0, 0, ""), (0, 1, ""), (1, 1, ""), (1, 1, "")]  # planned 0,0,1,1; realised 0,1,1,1
-    monkeypatch.setattr(evaluation, "sample", lambda *a, **k: rows)
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: rows)
     corpus = type("C", (), {"codebook": np.zeros((3, 2))})()
     out = compare.plan_following(None, corpus, n_docs=1, sentences=4)
     assert out == {"sentences": 4, "hits": 3, "rate": 0.75, "chance": 0.5 * 0.25 + 0.5 * 0.75}
@@ -364,7 +365,7 @@ def test_sampling_errors(dirs):
                                      "--prompt: this run's LM knows only the words of its corpus, "
                                      "not 'river', 'in'")]:
         with pytest.raises(SystemExit, match=message):
-            evaluation.main([str(root / "out" / run_dir), "--sample", "1", *flags])
+            sampling.main([str(root / "out" / run_dir), "--sentences", "1", *flags])
 
 
 def test_plan_reliance_substitutes_plans_and_the_lm_notices(dirs, capsys):
