@@ -18,11 +18,19 @@ so an interrupted comparison picks up where it stopped. The tables are
 printed and written to <out-dir>/results.md and .json. Each finding gets the 95% t-interval of its
 mean over seeds and the verdict that interval gives ("holds", "reversed", "not distinguishable").
 
-A sweep (--ambiguities or --block-sizes) makes the whole comparison at each value, in
-<out-dir>/a<value>/ or block<value>/, then sets the findings and the plan reliance side by side in
-<out-dir>/sweep.md and draws both against the swept value. --eval-windows trains nothing more: it
-scores the finished runs in shorter windows than they were trained in (val split), so that only what
-the LM sees of each document changes, not how well it was trained, and sums up the same way.
+A sweep (--ambiguities, --block-sizes or --label-counts) makes the whole comparison at each value,
+in <out-dir>/a<value>/, block<value>/ or k<value>/, then sets the findings and the plan reliance
+side by side in <out-dir>/sweep.md and draws both against the swept value. Over K the LM stage,
+which reads no label, is pretrained once a seed for every K (train.py --pretrain-dir
+<out-dir>/pretrain), and the table adds how well the planner and a label bigram predict the next
+label at each K:
+
+    python compare.py --dataset wiki --label-counts 16,64,256 \
+        --runs fixed,oracle,soft-frozen,soft-bigram
+
+--eval-windows trains nothing more: it scores the finished runs in shorter windows than they were
+trained in (val split), so that only what the LM sees of each document changes, not how well it was
+trained, and sums up the same way.
 
     python compare.py --holds out/compare-synthetic-ambiguity,out/compare-wiki-window \
         --out-dir out/holds
@@ -30,8 +38,9 @@ the LM sees of each document changes, not how well it was trained, and sums up t
 How good must a plan be to pay? --truth-weights adds soft-frozen runs whose plans mix the true
 label in (train.py --truth-weight), and tables the curve from the planner (soft-frozen, w = 0) to
 the truth (oracle, w = 1): each point's plans' accuracy and cross-entropy on the true labels against
-its val perplexity relative to fixed (--runs must hold fixed, soft-frozen and oracle; soft-bigram,
-a label bigram in the planner's place, adds the point a planner must beat):
+its val perplexity relative to fixed (--runs must hold fixed, soft-frozen and oracle, and with them
+the curve's two ends are tabled without --truth-weights too; soft-bigram, a label bigram in the
+planner's place, adds the point a planner must beat):
 
     python compare.py --dataset wiki --runs fixed,oracle,soft-frozen,soft-bigram \
         --truth-weights 0.25,0.5,0.75
@@ -166,6 +175,10 @@ def main(argv=None):
     g.add_argument("--block-sizes",
                    help="comma-separated LM windows; --batch-size follows so tokens per step "
                         "stay equal")
+    g.add_argument("--label-counts",
+                   help="comma-separated K (--n-labels): how predictable the labels are against "
+                        "how much they tell; one LM a seed serves them all (the LM stage reads no "
+                        "label: <out-dir>/pretrain)")
     g.add_argument("--eval-windows",
                    help="comma-separated windows (at most --block-size) to score the finished "
                         "runs in: the same LMs shown less of each document")
@@ -189,8 +202,8 @@ def main(argv=None):
         if len(set(seeds)) != len(seeds) or not all(s.strip().isdigit() for s in seeds):
             raise runtime.TrainError(f"--seeds {args.seeds}: give each seed once, as numbers "
                                      "separated by commas (e.g. 0,1,2)")
-        settings = sweep_settings(args, train_flags)
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
+        settings = sweep_settings(args, train_flags, out)
         reports = [(value, compare(args, train_flags + flags, out / name if name else out))
                    for name, value, flags in settings]
         if args.eval_windows:
@@ -204,7 +217,7 @@ def main(argv=None):
 def what_holds(args):
     """Each finding's verdict in every setting of finished comparisons, one row a setting: the
     RESULTS.md's summary table; -> nothing, printed and written to <out-dir>/holds.md."""
-    if args.ambiguities or args.block_sizes or args.eval_windows:
+    if args.ambiguities or args.block_sizes or args.label_counts or args.eval_windows:
         raise runtime.TrainError("--holds sums up finished comparisons and trains nothing: "
                                  "give it without a sweep")
     if not any(d.strip() for d in args.holds.split(",")):
@@ -250,15 +263,23 @@ def what_holds(args):
         Path(tmp).write_text(md + "\n")
 
 
-def sweep_settings(args, train_flags):
+def sweep_settings(args, train_flags, out):
     """-> [(sub-folder, value, train.py flags)]: one setting, or one per value of the swept flag."""
     known = run_names(RUNS + OPTIONAL_RUNS)
     if unknown := set(args.runs.split(",")) - set(known):
         raise runtime.TrainError(f"--runs: unknown run {', '.join(sorted(unknown))}: "
                                  f"use some of {', '.join(known)}")
-    if sum(map(bool, (args.ambiguities, args.block_sizes, args.eval_windows))) > 1:
-        raise runtime.TrainError("--ambiguities, --block-sizes, --eval-windows: sweep one at a "
-                                 "time (an invocation each)")
+    if sum(map(bool, (args.ambiguities, args.block_sizes, args.label_counts,
+                      args.eval_windows))) > 1:
+        raise runtime.TrainError("--ambiguities, --block-sizes, --label-counts, --eval-windows: "
+                                 "sweep one at a time (an invocation each)")
+    if args.label_counts:
+        counts = args.label_counts.split(",")
+        if not all(k.strip().isdigit() and int(k) >= 2 for k in counts):
+            raise runtime.TrainError(f"--label-counts {args.label_counts}: give label counts of "
+                                     "at least 2, comma-separated (e.g. 16,64,256)")
+        return [(f"k{int(k)}", int(k), ["--n-labels", str(int(k)), "--pretrain-dir",
+                                        str(out / "pretrain")]) for k in counts]
     if args.ambiguities:
         return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a])
                 for a in args.ambiguities.split(",")]
@@ -336,7 +357,7 @@ def compare(args, train_flags, out):
     tables.append(f"{title}, the findings: perplexity of A against B of the same seed\n\n"
                   f"{claims_table(report)}")
     print("\n" + tables[-1])
-    if truth_weights(args):
+    if truth_weights(args) or CURVE_ENDS <= {r.name for r in runs}:
         report["curve"] = curve(args, runs, report)
         tables.append(f"{title}, how good must a plan be: soft plans from w onehot(true label) + "
                       f"(1-w) the frozen planner's distribution, fine-tuned, against fixed (same "
@@ -413,6 +434,10 @@ def baselines_line(results):
             f"{cell('bigram_top5')}.")
 
 
+# what the curve of plan quality is drawn between, and set against
+CURVE_ENDS = {"fixed", "soft-frozen", "oracle"}
+
+
 def truth_weights(args):
     if not args.truth_weights:
         return []
@@ -423,7 +448,7 @@ def truth_weights(args):
     if not weights or not all(0 < w < 1 for w in weights):
         raise runtime.TrainError(f"--truth-weights {args.truth_weights}: give weights between 0 "
                                  "and 1, comma-separated (0 is soft-frozen, 1 the oracle)")
-    if missing := {"fixed", "soft-frozen", "oracle"} - set(args.runs.split(",")):
+    if missing := CURVE_ENDS - set(args.runs.split(",")):
         raise runtime.TrainError(f"--truth-weights: the curve needs {', '.join(sorted(missing))} "
                                  "in --runs too (fixed is what it is set against; soft-frozen and "
                                  "oracle are its ends)")
@@ -514,6 +539,8 @@ def rescored(args, report, window):
 def setting_title(out, args):
     if args.ambiguities:
         return f", ambiguity a = {out.name[1:]}"
+    if args.label_counts:
+        return f", K = {out.name[1:]} labels"
     return f", {out.name[5:]}-token window" if args.block_sizes else ""
 
 
@@ -612,7 +639,7 @@ def summarise_sweep(args, out, reports):
     """The findings and the plan reliance at every value of the swept setting, as one table and one
     figure; -> nothing, written to <out>/sweep.md, sweep.json and <out>/<name>-sweep.png."""
     what = ("ambiguity a" if args.ambiguities else "LM window (tokens)" if args.block_sizes
-            else "scoring window (tokens)")
+            else "labels K" if args.label_counts else "scoring window (tokens)")
     findings = [{"claim": claim, "a": a, "b": b, "kind": kind,
                  "changes": [paired_changes(r["val"], a, b) for _, r in reports]}
                 for claim, a, b, kind in CLAIMS]
@@ -634,6 +661,8 @@ def summarise_sweep(args, out, reports):
                     f"| val text targets it cuts / share of their document so far "
                     f"(seed {reports[0][1]['val'][0]['seed']}) | " +
                     " | ".join(f"{cut:.0%} / {share:.0%}" for cut, share in sweep["unseen"]) + " |")
+    if all("curve" in r for _, r in reports):
+        rows += quality_rows([r for _, r in reports])
     rows += [f"| {f['claim']} | {f['a']} vs {f['b']} | "
              + " | ".join(claim_cell(c, f["kind"]) for c in f["changes"]) + " |"
              for f in findings]
@@ -655,6 +684,21 @@ def summarise_sweep(args, out, reports):
         print(figures.sweep_figure(out / "sweep.json", out / f"{out.name}-sweep.png"))
     except evaluation.EvalError as e:
         print(f"no figure: {e}")
+
+
+def quality_rows(reports):
+    """How well the next sentence's label is predicted at each setting, on val, mean ± std over
+    seeds: the frozen planner's plans (soft-frozen) against a label bigram fitted on train."""
+    def cell(values):
+        return " / ".join(mean_std([v[k] for v in values], ".3f") for k in ("top1", "ce"))
+
+    planner = [[{"top1": p["plan_top1"], "ce": p["plan_ce"]} for p in r["curve"]
+                if p["name"] == "soft-frozen"] for r in reports]
+    bigram = [[{"top1": x["bigram_top1"], "ce": x["bigram_ce"]}
+               for x in {x["seed"]: x for x in r["val"]}.values()] for r in reports]
+    return [f"| the next sentence's label: {who} | top-1 / cross-entropy (nats), val | "
+            + " | ".join(map(cell, values)) + " |"
+            for who, values in (("the planner's plans", planner), ("a label bigram", bigram))]
 
 
 RELIANCE = {"shuffled": "another sentence's plan", "mean": "the split's mean plan"}

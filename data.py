@@ -11,6 +11,7 @@ too) and the cache under data/cache are corpora.py; `python explore.py --dataset
 builds a corpus and shows what its labels mean.
 """
 
+import hashlib
 import itertools
 import json
 import time
@@ -257,9 +258,14 @@ class Corpus:
         """Label of each embedding: the index of its nearest centroid."""
         return nearest(emb, self.codebook).numpy()
 
-    def identity(self):
-        """What a checkpoint must agree with to be used on this corpus."""
-        return {"tokenizer": corpora.GPT2_RANKS_SHA256, "labels": self.meta["key"]}
+    def identity(self, labels=True):
+        """What a checkpoint must agree with to be used on this corpus: its token streams (the
+        documents, their split, the tokenizer) and, unless only the tokens matter, its labels."""
+        tokens = json.dumps([self.meta[k] for k in ("dataset", "content", "seed", "val", "test",
+                                                    "version")])
+        return {"tokenizer": corpora.GPT2_RANKS_SHA256,
+                "tokens": hashlib.sha256(tokens.encode()).hexdigest()[:16],
+                **({"labels": self.meta["key"]} if labels else {})}
 
     def to_rows(self, ids):
         """GPT-2 ids -> what the LM reads: the ids, or their rows in the closed vocabulary."""

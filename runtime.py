@@ -481,7 +481,7 @@ def load_state(net, ck):
 
 # Where a run is kept, on what hardware, and how it was started: a run can continue elsewhere,
 # with or without torch.compile.
-NOT_THE_RUN = ("data_dir", "out_dir", "device", "compile", "resume", "overwrite")
+NOT_THE_RUN = ("data_dir", "out_dir", "pretrain_dir", "device", "compile", "resume", "overwrite")
 
 
 def refuse_other_settings(saved, args, ckpt_path):
@@ -524,11 +524,12 @@ def check_resume(ckpt_path, args, corpus):
                       "instead of --resume")
 
 
-def stage_dir(args, name, corpus, *settings):
-    """Pretrained stages are keyed by everything that changes their result, so modes share them."""
-    key = json.dumps([corpus.identity(), args.seed, autocast_dtype(args).__repr__(),
+def stage_dir(args, name, identity, *settings):
+    """Pretrained stages are keyed by everything that changes their result (identity: of the data
+    they read), so modes share them."""
+    key = json.dumps([identity, args.seed, autocast_dtype(args).__repr__(),
                       Context.get().world, *settings], sort_keys=True, default=str)
-    return (Path(args.out_dir) / "pretrain"
+    return (Path(args.pretrain_dir or Path(args.out_dir) / "pretrain")
             / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
 
 

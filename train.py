@@ -79,6 +79,9 @@ def make_parser():
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", default="out",
                    help="runs go to <out-dir>/<run>/, pretrained stages to <out-dir>/pretrain/")
+    g.add_argument("--pretrain-dir",
+                   help="where the pretrained stages go instead (e.g. one folder for several "
+                        "out-dirs: each stage is keyed by all that changes it)")
     g.add_argument("--run", help="run name (default: the mode, plus -frozen/-joint)")
     g.add_argument("--seed", type=int, default=0,
                    help="data split, labels, initial weights, batches")
@@ -220,12 +223,13 @@ def val_loss(net, batches, args):
 
 def pretrain_lm(args, corpus, splits, needed=True):
     cfg = gpt_config(args, corpus)
-    out = runtime.stage_dir(args, "lm", corpus, dataclasses.asdict(cfg), args.lm_iters, args.lr,
-                            args.batch_size, args.grad_accum,
+    # no label reaches this stage: keyed by the tokens alone, one LM serves every K and embedding
+    out = runtime.stage_dir(args, "lm", corpus.identity(labels=False), dataclasses.asdict(cfg),
+                            args.lm_iters, args.lr, args.batch_size, args.grad_accum,
                             min(args.warmup_iters, args.lm_iters // 5), args.weight_decay,
                             args.grad_clip)
     torch.manual_seed(args.seed)
-    net = PlannedLM(GPT(cfg), None, Plans("none", corpus.codebook)).to(args.device)
+    net = PlannedLM(GPT(cfg), None, Plans("none", np.zeros((1, args.embed_dim)))).to(args.device)
     ck = out / "ckpt.pt"
     if runtime.finished(ck, net, args) or not needed:
         return net.lm, out
@@ -254,8 +258,8 @@ def pretrain_planner(args, corpus, splits, needed=True):
         planner = BigramPlanner.fit(corpus.codebook, labelled.labels, labelled.doc_sent)
         return planner.to(args.device), None
     cfg = planner_config(args)
-    out = runtime.stage_dir(args, "planner", corpus, dataclasses.asdict(cfg), args.planner_iters,
-                            args.planner_lr, args.planner_batch,
+    out = runtime.stage_dir(args, "planner", corpus.identity(), dataclasses.asdict(cfg),
+                            args.planner_iters, args.planner_lr, args.planner_batch,
                             min(args.warmup_iters, args.planner_iters // 5), args.weight_decay,
                             args.grad_clip)
     torch.manual_seed(args.seed)

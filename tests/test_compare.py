@@ -26,7 +26,8 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
     # and sampled
     assert "made by this invocation, in wall time: 9 training runs" in capsys.readouterr().out
     assert compare.SPENT.keys() == {"training runs", "evaluations", "samplings"}
-    assert [count for _, count in compare.SPENT.values()] == [9, 9 + 9 + 6 * 2, 6]
+    # ... and the plans' quality of the curve's ends, soft-frozen and the oracle
+    assert [count for _, count in compare.SPENT.values()] == [9, 9 + 9 + 6 * 2 + 2, 6]
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     names = [evaluation.run_name(r["run"]) for r in results["val"]]
     assert names == ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen",
@@ -171,7 +172,8 @@ def test_the_t_interval_and_the_verdicts():
 
 
 def _settings(*argv):
-    p = argparse.Namespace(runs="none", ambiguities=None, block_sizes=None, eval_windows=None)
+    p = argparse.Namespace(runs="none", ambiguities=None, block_sizes=None, label_counts=None,
+                           eval_windows=None)
     for flag, value in zip(argv[::2], argv[1::2]):
         setattr(p, flag, value)
     return p
@@ -179,17 +181,17 @@ def _settings(*argv):
 
 def test_block_sizes_keep_the_tokens_per_step():
     settings = compare.sweep_settings(_settings("block_sizes", "32,64,128"),
-                                      ["--batch-size", "8", "--block-size", "64"])
+                                      ["--batch-size", "8", "--block-size", "64"], "out")
     assert [(name, flags) for name, _, flags in settings] == [
         ("block32", ["--block-size", "32", "--batch-size", "16"]),
         ("block64", ["--block-size", "64", "--batch-size", "8"]),
         ("block128", ["--block-size", "128", "--batch-size", "4"])]
-    assert (compare.sweep_settings(_settings("block_sizes", "64"), [])[0][2]
+    assert (compare.sweep_settings(_settings("block_sizes", "64"), [], "out")[0][2]
             == ["--block-size", "64", "--batch-size", "32"])
     with pytest.raises(train.TrainError, match="must divide by every window"):
-        compare.sweep_settings(_settings("block_sizes", "48"), [])
+        compare.sweep_settings(_settings("block_sizes", "48"), [], "out")
     with pytest.raises(train.TrainError, match="unknown run soft"):
-        compare.sweep_settings(_settings("runs", "none,soft"), [])
+        compare.sweep_settings(_settings("runs", "none,soft"), [], "out")
 
 
 def test_a_seed_given_twice_is_refused():
@@ -232,3 +234,26 @@ def test_the_curve_from_the_planner_to_the_truth(tmp_path):
     assert "| - (a label bigram) | soft-bigram |" in md
     assert (out / "cmp-curve.png").exists()
     assert report is None or isinstance(report, dict)
+
+
+def test_a_label_count_sweep_shares_one_lm_a_seed_and_tables_how_predictable_labels_are(tmp_path):
+    argv = FAST + ["--out-dir", str(tmp_path / "k"), "--data-dir", str(tmp_path / "data"),
+                   "--sample-docs", "0", "--label-counts", "4,8",
+                   "--runs", "fixed,oracle,soft-frozen"]
+    compare.main(argv)
+    pretrained = sorted(p.name.split("-")[0] for p in (tmp_path / "k" / "pretrain").iterdir())
+    assert pretrained == ["lm", "planner", "planner"]  # one LM, a planner per K
+    sweep = (tmp_path / "k" / "sweep.md").read_text()
+    assert "| finding | A vs B | labels K = 4 | labels K = 8 |" in sweep
+    cells = []
+    for k in (4, 8):
+        ck = runtime.load_checkpoint(tmp_path / "k" / f"k{k}" / "seed0" / "oracle" / "ckpt.pt")
+        assert ck["config"]["n_labels"] == k and ck["plans"]["codebook"].shape[0] == k
+        results = json.loads((tmp_path / "k" / f"k{k}" / "results.json").read_text())
+        planner, = (p for p in results["curve"] if p["name"] == "soft-frozen")
+        cells.append(f"{planner['plan_top1']:.3f} / {planner['plan_ce']:.3f}")
+    assert ("| the next sentence's label: the planner's plans | top-1 / cross-entropy (nats), val "
+            f"| {cells[0]} | {cells[1]} |") in sweep
+    assert "| the next sentence's label: a label bigram |" in sweep
+    with pytest.raises(SystemExit, match="--label-counts 4,x: give label counts of at least 2"):
+        compare.main(argv[:-4] + ["--label-counts", "4,x"])

@@ -122,6 +122,24 @@ def test_each_part_learns_at_its_own_rate(stages):
 
 # ----------------------------------------------------------------------- no leakage into the labels
 
+def test_the_lm_stage_reads_no_label_so_every_k_shares_it(stages, tmp_path):
+    """LM pretraining is keyed by the tokens alone: other labels (K) reuse it as it is, in another
+    out-dir too with --pretrain-dir, while the planner stage, which reads the labels, is trained
+    anew."""
+    args, corpus, splits, lm, _ = stages()
+    lm_dir = train.pretrain_lm(args, corpus, splits)[1]
+    planner_dir = train.pretrain_planner(args, corpus, splits)[1]
+    other = ["--n-labels", "4", "--out-dir", str(tmp_path / "k4"),
+             "--pretrain-dir", str(lm_dir.parent)]
+    args4, corpus4, splits4, lm4, _ = stages(*other)
+    assert corpus4.identity()["labels"] != corpus.identity()["labels"]
+    assert corpus4.identity(labels=False) == corpus.identity(labels=False)
+    assert train.pretrain_lm(args4, corpus4, splits4)[1] == lm_dir
+    assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(),
+                                                 lm4.state_dict().values()))
+    assert train.pretrain_planner(args4, corpus4, splits4)[1] not in (planner_dir, None)
+
+
 def test_the_embedder_and_codebook_see_the_training_documents_only():
     """Two corpora with the same training documents and other val/test documents: the same embedder,
     codebook, training embeddings and labels; the held-out splits do differ."""
