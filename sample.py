@@ -6,7 +6,7 @@ over many documents).
 
     python sample.py out/soft-joint                         # 5 sentences, a new document
     python sample.py out/soft-joint --prompt "The river rises in the mountains north of the city."
-    python sample.py out/oracle --force-labels 8,8,47,47    # dictate the labels
+    python sample.py out/oracle --force-labels 8,8,47,47    # dictate the labels: 4 sentences
 """
 
 import argparse
@@ -53,8 +53,10 @@ def plan_each(net, corpus, texts, then=False):
     labels = torch.cat([labels, labels.new_zeros(int(then))]).to(device)  # then: no label needed
     if not plans.uses_planner:  # none: no vector; fixed, uniform: theirs; oracle: the true label's
         return [(None, plans(labels=label)) for label in labels]
+    # row s of the planner's output reads texts < s only: a last row appended (then) is never
+    # read, and its output is the plan of the sentence after them all
     emb = torch.cat([emb.float(), torch.zeros(int(then), dim)]).to(device)
-    logits = net.planner(emb[None])[0]  # row s: from texts < s
+    logits = net.planner(emb[None])[0]
     return [(int(z.argmax()), plans(logits=z, labels=y)) for z, y in zip(logits, labels)]
 
 
@@ -102,15 +104,21 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     return out
 
 
-
 def print_samples(args):
     try:
         force = [int(x) for x in args.force_labels.split(",") if x.strip()]
     except ValueError:
         raise EvalError(f"--force-labels takes comma-separated label numbers, got "
                         f"{args.force_labels!r}") from None
+    sentences = args.sentences or len(force) or 5
+    if len(force) > sentences:
+        raise EvalError(f"--force-labels gives {len(force)} labels for --sentences {sentences}: "
+                        "give at most one label a sentence")
     net, _, corpus = load_run(args.run, runtime.resolve_device(args.device))
-    rows = sample(net, corpus, args.sentences, args.prompt, force, args.temperature, args.top_k,
+    if force and len(force) < sentences and (net.plans.mode == "oracle" or net.plans.truth_weight):
+        raise EvalError(f"this run's plans need the true label of a sentence not yet written: "
+                        f"give --force-labels for all {sentences} sentences")
+    rows = sample(net, corpus, sentences, args.prompt, force, args.temperature, args.top_k,
                   args.seed)
     print(args.prompt)
     for planned, realised, text in rows:
@@ -133,7 +141,9 @@ def make_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="a run folder (or its ckpt.pt) made by train.py")
-    p.add_argument("--sentences", type=int, default=5, help="how many sentences to write")
+    p.add_argument("--sentences", type=int,
+                   help="how many sentences to write (default: one a label of --force-labels, "
+                        "else 5)")
     p.add_argument("--prompt", default="", help="text to continue (default: a new document)")
     p.add_argument("--force-labels", default="",
                    help="dictate the labels of the new sentences, e.g. 3,17,5")

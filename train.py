@@ -2,8 +2,9 @@
 Train the planner-conditioned GPT end to end, in the stages of the method:
 
   (a) data: sentences, embeddings, k-means plan labels and the codebook (data.py, cached)
-  (b) pretrain the LM with no plans                              \\ cached under <out-dir>/pretrain,
-  (c) pretrain the planner on the labels (cross-entropy)         / shared by every mode
+  (b) pretrain the LM with no plans                   \\ cached under <out-dir>/pretrain (or
+  (c) pretrain the planner on the labels              / --pretrain-dir), shared by every mode;
+                                                        (b) reads no label: by every K too
   (d) fine-tune the LM with plans from one estimator (mix.py), planner frozen or joint
 
     python train.py                                  # wiki corpus, --mode soft --planner joint
@@ -223,7 +224,8 @@ def val_loss(net, batches, args):
 
 def pretrain_lm(args, corpus, splits, needed=True):
     cfg = gpt_config(args, corpus)
-    # no label reaches this stage: keyed by the tokens alone, one LM serves every K and embedding
+    # No label reaches this stage: it is keyed by the tokens alone, so one LM serves every K (not
+    # every D: the adapters are D wide), and mode none reads no codebook, so it gets one zero row.
     out = runtime.stage_dir(args, "lm", corpus.identity(labels=False), dataclasses.asdict(cfg),
                             args.lm_iters, args.lr, args.batch_size, args.grad_accum,
                             min(args.warmup_iters, args.lm_iters // 5), args.weight_decay,

@@ -55,6 +55,8 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
 
     def redone(*a, **k):
         raise AssertionError("a finished run, evaluation or sampling was redone")
+    assert figures.pretraining_log(tmp_path / "cmp" / "seed0" / "none") == runtime.read_log(
+        next((tmp_path / "cmp" / "seed0" / "pretrain").glob("lm-*")))
     for module, name in ((train, "main"), (evaluation, "evaluate"), (compare, "plan_following")):
         monkeypatch.setattr(module, name, redone)
     compare.main(argv)
@@ -243,6 +245,8 @@ def test_a_label_count_sweep_shares_one_lm_a_seed_and_tables_how_predictable_lab
     compare.main(argv)
     pretrained = sorted(p.name.split("-")[0] for p in (tmp_path / "k" / "pretrain").iterdir())
     assert pretrained == ["lm", "planner", "planner"]  # one LM, a planner per K
+    lm_log = runtime.read_log(next((tmp_path / "k" / "pretrain").glob("lm-*")))
+    assert figures.pretraining_log(tmp_path / "k" / "k4" / "seed0" / "fixed") == lm_log
     sweep = (tmp_path / "k" / "sweep.md").read_text()
     assert "| finding | A vs B | labels K = 4 | labels K = 8 |" in sweep
     cells = []

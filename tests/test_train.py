@@ -356,6 +356,10 @@ def test_figures_of_a_comparison(dirs, tmp_path, monkeypatch):
 def test_sampling_errors(dirs):
     _, root = dirs
     for run_dir, flags, message in [("oracle", [], "this run's plans need the true label"),
+                                    ("oracle", ["--sentences", "3", "--force-labels", "1"],
+                                     "give --force-labels for all 3 sentences"),
+                                    ("soft-joint", ["--force-labels", "1,2"],
+                                     "gives 2 labels for --sentences 1"),
                                     ("none", ["--force-labels", "1"], "mode none takes no label"),
                                     ("soft-joint", ["--force-labels", "99"],
                                      "there is no label 99"),
