@@ -69,6 +69,9 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     planner reads the sentences so far, embedded as the corpus was, and the run's estimator turns
     its logits into the plan; force[i], if given, dictates the label of the i-th new sentence.
     """
+    if len(force) < n_sentences and (net.plans.mode == "oracle" or net.plans.truth_weight):
+        raise EvalError(f"this run's plans need the true label of a sentence not yet written: "
+                        f"give --force-labels for all {n_sentences} sentences")
     device, block = net.lm.wte.weight.device, net.lm.config.block_size
     enc, g = data.tokenizer(), torch.Generator(device).manual_seed(seed)
     given = data.split_sentences(prompt.strip()) if prompt.strip() else []
@@ -115,9 +118,6 @@ def print_samples(args):
         raise EvalError(f"--force-labels gives {len(force)} labels for --sentences {sentences}: "
                         "give at most one label a sentence")
     net, _, corpus = load_run(args.run, runtime.resolve_device(args.device))
-    if force and len(force) < sentences and (net.plans.mode == "oracle" or net.plans.truth_weight):
-        raise EvalError(f"this run's plans need the true label of a sentence not yet written: "
-                        f"give --force-labels for all {sentences} sentences")
     rows = sample(net, corpus, sentences, args.prompt, force, args.temperature, args.top_k,
                   args.seed)
     print(args.prompt)
