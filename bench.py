@@ -9,8 +9,10 @@ and the cost of the planner in the joint modes.
                                           # and size
     python bench.py --kmeans 12500        # k-means on a sample of the training sentences vs on
                                           # all of them
-    python bench.py --check               # the GPU check: MFU, memory, torch.compile, a short
-                                          # train.py run
+    python bench.py --gpt2 --train-lm adapters   # GPT-2 small's shape at 128 tokens, the LM
+                                          # frozen: the paper's setting (train.py --init-from gpt2)
+    python bench.py --check               # the GPU check: MFU, memory, torch.compile, GPT-2
+                                          # small's shape, a short train.py run
 
 Each mode runs in a fresh process, so its peak memory (resident set on a CPU, allocated memory on a
 GPU) is its own. The batch is random tokens shaped like the wiki corpus: windows cover sentences of
@@ -55,12 +57,12 @@ HISTORY = 3  # sentences of each document before the window
 
 def flops_per_token(lm, adapters=True):
     """Training FLOPs (forward + backward) per token of a model.GPT at full context: 6 per weight
-    that multiplies (the tied head counted once, as the head; no position table), plus
-    attention."""
+    that multiplies (the tied head counted once, as the head; no position table), 4 for a frozen
+    one (no gradient of its own, only the one passed through it), plus attention."""
     c = lm.config
-    weights = sum(p.numel() for name, p in lm.named_parameters()
+    weights = sum((6 if p.requires_grad else 4) * p.numel() for name, p in lm.named_parameters()
                   if name != "wpe.weight" and (adapters or ".adapter." not in name))
-    return 6 * weights + 12 * c.n_layer * c.n_embd * c.block_size
+    return weights + 12 * c.n_layer * c.n_embd * c.block_size
 
 
 def sync(device):
@@ -118,10 +120,12 @@ def datasheet_peak(device):
 
 
 def shape(args):
-    """(layers, width, context, batch): --size, or train.py's default model and batch on this
-    device."""
+    """(layers, width, context, batch): --size, GPT-2 small's, or train.py's default model and
+    batch on this device."""
     if args.size:
         return tuple(int(x) for x in args.size.split(","))
+    if args.gpt2:
+        return 12, 768, 128, 32 if args.device.startswith("cuda") else 8
     d = CUDA_MODELS["large"] if args.device.startswith("cuda") else CPU_DEFAULTS
     return d["n_layer"], d["n_embd"], d["block_size"], d["batch_size"]
 
@@ -131,13 +135,19 @@ def run_mode(args):
     torch.manual_seed(0)
     n_layer, n_embd, block_size, batch_size = shape(args)
     cfg = GPTConfig(n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd,
-                    block_size=block_size, plan_dim=args.embed_dim)
+                    block_size=block_size, plan_dim=args.embed_dim,
+                    # GPT-2's own details, and the original code's adapters (pretrained.py)
+                    **(dict(bias=True, gelu="tanh", adapter_from=2) if args.gpt2 else {}))
     mode, _, planner_mode = args.one.partition("-")
     codebook = torch.nn.functional.normalize(torch.randn(args.n_labels, args.embed_dim), dim=-1)
     planner = Planner(PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim), codebook)
     net = PlannedLM(GPT(cfg), planner if planner_mode else None, Plans(mode, codebook),
                     planner_mode != "joint")
     net.to(args.device).train()
+    if args.train_lm == "adapters":  # as train.py --train-lm adapters
+        for name, p in net.lm.named_parameters():
+            if ".adapter." not in name:
+                p.requires_grad_(False)
     net.lm.chunked_loss = not args.plain_loss
     if args.compiled:
         net.lm.compile()  # as train.py --compile: the LM only
@@ -169,7 +179,8 @@ def run_mode(args):
     print(json.dumps(dict(mode=args.one, dtype=str(dtype).split(".")[-1], step_s=seconds,
                           tokens_per_s=tokens / seconds,
                           flops=flops_per_token(net.lm) * tokens / seconds, memory=memory,
-                          model=f"{cfg.n_layer}x{cfg.n_embd}",
+                          model=f"{cfg.n_layer}x{cfg.n_embd}"
+                          + (" (LM frozen)" if args.train_lm == "adapters" else ""),
                           batch=f"{batch_size}x{cfg.block_size}", compiled=args.compiled)))
 
 
@@ -310,7 +321,8 @@ def measure(args, modes):
           + ", ".join(f"{dt} {p / 1e9:,.0f} GFLOP/s" for dt, p in peak.items()))
     base = (["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
              "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
-            + (["--size", args.size] if args.size else []))
+            + (["--size", args.size] if args.size else []) + ["--gpt2"] * args.gpt2
+            + ["--train-lm", args.train_lm])
     results = {}
     jobs = ([(m, args.dtype, False) for m in modes]
             + [(m, args.dtype, True) for m in modes if args.compile])
@@ -380,6 +392,13 @@ def check(args):
     if args.compile:
         works = [r is not None for (m, _, c), r in results.items() if c]
         print(f"torch.compile: {'works' if all(works) else 'FAILS (see above)'} on {args.device}")
+    for train_lm in ("all", "adapters"):  # the paper's setting: train.py --init-from gpt2
+        print(f"GPT-2 small's shape, --train-lm {train_lm}:")
+        gpt2 = measure(argparse.Namespace(**dict(vars(args), gpt2=True, size=None, compile=False,
+                                                 train_lm=train_lm)), ["soft-joint"])
+        for (mode, dtype, _), r in gpt2.items():
+            if r and sheet and dtype != "float32":
+                print(f"MFU {mode} ({dtype}): {r['flops'] / sheet[1]:.1%} of the data sheet")
     out = Path(args.data_dir) / "check-run"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "train.py", "--device", args.device, "--out-dir", str(out),
@@ -430,6 +449,11 @@ def make_parser():
                    help="also time every mode with the LM torch.compiled")
     p.add_argument("--size",
                    help="LAYERS,WIDTH,CONTEXT,BATCH instead of train.py's default model and batch")
+    p.add_argument("--gpt2", action="store_true",
+                   help="GPT-2 small's shape (12 x 768, biases, tanh GELU, adapters from layer 2) "
+                        "at 128 tokens, 32 a batch (8 on a CPU): train.py --init-from gpt2")
+    p.add_argument("--train-lm", choices=("all", "adapters"), default="all",
+                   help="as train.py: adapters freezes the LM's own weights")
     p.add_argument("--n-labels", type=int, default=64)
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process

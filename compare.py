@@ -86,6 +86,7 @@ OPTIONAL_RUNS = [("soft", "bigram")]
 CLAIMS = [("soft (joint) beats hard", "soft-joint", "hard-frozen", "beats"),
           ("ST is not better than hard", "st-joint", "hard-frozen", "not better"),
           ("plans beat one learned constant vector", "soft-joint", "fixed", "beats"),
+          ("a frozen planner's plans beat it too", "soft-frozen", "fixed", "beats"),
           ("true labels beat one learned constant vector", "oracle", "fixed", "beats"),
           ("plans beat the mean label", "soft-joint", "uniform", "beats"),
           ("joint training beats a frozen planner", "soft-joint", "soft-frozen", "beats"),

@@ -380,9 +380,12 @@ def cache_path(data_dir, dataset, params):
     """-> (the cache file of a corpus built with params, its key): keyed by every parameter and,
     through params' content fingerprint, the corpus itself."""
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_file(data_dir, dataset, key), key
+
+
+def cache_file(data_dir, dataset, key):
     name = Path(dataset).stem if dataset not in DATASETS else dataset
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name)
-    return Path(data_dir) / "cache" / f"{slug}-{key}.npz", key
+    return Path(data_dir) / "cache" / f"{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}-{key}.npz"
 
 
 def read_cache(path, make):

@@ -11,9 +11,12 @@ too) and the cache under data/cache are corpora.py; `python explore.py --dataset
 builds a corpus and shows what its labels mean.
 """
 
+import copy
+import dataclasses
 import hashlib
 import itertools
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from tqdm import tqdm
 import corpora
 # GPT-2 BPE, read from the vendored ranks file (checked), and its <|endoftext|> id and vocabulary
 from corpora import EOT, VOCAB_SIZE, DataError, tokenizer
+from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent
 VAL_FRAC, TEST_FRAC = 0.05, 0.05  # document-level split, the rest is train
@@ -302,29 +306,39 @@ def build(docs, n_labels, embed_dim, seed):
     embedder = Embedder.fit(*train.sentence_tokens(), embed_dim, seed)
     for sp in splits.values():
         sp.emb = embedder.embed(*sp.sentence_tokens())
-    fit_on = train.emb
+    codebook, steps = fit_labels(splits, n_labels, seed)
+    meta = {"kmeans_steps": steps, "build_seconds": round(time.time() - t0, 2)}
+    return Corpus(meta, splits, codebook, embedder)
+
+
+def fit_labels(splits, n_labels, seed):
+    """k-means over the training sentences' embeddings; every split's labels set from its
+    centroids. -> (codebook, k-means steps)."""
+    fit_on = splits["train"].emb
     if len(fit_on) > KMEANS_SAMPLE:
         fit_on = fit_on[np.sort(np.random.default_rng(seed).choice(len(fit_on), KMEANS_SAMPLE,
                                                                    replace=False))]
     codebook, _, steps = kmeans(fit_on, n_labels, seed)
     for sp in splits.values():
         sp.labels = nearest(sp.emb, codebook).numpy().astype(np.int32)
-    meta = {"kmeans_steps": steps, "build_seconds": round(time.time() - t0, 2)}
-    return Corpus(meta, splits, codebook, embedder)
+    return codebook, steps
 
 
 def to_arrays(corpus):
     """The corpus as named arrays, for the cache (corpora.write_cache)."""
     arrays = {f"{k}/{f}": getattr(sp, f)
               for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
-    return dict(arrays, codebook=corpus.codebook, idf=corpus.embedder.idf,
-                proj=corpus.embedder.proj, meta=np.array(json.dumps(corpus.meta)))
+    embedder = corpus.embedder
+    return dict(arrays, codebook=corpus.codebook, meta=np.array(json.dumps(corpus.meta)),
+                **(embedder.to_arrays() if isinstance(embedder, LMEmbedder)
+                   else dict(idf=embedder.idf, proj=embedder.proj)))
 
 
 def from_arrays(a):
     splits = {k: Split(**{f: a[f"{k}/{f}"] for f in Split.__dataclass_fields__})
               for k in ("train", "val", "test")}
-    return Corpus(json.loads(str(a["meta"])), splits, a["codebook"], Embedder(a["idf"], a["proj"]))
+    embedder = LMEmbedder.from_arrays(a) if "lm_proj" in a else Embedder(a["idf"], a["proj"])
+    return Corpus(json.loads(str(a["meta"])), splits, a["codebook"], embedder)
 
 
 def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000,
@@ -341,6 +355,136 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
     if dataset == "synthetic":  # a few hundred tokens, not 50,257: the head was 97% of a step
         corpus.vocab = corpora.synthetic_vocab(tokenizer(), EOT, seed, synthetic_types)
     return corpus
+
+
+# ----------------------------------------------------- labels in the LM's own space (--embedder lm)
+
+class LMEmbedder:
+    """Sentence embeddings read off the pretrained LM, the option beside TF-IDF: its final hidden
+    states averaged over a sentence's tokens (each sentence read alone, in pieces of at most
+    block_size tokens), centred and projected on the training sentences' D principal directions,
+    L2-normalised. Labels made from them live in the space of the LM that reads the plans."""
+
+    def __init__(self, lm, mean, proj, vocab=None):
+        # a frozen copy: fine-tuning moves the LM, and the labels must not move with it
+        self.lm = copy.deepcopy(lm).eval().requires_grad_(False)
+        self.mean, self.proj, self.vocab = mean, proj, vocab
+        self.rows = None
+        if vocab is not None:  # a closed vocabulary: the LM reads rows, not GPT-2 ids
+            self.rows = np.zeros(VOCAB_SIZE, np.int64)
+            self.rows[list(vocab)] = np.arange(len(vocab))
+
+    @classmethod
+    def fit(cls, lm, tokens, lengths, dim, seed, vocab=None):
+        if dim > lm.config.n_embd:
+            raise DataError(f"--embed-dim {dim} is wider than the LM's {lm.config.n_embd} hidden "
+                            f"units that --embedder lm reads: use at most {lm.config.n_embd}")
+        unfitted = cls(lm, None, None, vocab)
+        states = unfitted.states(*sample_sentences(tokens, lengths, SVD_SAMPLE, seed)).double()
+        mean = states.mean(0)
+        _, vectors = torch.linalg.eigh((states - mean).T @ (states - mean))  # ascending
+        unfitted.mean = mean.float().numpy()
+        unfitted.proj = vectors[:, -dim:].flip(1).float().numpy().copy()
+        return unfitted
+
+    @torch.no_grad()
+    def states(self, tokens, lengths, batch=256):
+        """[n, n_embd]: the LM's final hidden states averaged over each sentence's tokens."""
+        device, T = self.lm.wte.weight.device, self.lm.config.block_size
+        rows = tokens.astype(np.int64) if self.rows is None else self.rows[tokens]
+        first = np.concatenate([[0], np.cumsum(lengths)])
+        pieces = -(-np.asarray(lengths) // T)  # each sentence in pieces of at most T tokens
+        sent = np.repeat(np.arange(len(lengths)), pieces)
+        start = first[sent] + T * (np.arange(len(sent)) - np.repeat(np.cumsum(pieces) - pieces,
+                                                                    pieces))
+        size = np.minimum(T, first[sent + 1] - start)
+        sums = torch.zeros(len(lengths), self.lm.config.n_embd, dtype=torch.float64)
+        for lo in range(0, len(sent), batch):
+            s, n = start[lo:lo + batch], size[lo:lo + batch]
+            grid = np.minimum(s[:, None] + np.arange(n.max()), len(rows) - 1)
+            h = self.lm.features(torch.as_tensor(rows[grid], device=device)).float().cpu()
+            keep = torch.as_tensor(np.arange(n.max()) < n[:, None])[..., None]
+            sums.index_add_(0, torch.as_tensor(sent[lo:lo + batch]), (h * keep).sum(1).double())
+        return sums / torch.as_tensor(np.maximum(lengths, 1), dtype=torch.float64)[:, None]
+
+    def embed(self, tokens, lengths):
+        """tokens: all sentences back to back (GPT-2 ids); lengths: tokens per sentence
+        -> [n, D] float32."""
+        out = np.empty((len(lengths), self.proj.shape[1]), np.float32)
+        first = np.concatenate([[0], np.cumsum(lengths)])
+        for lo in range(0, len(lengths), CHUNK):
+            hi = min(lo + CHUNK, len(lengths))
+            x = self.states(tokens[first[lo]:first[hi]], lengths[lo:hi]).float()
+            out[lo:hi] = torch.nn.functional.normalize(
+                (x - torch.from_numpy(self.mean)) @ torch.from_numpy(self.proj), dim=1).numpy()
+        return out
+
+    embed_texts = Embedder.embed_texts
+
+    def to_arrays(self):
+        """For the cache: the LM's weights (less the head, tied to the token embedding), its
+        shape, the projection."""
+        weights = {f"lm/{k}": v.cpu().numpy() for k, v in self.lm.state_dict().items()
+                   if k != "lm_head.weight"}
+        return dict(weights, lm_mean=self.mean, lm_proj=self.proj,
+                    lm_config=np.array(json.dumps(dataclasses.asdict(self.lm.config))),
+                    **({"lm_vocab": np.array(self.vocab)} if self.vocab is not None else {}))
+
+    @classmethod
+    def from_arrays(cls, a):
+        lm = GPT(GPTConfig(**json.loads(str(a["lm_config"]))))
+        missing, unexpected = lm.load_state_dict(
+            {k[3:]: torch.from_numpy(a[k]) for k in a if k.startswith("lm/")}, strict=False)
+        if missing != ["lm_head.weight"] or unexpected:
+            raise KeyError(f"the LM's weights do not fit its shape: {missing + unexpected}")
+        return cls(lm, a["lm_mean"], a["lm_proj"],
+                   tuple(a["lm_vocab"].tolist()) if "lm_vocab" in a else None)
+
+
+def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
+    """The corpus with embeddings, labels and codebook made in the LM's space (LMEmbedder), from the
+    cache if they were made before from the same corpus and the same LM weights, else made now."""
+    weights = hashlib.sha256()
+    for name, v in sorted(lm.state_dict().items()):
+        weights.update(name.encode() + v.detach().float().cpu().numpy().tobytes())
+    params = dict(version=CACHE_VERSION, corpus=corpus.meta["key"], lm=weights.hexdigest(),
+                  pca_sample=SVD_SAMPLE)
+    path, key = corpora.cache_path(data_dir, corpus.meta["dataset"], params)
+    if (found := read_lm_labelled(corpus, path)) is not None:
+        return found
+    if not quiet:
+        print(f"labelling {corpus.meta['dataset']} in the LM's space -> {path}", file=sys.stderr)
+    t0, meta = time.time(), corpus.meta
+    splits = {k: dataclasses.replace(sp) for k, sp in corpus.splits.items()}
+    train = splits["train"]
+    embedder = LMEmbedder.fit(lm, *train.sentence_tokens(), corpus.codebook.shape[1], meta["seed"],
+                              corpus.vocab)
+    for sp in splits.values():
+        sp.emb = embedder.embed(*sp.sentence_tokens())
+    codebook, steps = fit_labels(splits, len(corpus.codebook), meta["seed"])
+    meta = dict(meta, embedder="lm", key=key, cache=str(path), kmeans_steps=steps,
+                build_seconds=round(time.time() - t0, 2))
+    labelled = Corpus(meta, splits, codebook, embedder, corpus.vocab)
+    corpora.write_cache(path, to_arrays(labelled))
+    return labelled
+
+
+def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data"):
+    """The corpus as lm_labelled made it for a run whose labels are `key` (evaluating or resuming
+    the run: the LM that made them is not at hand)."""
+    path = corpora.cache_file(data_dir, corpus.meta["dataset"], key)
+    if (found := read_lm_labelled(corpus, path)) is None:
+        raise DataError(f"the labels this run was trained on (made by its pretrained LM, "
+                        f"--embedder lm) are not in {path}: run its train.py command again "
+                        f"without --resume to make them (the pretrained LM is kept)")
+    return found
+
+
+def read_lm_labelled(corpus, path):
+    found = corpora.read_cache(path, from_arrays)
+    if found is not None:
+        found.vocab = corpus.vocab
+    return found
 
 
 # ----------------------------------------------------------------------------- batches with plans

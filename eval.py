@@ -45,6 +45,11 @@ def load_run(run, device="cpu"):
         source = (c["dataset"], c["n_labels"], c["embed_dim"], c["seed"], c["synthetic_docs"],
                   c["synthetic_types"], c["data_dir"])
     corpus = data.load(*source, quiet=True, synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
+    if c.get("init_from"):  # GPT-2 reads GPT-2 ids, not a closed vocabulary's rows
+        corpus.vocab = None
+    if c.get("embedder") == "lm":  # labels made by the run's pretrained LM, kept in the cache
+        with runtime.readable(path):
+            corpus = data.lm_labelled_from_cache(corpus, ck["identity"]["labels"], c["data_dir"])
     runtime.refuse_other_data(ck, c["dataset"], corpus, path, "retrain")
     with runtime.readable(path):
         lm = GPT(GPTConfig(**ck["model_args"]))

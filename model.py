@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastloss
+import pretrained
 
 
 @dataclass
@@ -39,6 +40,8 @@ class GPTConfig:
     plan_dim: int = 128  # width of a plan vector = the codebook's D; 0 builds no adapters
     # biases in the linear layers, as GPT-2; without them a constant plan is a bias (RESULTS.md)
     bias: bool = False
+    gelu: str = "exact"  # "tanh": the approximation GPT-2 was trained with (pretrained weights)
+    adapter_from: int = 0  # the first layer with a plan adapter (the original code: 2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -61,30 +64,31 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd, dropout, bias=False):
+    def __init__(self, n_embd, dropout, bias=False, gelu="exact"):
         super().__init__()
         self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.drop = nn.Dropout(dropout)
+        self.approximate = {"exact": "none", "tanh": "tanh"}[gelu]
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block; with plan_dim > 0 it also has the plan adapter."""
 
-    def __init__(self, n_embd, n_head, dropout, plan_dim=0, bias=False):
+    def __init__(self, n_embd, n_head, dropout, plan_dim=0, bias=False, gelu="exact"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
         self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, dropout, bias, gelu)
         self.adapter = nn.Linear(plan_dim, n_embd, bias=False) if plan_dim else None
 
     def forward(self, x, plan=None):
         a = self.attn(self.ln_1(x))
-        if plan is not None:
+        if plan is not None and self.adapter is not None:
             a = a + self.adapter(plan)
         x = x + a
         return x + self.mlp(self.ln_2(x))
@@ -97,8 +101,9 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, c.plan_dim, c.bias)
-                                    for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(
+            Block(c.n_embd, c.n_head, c.dropout, c.plan_dim if i >= c.adapter_from else 0, c.bias,
+                  c.gelu) for i in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
@@ -138,6 +143,17 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, plan)
         return self.ln_f(x)
+
+    @classmethod
+    def from_pretrained(cls, name_or_folder, data_dir=None, **settings):
+        """GPT-2's weights in this class: gpt2, gpt2-medium (downloaded once) or a folder with
+        config.json + model.safetensors (pretrained.py). settings: block_size (the window: the
+        first of GPT-2's positions), plan_dim, dropout, adapter_from; the adapters start at zero."""
+        config, weights = pretrained.gpt2(name_or_folder, data_dir, **settings)
+        lm = cls(GPTConfig(**config))
+        missing, _ = lm.load_state_dict(weights, strict=False)
+        assert all(".adapter." in k or k == "lm_head.weight" for k in missing), missing  # tied
+        return lm
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, plan_fn=None,

@@ -133,7 +133,7 @@ FLAG_RANGES = [
      "nothing)"),
     (("synthetic_docs",), lambda v: v >= 3,
      "at least 3 (train, val and test take one document each at least)"),
-    (("seed", "warmup_iters"), lambda v: v >= 0, "zero or more"),
+    (("seed", "warmup_iters", "adapter_from"), lambda v: v >= 0, "zero or more"),
     (("lr", "planner_lr", "finetune_lr", "planner_finetune_lr", "temperature"),
      lambda v: 0 < v < math.inf, "a positive number"),
     (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf,
@@ -372,7 +372,7 @@ def one_line_errors(*errors, interrupted="interrupted"):
 
 def checkpoint(net, args, corpus, stage, step, opt, done, best):
     ck = dict(stage=stage, step=step, done=done, config=vars(args), identity=corpus.identity(),
-              optimizer=opt.state_dict(), best_loss=best[0], best_step=best[1])
+              optimizer=opt.state_dict() if opt else {}, best_loss=best[0], best_step=best[1])
     if hasattr(net, "plans"):
         ck.update(model_args=dataclasses.asdict(net.lm.config), model=net.lm.state_dict(),
                   mode=net.plans.mode, plans=net.plans.state_dict())
@@ -644,6 +644,16 @@ def schedule(stage, iters, args, corpus):
     return per_step, (f"{stage}: {per_step:,} {unit} a step x {iters:,} steps = "
                       f"{iters * per_step:,} {unit}, "
                       f"{passes:.2f} passes over the {have:,} training {unit}"), passes
+
+
+def save_untrained(net, args, corpus, ckpt_path, record):
+    """A run with nothing to learn (--mode none, the LM frozen): its starting weights, validated,
+    written as a finished run of step 0."""
+    if Context.get().master:
+        save(checkpoint(net, args, corpus, "finetune", 0, None, True, (record["val_loss"], 0)),
+             ckpt_path)
+        with open(ckpt_path.parent / "log.jsonl", "w") as f:
+            f.write(json.dumps(dict(record, step=0, best_step=0)) + "\n")
 
 
 class Run:

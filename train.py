@@ -5,6 +5,7 @@ Train the planner-conditioned GPT end to end, in the stages of the method:
   (b) pretrain the LM with no plans                   \\ cached under <out-dir>/pretrain (or
   (c) pretrain the planner on the labels              / --pretrain-dir), shared by every mode;
                                                         (b) reads no label: by every K too
+      (--embedder lm: between (b) and (c) the labels are made again, from the LM's own states)
   (d) fine-tune the LM with plans from one estimator (mix.py), planner frozen or joint
 
     python train.py                                  # wiki corpus, --mode soft --planner joint
@@ -12,6 +13,7 @@ Train the planner-conditioned GPT end to end, in the stages of the method:
     python train.py --mode st                        # straight-through, planner joint
     python train.py --mode oracle                    # the true label of each sentence: a bound
     python train.py --planner frozen --truth-weight 0.5   # soft plans halfway to the oracle
+    python train.py --embedder lm                    # labels made in the pretrained LM's space
     python train.py --dataset synthetic --device cpu
     torchrun --standalone --nproc_per_node 2 train.py   # DDP: --batch-size windows a process
 
@@ -74,6 +76,10 @@ def make_parser():
                    help="soft plans from w onehot(true label) + (1-w) the planner's distribution: "
                         "0 the planner's plans, 1 the oracle's, between them the curve of plan "
                         "quality")
+    g.add_argument("--embedder", choices=("tfidf", "lm"), default="tfidf",
+                   help="what the labels are made from: tfidf, TF-IDF + SVD of each sentence's "
+                        "tokens; lm, the pretrained LM's hidden states averaged over each "
+                        "sentence (labels in the space of the LM that reads the plans)")
     g.add_argument("--planner-loss-weight", type=float, default=0.0,
                    help="keep the planner's own cross-entropy during joint training "
                         "(0: pure end-to-end)")
@@ -107,6 +113,16 @@ def add_model_and_schedule_args(p):
     g.add_argument("--bias", action="store_true",
                    help="biases in the LM's linear layers, as GPT-2: then fixed (a constant plan) "
                         "adds no capacity")
+    g.add_argument("--init-from", metavar="gpt2|gpt2-medium|FOLDER",
+                   help="start from GPT-2's weights (downloaded once, or a folder with "
+                        "config.json + model.safetensors) instead of pretraining an LM: stage (b) "
+                        "is skipped and the shape is GPT-2's")
+    g.add_argument("--train-lm", choices=("all", "adapters"), default="all",
+                   help="what fine-tuning trains of the LM: all its weights, or only the plan "
+                        "adapters, the LM frozen as in the original code (the plans' own "
+                        "parameters and a joint planner learn either way)")
+    g.add_argument("--adapter-from", type=int, default=0,
+                   help="the first layer with a plan adapter (the original code: 2)")
     g.add_argument("--planner-layers", type=int, default=2)
     g.add_argument("--planner-embd", type=int, default=128)
     g = p.add_argument_group("schedule")
@@ -133,6 +149,11 @@ def add_model_and_schedule_args(p):
 def get_args(argv=None):
     args = make_parser().parse_args(argv)
     args.device = runtime.resolve_device(args.device)
+    if args.init_from and (given := [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head",
+                                                                          "n_embd")
+                                     if getattr(args, k) is not None] + ["--bias"] * args.bias):
+        raise TrainError(f"--init-from {args.init_from} takes the LM's shape from its weights: "
+                         f"drop {' '.join(given)}")
     if args.device != "cuda":  # on a GPU the defaults wait for the corpus: see cuda_defaults
         runtime.fill_defaults(args, CPU_DEFAULTS)
     runtime.check_ranges(args, runtime.FLAG_RANGES)
@@ -166,7 +187,7 @@ def check_method(args):
 def gpt_config(args, corpus):
     return GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                      n_embd=args.n_embd, dropout=args.dropout, plan_dim=args.embed_dim,
-                     bias=args.bias,
+                     bias=args.bias, adapter_from=args.adapter_from,
                      vocab_size=len(corpus.vocab) if corpus.vocab else data.VOCAB_SIZE)
 
 
@@ -223,10 +244,22 @@ def val_loss(net, batches, args):
 
 
 def pretrain_lm(args, corpus, splits, needed=True):
+    if args.init_from:  # stage (b) done elsewhere: GPT-2's weights, its shape recorded in args
+        lm = GPT.from_pretrained(args.init_from, args.data_dir, block_size=args.block_size,
+                                 plan_dim=args.embed_dim, dropout=args.dropout,
+                                 adapter_from=args.adapter_from)
+        check_adapters(args, lm.config.n_layer)
+        args.n_layer, args.n_head, args.n_embd, args.bias = (lm.config.n_layer, lm.config.n_head,
+                                                             lm.config.n_embd, True)
+        return lm.to(args.device), args.init_from
     cfg = gpt_config(args, corpus)
+    check_adapters(args, cfg.n_layer)
     # No label reaches this stage: it is keyed by the tokens alone, so one LM serves every K (not
     # every D: the adapters are D wide), and mode none reads no codebook, so it gets one zero row.
-    out = runtime.stage_dir(args, "lm", corpus.identity(labels=False), dataclasses.asdict(cfg),
+    # Options added later key it only when they are set, so the LMs trained before are found.
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if not (k in ("gelu", "adapter_from") and v == getattr(GPTConfig, k))}
+    out = runtime.stage_dir(args, "lm", corpus.identity(labels=False), settings,
                             args.lm_iters, args.lr, args.batch_size, args.grad_accum,
                             min(args.warmup_iters, args.lm_iters // 5), args.weight_decay,
                             args.grad_clip)
@@ -241,6 +274,21 @@ def pretrain_lm(args, corpus, splits, needed=True):
               lm_batches(splits["train"], args, "lm"),
               lambda: val_loss(net, val, args), resume=True)
     return net.lm, out
+
+
+def lm_labels(args, corpus, lm, resume_from):
+    """Stage (a) again, after (b) (--embedder lm): the labels made in the pretrained LM's space."""
+    with runtime.rank0_first():
+        if args.resume:  # the LM that made them may be gone since: the run names them
+            key = runtime.load_checkpoint(resume_from)["identity"]["labels"]
+            return data.lm_labelled_from_cache(corpus, key, args.data_dir)
+        return data.lm_labelled(corpus, lm, args.data_dir)
+
+
+def check_adapters(args, n_layer):
+    if args.adapter_from >= n_layer:
+        raise TrainError(f"--adapter-from {args.adapter_from}: the LM has {n_layer} layers, so no "
+                         f"plan would reach it: use at most {n_layer - 1}")
 
 
 class PlannerObjective(nn.Module):
@@ -287,6 +335,10 @@ def finetune(args, corpus, splits, lm, planner):
     plans = Plans(args.mode, corpus.codebook, args.temperature, args.truth_weight)
     net = PlannedLM(lm, planner if plans.uses_planner else None, plans,
                     args.planner != "joint").to(args.device)
+    if args.train_lm == "adapters":  # the LM's own weights frozen, as in the original code
+        for name, p in net.lm.named_parameters():
+            if ".adapter." not in name:
+                p.requires_grad_(False)
     out = Path(args.out_dir) / args.run
     val = fixed_windows(splits["val"], args, Context.get())
 
@@ -295,6 +347,9 @@ def finetune(args, corpus, splits, lm, planner):
         return ({**m, **planner_metrics(net.planner, splits["val"])} if net.planner is not None
                 else m)
 
+    if not any(p.requires_grad for p in net.parameters()):  # none, the LM frozen: the LM as it is
+        runtime.save_untrained(net, args, corpus, out / "ckpt.pt", metrics())
+        return net, out, metrics()
     train(net, "finetune", args.finetune_iters, args.finetune_lr, args, corpus, out / "ckpt.pt",
           lm_batches(splits["train"], args, "finetune"), metrics, resume=args.resume,
           planner_lr_scale=args.planner_finetune_lr / args.finetune_lr)
@@ -379,8 +434,27 @@ def main(argv=None):
 def run_stages(args, resume_from):
     """The data, the two shared pretraining stages and this run's fine-tuning, then the report."""
     runtime.setup_distributed(args)
+    corpus, splits = load_data(args)
+    t0 = time.time()
+    # resumed, the run's checkpoint holds every weight: stages deleted since are not trained again
+    lm, lm_dir = pretrain_lm(args, corpus, splits, needed=not args.resume)
+    if args.embedder == "lm":
+        corpus = lm_labels(args, corpus, lm, resume_from)
+        splits = {k: SplitData(corpus, k, args.device) for k in corpus.splits}
+    if args.resume:
+        runtime.check_resume(resume_from, args, corpus)
+    planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
+    net, out, final = finetune(args, corpus, splits, lm, planner)
+    if Context.get().master:
+        report(args, out, final, lm_dir, planner_dir, time.time() - t0)
+
+
+def load_data(args):
+    """Stage (a): the corpus and its splits as tensors; on a GPU, the defaults sized to it."""
     with runtime.rank0_first():
         corpus = data.load_from_args(args)
+    if args.init_from:  # GPT-2 reads GPT-2 ids, not a closed vocabulary's rows
+        corpus.vocab = None
     if args.device.startswith("cuda"):
         split = corpus.splits["train"]
         runtime.fill_defaults(args, runtime.cuda_defaults(len(split.tokens),
@@ -389,16 +463,7 @@ def run_stages(args, resume_from):
         runtime.check_shapes(args, PlannerConfig.n_head)
     runtime.check_split_sizes(corpus, args, {"train": 1 - data.VAL_FRAC - data.TEST_FRAC,
                                              "val": data.VAL_FRAC})
-    if args.resume:
-        runtime.check_resume(resume_from, args, corpus)
-    splits = {k: SplitData(corpus, k, args.device) for k in corpus.splits}
-    t0 = time.time()
-    # resumed, the run's checkpoint holds every weight: stages deleted since are not trained again
-    lm, lm_dir = pretrain_lm(args, corpus, splits, needed=not args.resume)
-    planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
-    net, out, final = finetune(args, corpus, splits, lm, planner)
-    if Context.get().master:
-        report(args, out, final, lm_dir, planner_dir, time.time() - t0)
+    return corpus, {k: SplitData(corpus, k, args.device) for k in corpus.splits}
 
 
 def report(args, out, final, lm_dir, planner_dir, seconds):

@@ -5,10 +5,12 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 import corpora
 import data
 import explore
+from model import GPT, GPTConfig
 
 
 @pytest.fixture
@@ -194,6 +196,78 @@ def test_failed_cache_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         data.load("synthetic", n_labels=4, embed_dim=8, synthetic_docs=60, data_dir=tmp_path)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- labels from the LM
+
+def test_lm_sentence_states_average_each_sentence_read_alone_a_block_at_a_time():
+    """Against the plain way: each sentence alone, in pieces of block_size tokens, through the LM
+    one piece at a time; batches of pieces (padded) must not change a state."""
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=2, n_embd=16, plan_dim=4))
+    lengths = np.array([3, 8, 11, 1, 17])  # 11 and 17: more than one piece
+    tokens = np.random.default_rng(0).integers(0, 300, lengths.sum())
+    got = data.LMEmbedder(lm, None, None).states(tokens, lengths, batch=3)
+    first = np.concatenate([[0], np.cumsum(lengths)])
+    with torch.no_grad():
+        for s, n in enumerate(lengths):
+            sentence = torch.as_tensor(tokens[first[s]:first[s] + n].astype(np.int64))
+            h = torch.cat([lm.features(piece[None])[0] for piece in sentence.split(8)])
+            assert torch.allclose(got[s].float(), h.mean(0), atol=1e-5)
+
+
+def test_labels_made_by_the_lm_are_cached_and_keyed_by_its_weights(synthetic, tmp_path,
+                                                                   monkeypatch):
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(vocab_size=len(synthetic.vocab), block_size=16, n_layer=1, n_head=2,
+                       n_embd=48, plan_dim=32))
+    labelled = data.lm_labelled(synthetic, lm, tmp_path)
+    assert labelled.codebook.shape == synthetic.codebook.shape
+    for sp in labelled.splits.values():
+        assert np.allclose(np.linalg.norm(sp.emb, axis=1), 1, atol=1e-5)
+        assert np.array_equal(sp.labels, labelled.label(sp.emb))
+    proj = labelled.embedder.proj
+    assert np.allclose(proj.T @ proj, np.eye(32), atol=1e-5)  # principal directions: orthonormal
+    # other labels of the same tokens: a planner or a run must not take them for the TF-IDF ones,
+    # but the LM stage (keyed by the tokens) is the same
+    assert not np.array_equal(labelled.splits["train"].labels, synthetic.splits["train"].labels)
+    assert labelled.identity()["labels"] != synthetic.identity()["labels"]
+    assert labelled.identity(labels=False) == synthetic.identity(labels=False)
+    # new text is labelled as the pipeline labelled the training sentences
+    texts = [labelled.sentence_text("train", s) for s in range(20)]
+    assert np.allclose(labelled.embedder.embed_texts(texts), labelled.splits["train"].emb[:20],
+                       atol=1e-5)
+    # fine-tuning moves the LM afterwards: the labels' embedder keeps the weights that made them
+    made_by = {k: v.clone() for k, v in lm.state_dict().items()}
+    with torch.no_grad():
+        lm.wte.weight.add_(1.0)
+    assert np.allclose(labelled.embedder.embed_texts(texts), labelled.splits["train"].emb[:20],
+                       atol=1e-5)
+
+    def fitted_again(*a, **k):
+        raise AssertionError("fitted again instead of read from the cache")
+    monkeypatch.setattr(data.LMEmbedder, "fit", fitted_again)
+    lm.load_state_dict(made_by)
+    for again in (data.lm_labelled(synthetic, lm, tmp_path),
+                  data.lm_labelled_from_cache(synthetic, labelled.meta["key"], tmp_path)):
+        assert np.array_equal(again.codebook, labelled.codebook)
+        assert np.array_equal(again.splits["val"].labels, labelled.splits["val"].labels)
+        assert again.vocab == synthetic.vocab
+        assert np.allclose(again.embedder.embed_texts(texts), labelled.splits["train"].emb[:20],
+                           atol=1e-5)
+    with torch.no_grad():  # another LM: other labels
+        lm.wte.weight.mul_(2.0)
+    with pytest.raises(AssertionError, match="fitted again"):
+        data.lm_labelled(synthetic, lm, tmp_path)
+    with pytest.raises(data.DataError, match="not in .*: run its train.py command again"):
+        data.lm_labelled_from_cache(synthetic, "0123456789abcdef", tmp_path)
+
+
+def test_lm_labels_no_wider_than_the_lm(synthetic, tmp_path):
+    lm = GPT(GPTConfig(vocab_size=len(synthetic.vocab), block_size=16, n_layer=1, n_head=2,
+                       n_embd=16, plan_dim=32))
+    with pytest.raises(data.DataError, match="--embed-dim 32 is wider than the LM's 16"):
+        data.lm_labelled(synthetic, lm, tmp_path)
 
 
 # ----------------------------------------------------------------------------- corpora

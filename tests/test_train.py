@@ -3,6 +3,7 @@ guarantees."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import compare
+import corpora
 import data
 import eval as evaluation
 import explore
@@ -428,3 +430,33 @@ def test_label_baselines_count_what_they_say():
     assert out["majority_ce"] == pytest.approx(-np.mean(np.log(prior[[0, 1, 0, 2, 2]]
                                                                / prior.sum())))
     assert 0 < out["bigram_ce"] < out["majority_ce"]
+
+
+def test_labels_made_by_the_pretrained_lm_end_to_end(tiny_out):
+    """--embedder lm: the LM stage the TF-IDF runs share, then labels in its space, a planner on
+    them, fine-tuning; evaluation, sampling and --resume read those labels back from the cache, the
+    LM stage gone; the cache gone, one line says how to make them again."""
+    flags, root = tiny_out
+    out, pretrain = root / "out", root / "out" / "pretrain"
+    run(flags + ["--mode", "soft", "--planner", "frozen", "--embedder", "lm", "--run", "lm-soft"])
+    assert len(list(pretrain.glob("lm-*"))) == 1  # the TF-IDF runs' own LM
+    assert len(list(pretrain.glob("planner-*"))) == 2  # a planner on each kind of labels
+    net, ck, corpus = evaluation.load_run(out / "lm-soft")
+    assert corpus.meta["embedder"] == "lm" and ck["identity"]["labels"] == corpus.meta["key"]
+    tfidf = evaluation.load_run(out / "soft-joint")[2]
+    assert not np.array_equal(corpus.splits["val"].labels, tfidf.splits["val"].labels)
+    logged = runtime.read_log(out / "lm-soft")[-1]
+    pretrain.rename(root / "moved")
+    try:
+        # the planner's accuracy on the labels it was trained on, as training measured it
+        assert evaluation.evaluate(out / "lm-soft")["planner_top1"] == logged["planner_top1"]
+        assert len(sampling.sample(net, corpus, 2, force=[1, 2])) == 2
+        run(flags + ["--mode", "soft", "--planner", "frozen", "--embedder", "lm",
+                     "--run", "lm-soft", "--resume"])
+        assert not list(pretrain.glob("lm-*"))  # no LM trained again to remake the labels
+    finally:
+        shutil.rmtree(pretrain, ignore_errors=True)
+        (root / "moved").rename(pretrain)
+    corpora.cache_file(root / "data", "synthetic", corpus.meta["key"]).unlink()
+    with pytest.raises(data.DataError, match="run its train.py command again without --resume"):
+        evaluation.load_run(out / "lm-soft")
