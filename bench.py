@@ -137,7 +137,8 @@ def run_mode(args):
     cfg = GPTConfig(n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd,
                     block_size=block_size, plan_dim=args.embed_dim,
                     # GPT-2's own details, and the original code's adapters (pretrained.py)
-                    **(dict(bias=True, gelu="tanh", adapter_from=2) if args.gpt2 else {}))
+                    **(dict(bias=True, gelu="tanh", adapter_from=min(2, n_layer - 1))
+                       if args.gpt2 else {}))
     mode, _, planner_mode = args.one.partition("-")
     codebook = torch.nn.functional.normalize(torch.randn(args.n_labels, args.embed_dim), dim=-1)
     planner = Planner(PlannerConfig(n_labels=args.n_labels, embed_dim=args.embed_dim), codebook)
@@ -394,7 +395,8 @@ def check(args):
         print(f"torch.compile: {'works' if all(works) else 'FAILS (see above)'} on {args.device}")
     for train_lm in ("all", "adapters"):  # the paper's setting: train.py --init-from gpt2
         print(f"GPT-2 small's shape, --train-lm {train_lm}:")
-        gpt2 = measure(argparse.Namespace(**dict(vars(args), gpt2=True, size=None, compile=False,
+        # (--size, as the tests give it, shrinks this shape too)
+        gpt2 = measure(argparse.Namespace(**dict(vars(args), gpt2=True, compile=False,
                                                  train_lm=train_lm)), ["soft-joint"])
         for (mode, dtype, _), r in gpt2.items():
             if r and sheet and dtype != "float32":

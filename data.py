@@ -495,22 +495,34 @@ class SplitData:
 
     def __init__(self, corpus, name, device):
         split = corpus.splits[name]
-        long = lambda a: torch.as_tensor(a.astype(np.int64), device=device)
-        self.tokens, self.tok_sent, self.labels, self.doc_sent = map(
-            long, (corpus.to_rows(split.tokens), split.tok_sent, split.labels, split.doc_sent))
-        self.emb = torch.as_tensor(split.emb, device=device)
-        self.sent_doc = torch.repeat_interleave(
-            torch.arange(len(split.doc_sent) - 1, device=device), self.doc_sent.diff())
+        long = lambda a: torch.as_tensor(a.astype(np.int64))
+        doc_sent = long(split.doc_sent)
+        # Batches are cut on the CPU, where their sizes (torch.unique, the longest document) are
+        # read without waiting for a GPU, then sent to the device; what reads a whole split there
+        # (evaluation, planner accuracy) finds it on the device too.
+        self.host = dict(tokens=long(corpus.to_rows(split.tokens)), tok_sent=long(split.tok_sent),
+                         labels=long(split.labels), doc_sent=doc_sent,
+                         emb=torch.as_tensor(split.emb),
+                         sent_doc=torch.repeat_interleave(torch.arange(len(doc_sent) - 1),
+                                                          doc_sent.diff()))
+        for k, v in self.host.items():
+            setattr(self, k, v.to(device))
         self.device = device
+
+    def to_device(self, batch):
+        if str(self.device).startswith("cuda"):  # pinned: the copy does not stall the host
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def documents(self, docs, n_sent):
         """Sentence embeddings and labels of documents docs, their first n_sent sentences,
-        zero-padded."""
-        first = self.doc_sent[docs]
-        grid = first[:, None] + torch.arange(n_sent, device=self.device)
-        mask = grid < self.doc_sent[docs + 1][:, None]
-        grid = grid.clamp_max(len(self.labels) - 1)
-        return self.emb[grid] * mask[..., None], self.labels[grid], mask
+        zero-padded (on the CPU)."""
+        h = self.host
+        first = h["doc_sent"][docs]
+        grid = first[:, None] + torch.arange(n_sent)
+        mask = grid < h["doc_sent"][docs + 1][:, None]
+        grid = grid.clamp_max(len(h["labels"]) - 1)
+        return h["emb"][grid] * mask[..., None], h["labels"][grid], mask
 
     def lm_batch(self, starts, block_size):
         """Windows of block_size + 1 tokens at starts, and what their plans are made from.
@@ -532,22 +544,25 @@ class SplitData:
         logits sit in the planner's output), so a sentence is planned even from sentences before
         the window.
         """
-        pos = starts[:, None] + torch.arange(block_size + 1, device=self.device)
-        window, target_sent = self.tokens[pos], self.tok_sent[pos[:, 1:]]
+        h, starts = self.host, torch.as_tensor(starts).cpu()
+        pos = starts[:, None] + torch.arange(block_size + 1)
+        window, target_sent = h["tokens"][pos], h["tok_sent"][pos[:, 1:]]
         sents, index = torch.unique(target_sent[target_sent >= 0], return_inverse=True)
         # into sents; -1: the target is <|endoftext|>, no plan
         plan_index = torch.full_like(target_sent, -1)
         plan_index[target_sent >= 0] = index
-        docs, doc_row = torch.unique(self.sent_doc[sents], return_inverse=True)
-        sent_pos = sents - self.doc_sent[self.sent_doc[sents]]
+        docs, doc_row = torch.unique(h["sent_doc"][sents], return_inverse=True)
+        sent_pos = sents - h["doc_sent"][h["sent_doc"][sents]]
         emb, _, _ = self.documents(docs, int(sent_pos.max()) + 1 if len(sents) else 1)
-        return dict(idx=window[:, :-1], targets=window[:, 1:], plan_index=plan_index, emb=emb,
-                    doc_row=doc_row, sent_pos=sent_pos, labels=self.labels[sents])
+        return self.to_device(dict(idx=window[:, :-1], targets=window[:, 1:],
+                                   plan_index=plan_index, emb=emb, doc_row=doc_row,
+                                   sent_pos=sent_pos, labels=h["labels"][sents]))
 
     def planner_batch(self, docs):
-        n = int((self.doc_sent[docs + 1] - self.doc_sent[docs]).max())
+        h, docs = self.host, torch.as_tensor(docs).cpu()
+        n = int((h["doc_sent"][docs + 1] - h["doc_sent"][docs]).max())
         emb, labels, mask = self.documents(docs, n)
-        return dict(emb=emb, labels=labels, mask=mask)
+        return self.to_device(dict(emb=emb, labels=labels, mask=mask))
 
 
 # ----------------------------------------------------------------------------- command line

@@ -90,10 +90,10 @@ def perplexity(net, sd, block_size, batch_size=32, plan_table=None):
     wins, block = windows(n, block_size)
     total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
-        starts, firsts = torch.tensor(wins[i:i + batch_size], device=sd.device).T
+        starts, firsts = torch.tensor(wins[i:i + batch_size]).T
         b = sd.lm_batch(starts, block)
-        positions = starts[:, None] + 1 + torch.arange(block, device=sd.device)  # of the targets
-        fresh = positions >= firsts[:, None]  # not scored before
+        positions = (starts[:, None] + 1 + torch.arange(block)).to(sd.device)  # of the targets
+        fresh = positions >= firsts.to(sd.device)[:, None]  # not scored before
         b["targets"] = b["targets"].masked_fill(~fresh, -1)
         if plan_table is None:
             loss, _ = net(**b)

@@ -134,7 +134,7 @@ def sentence_logits(planner, sd, chunk=256):
     was_training, n_docs, logits = planner.training, len(sd.doc_sent) - 1, []
     planner.eval()
     for lo in range(0, n_docs, chunk):
-        b = sd.planner_batch(torch.arange(lo, min(lo + chunk, n_docs), device=sd.device))
+        b = sd.planner_batch(torch.arange(lo, min(lo + chunk, n_docs)))
         logits.append(planner(b["emb"]).float()[b["mask"]])
     planner.train(was_training)
     return torch.cat(logits)

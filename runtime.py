@@ -97,6 +97,7 @@ PLANNER_PASSES = 30  # a small model over sentence embeddings overfits far later
 FINETUNE_SHARE = 1 / 3  # fine-tuning tokens against pretraining's
 EVALS_PER_FINETUNE = 8
 WARN_PASSES = 10  # an LM stage with more passes than this gets a warning with the fix
+SYNC_EVERY = 10  # on a GPU, the training loop reads the device's values this often (Run)
 
 
 def cuda_defaults(train_tokens, train_docs, world=1, given=None):
@@ -674,6 +675,11 @@ class Run:
             stage, iters, args, corpus, ckpt_path)
         self.ctx, self.log = Context.get(), ckpt_path.parent / "log.jsonl"
         self.saved, self.best, self.stop = None, (math.inf, None), None
+        # On a GPU, reading a value the device computed waits for all its queued work: the loop
+        # reads its loss (and, under DDP, agrees on a stop) every SYNC_EVERY steps and before
+        # every save, not every step; on a CPU there is nothing to wait for.
+        self.sync_every = SYNC_EVERY if str(args.device).startswith("cuda") else 1
+        self.nonfinite, self.last_read = None, 0
 
     def begin(self, net, opt, resume):
         """-> the first step: the checkpoint's, if resuming from one, else 0 with an empty log."""
@@ -739,28 +745,41 @@ class Run:
 
     def steps(self):
         for step in self.bar:
-            if self.stop.agreed(self.args.device):
+            if (step - self.first) % self.sync_every == 0 and self.stop.agreed(self.args.device):
                 return
             yield step
 
+    def reads(self, done):
+        """Whether the loop reads the device's values after step `done`."""
+        return (done % self.sync_every == 0 or done % self.args.eval_interval == 0
+                or done == self.iters)
+
     def check_loss(self, total, step):
         """Average the step's loss over processes; refuse to apply a step whose loss is not
-        finite."""
+        finite (on a GPU: stop at the next read, nothing saved after the last good step)."""
         if self.ctx.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        if not torch.isfinite(total):
-            raise TrainError(f"{self.stage}: the loss became {total.item()} at step {step + 1}; "
-                             f"stopped. "
+        bad = ~torch.isfinite(total)
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+        if not self.reads(step + 1):
+            return
+        if self.nonfinite.item():
+            what = (f"{total.item()} at step {step + 1}" if step == self.last_read else
+                    f"not finite at one of steps {self.last_read + 1}-{step + 1}")
+            raise TrainError(f"{self.stage}: the loss became {what}; stopped. "
                              f"{kept(self.saved, self.ckpt)}: lower the learning rate and rerun")
+        self.last_read = step + 1
 
     def step_done(self, done, total, opt, net, val_fn):
         """Progress; at every eval_interval and at the end: validate, log, save, keep the best
         checkpoint."""
         self.done, args = done, self.args
         rate = (done - self.first) * self.per_step / (time.time() - self.t0)
-        self.bar.set_postfix(loss=f"{total.item():.3f}",
-                             ppl=f"{math.exp(min(total.item(), 50)):.1f}",
-                             **{"tok/s" if self.stage != "planner" else "docs/s": f"{rate:,.0f}"})
+        if self.reads(done):
+            self.bar.set_postfix(loss=f"{total.item():.3f}",
+                                 ppl=f"{math.exp(min(total.item(), 50)):.1f}",
+                                 **{"tok/s" if self.stage != "planner" else "docs/s":
+                                    f"{rate:,.0f}"})
         if done % args.eval_interval and done != self.iters:
             return
         record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"],

@@ -215,7 +215,7 @@ def lm_batches(sd, args, stage):
         n = args.batch_size * args.grad_accum * ctx.world
         starts = rng.integers(0, len(sd.tokens) - args.block_size - 1, n)
         mine = starts.reshape(args.grad_accum, ctx.world, args.batch_size)[micro, ctx.rank]
-        b = sd.lm_batch(torch.as_tensor(mine, device=args.device), args.block_size)
+        b = sd.lm_batch(torch.as_tensor(mine), args.block_size)
         # gumbel noise: a function of (seed, step, share) too
         share = ctx.rank * args.grad_accum + micro
         b["generator"] = torch.Generator(args.device).manual_seed(int(rng.integers(2**62)) + share)
@@ -228,7 +228,7 @@ def fixed_windows(sd, args, ctx):
     share."""
     n = args.eval_iters * ctx.world * args.batch_size
     starts = np.linspace(0, len(sd.tokens) - args.block_size - 2, n).astype(np.int64)
-    return [sd.lm_batch(torch.as_tensor(s, device=args.device), args.block_size)
+    return [sd.lm_batch(torch.as_tensor(s), args.block_size)
             for s in starts.reshape(args.eval_iters, ctx.world, args.batch_size)[:, ctx.rank]]
 
 
@@ -323,7 +323,7 @@ def pretrain_planner(args, corpus, splits, needed=True):
     def batch(step, micro):
         docs = step_rng(args.seed, "planner", step).integers(
             0, n_docs, (args.grad_accum, ctx.world, args.planner_batch))
-        return train_sd.planner_batch(torch.as_tensor(docs[micro, ctx.rank], device=args.device))
+        return train_sd.planner_batch(torch.as_tensor(docs[micro, ctx.rank]))
 
     with runtime.folder_lock(out, Context.get().master):
         train(net, "planner", args.planner_iters, args.planner_lr, args, corpus, ck, batch,

@@ -23,6 +23,9 @@ def test_the_gpu_check_runs_reduced_on_the_cpu(tmp_path, capsys):
     assert ("tokens/s" in out and "peak memory" in out
             and "of the float32 matmul peak measured now" in out)
     assert "MFU: no data-sheet bf16 peak for cpu" in out
+    gpt2 = out[out.index("GPT-2 small's shape, --train-lm all:"):]  # biases, tanh GELU, adapters
+    assert "soft-joint             float32  model 1x32 batch 2x32:" in gpt2
+    assert "soft-joint             float32  model 1x32 (LM frozen) batch 2x32:" in gpt2
     assert ("s wall" in out and "soft-joint: " in out and "pretrain/lm-" in out
             and "val perplexity" in out)
 

@@ -508,6 +508,31 @@ def test_a_nan_loss_names_only_a_checkpoint_that_exists(tiny_out, monkeypatch):
     assert "at step 1; stopped. No checkpoint was written" in message
 
 
+def test_reading_the_loss_every_few_steps_saves_nothing_after_a_bad_one(tiny_out, monkeypatch):
+    """As on a GPU (runtime.SYNC_EVERY): the loss is read every 4 steps and at each evaluation;
+    a bad step between reads stops the run at the next one, with nothing saved after it."""
+    flags, root = tiny_out
+    real, calls, init = mix.PlannedLM.forward, [], runtime.Run.__init__
+
+    def every_four(self, *a, **k):
+        init(self, *a, **k)
+        self.sync_every = 4
+
+    def poisoned(self, *a, **k):
+        loss, aux = real(self, *a, **k)
+        calls.append(self.training)
+        return (loss * float("nan") if self.training and sum(calls) == 6 else loss), aux
+    monkeypatch.setattr(runtime.Run, "__init__", every_four)
+    monkeypatch.setattr(mix.PlannedLM, "forward", poisoned)
+    message = one_line_error(lambda: train.main(flags + ["--mode", "oracle", "--run", "nanlate",
+                                                         "--finetune-iters", "10",
+                                                         "--eval-interval", "5"]))
+    # read after steps 4 and 5 (an evaluation, saved); step 6 is bad, read after step 8
+    assert ("the loss became not finite at one of steps 6-8; stopped. "
+            "The last good checkpoint (step 5) is kept at") in message
+    assert torch.load(root / "out" / "nanlate" / "ckpt.pt", weights_only=True)["step"] == 5
+
+
 def test_eval_refuses_a_non_finite_result(tiny_out, tmp_path):
     _, root = tiny_out
     ck = torch.load(root / "out" / "soft-joint" / "ckpt.pt", weights_only=True)
