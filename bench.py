@@ -313,6 +313,9 @@ def pipeline(args):
 def measure(args, modes):
     """Every mode in its own process (eager, and compiled with --compile): one line each.
     -> results."""
+    if args.train_lm == "adapters" and "none" in modes:
+        print("none: nothing trains with the LM frozen (train.py keeps its LM as it is)")
+        modes = [m for m in modes if m != "none"]
     n = 4096 if args.device != "cpu" else 2048
     # bf16 only where it is used: emulated on a CPU without native bf16, its matmul takes minutes
     dtypes = dict.fromkeys(["float32", str(autocast_dtype(args)).split(".")[-1]])
