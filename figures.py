@@ -9,6 +9,7 @@ A comparison with --truth-weights also gets <name>-curve.png: how good a plan mu
 """
 
 import argparse
+import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import EvalError, run_name
+from model import GPTConfig
 from runtime import checkpoint_path, load_checkpoint, one_line_errors, read_log
 
 
@@ -188,7 +190,7 @@ def pretraining_log(run):
     ck = load_checkpoint(checkpoint_path(run))
     for stage in [*(run.parent / "pretrain").glob("lm-*"),
                   *(run.parent.parent.parent / "pretrain").glob("lm-*")]:
-        if stage_of(stage) == (ck["config"]["seed"], json.dumps(ck["model_args"])):
+        if stage_of(stage) == (ck["config"]["seed"], model_key(ck["model_args"])):
             return read_log(stage)
     return []
 
@@ -197,7 +199,12 @@ def pretraining_log(run):
 def stage_of(stage):
     """(seed, model) of a pretrained LM stage."""
     ck = load_checkpoint(stage / "ckpt.pt")
-    return ck["config"]["seed"], json.dumps(ck["model_args"])
+    return ck["config"]["seed"], model_key(ck["model_args"])
+
+
+def model_key(model_args):
+    """The model's settings with every option, those saved before an option existed too."""
+    return json.dumps(dataclasses.asdict(GPTConfig(**model_args)), sort_keys=True)
 
 
 def perplexity_bars(plt, results, title):
