@@ -44,7 +44,9 @@ class ChunkedHeadLoss(torch.autograd.Function):
             keep = torch.ones(len(hs), device=h.device)
         total = torch.zeros((), device=h.device, dtype=torch.float32)
         grad_h = torch.empty_like(hs) if want_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
+        # a frozen head (train.py --train-lm adapters) needs no gradient of its own
+        want_w = want_grad and ctx.needs_input_grad[1]
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
         for lo in range(0, len(hs), chunk):
             hc, tc, kc = hs[lo:lo + chunk], ts[lo:lo + chunk], keep[lo:lo + chunk]
             z = (hc @ w.T).float()
@@ -57,20 +59,31 @@ class ChunkedHeadLoss(torch.autograd.Function):
                 g[torch.arange(len(tc), device=g.device), tc] -= kc / n
                 g = g.to(dtype)
                 grad_h[lo:lo + chunk] = g @ w
-                grad_w += (g.T @ hc).float()
+                if want_w:
+                    grad_w += (g.T @ hc).float()
         ctx.save_for_backward(grad_h if grad_h is None else grad_h.to(h.dtype), grad_w)
+        ctx.want_w = want_w
         # nothing scored: nan, as F.cross_entropy's mean of nothing (0 / 0 in training)
         return total / n if want_grad or n else total.new_tensor(float("nan"))
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None
+        return (grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss if ctx.want_w else None,
+                None, None, None)
 
 
 def chunked_head_loss(h, weight, targets, chunk=None):
     """model.head_loss(h [..., C], weight, targets [...]) by ChunkedHeadLoss; gradients only if
     wanted."""
     want_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return ChunkedHeadLoss.apply(h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1),
-                                 chunk or LOSS_CHUNK, want_grad)
+    args = h.reshape(-1, h.shape[-1]), weight, targets.reshape(-1), chunk or LOSS_CHUNK
+    return ChunkedHeadLoss.apply(*args, True) if want_grad else scored_rows_loss(*args)
+
+
+# Without gradients only the scored rows are computed, a number that depends on the data: under
+# torch.compile (train.py --compile, its validation) that would break the graph five times, so it
+# stays outside, one break. The training path compiles whole.
+@torch.compiler.disable
+def scored_rows_loss(h, weight, targets, chunk):
+    return ChunkedHeadLoss.apply(h, weight, targets, chunk, False)

@@ -88,6 +88,29 @@ def test_chunked_head_loss_equals_the_plain_loss_and_every_gradient(dtype, tol, 
         torch.testing.assert_close(out[True][1][name], grad, rtol=0, atol=tol * scale, msg=name)
 
 
+def test_chunked_head_loss_with_a_frozen_head():
+    """The LM frozen but its adapters (train.py --train-lm adapters): the tied head gets no
+    gradient and every adapter the plain loss's."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                          plan_dim=8))
+    for name, p in model.named_parameters():
+        p.requires_grad_(".adapter." in name)
+        if ".adapter." in name:
+            torch.nn.init.normal_(p, std=0.1)
+    idx, targets, plan = (torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16)),
+                          torch.randn(3, 16, 8))
+    grads = {}
+    for chunked in (False, True):
+        model.chunked_loss = chunked
+        model.zero_grad()
+        model(idx, targets, plan)[1].backward()
+        assert model.wte.weight.grad is None
+        grads[chunked] = [b.adapter.weight.grad.clone() for b in model.blocks]
+    for fast, plain in zip(grads[True], grads[False]):
+        torch.testing.assert_close(fast, plain)
+
+
 def test_chunked_head_loss_without_gradients_and_with_nothing_scored():
     torch.manual_seed(0)
     model, idx = _model(), torch.randint(0, 64, (2, 10))
@@ -161,3 +184,19 @@ def test_generate_with_plans():
     for t in range(3, 8):  # each greedy token is the argmax of the full forward pass at that point
         logits = model(greedy[:, :t], plan=plan_fn(greedy[:, :t]))[0][:, -1]
         assert torch.equal(greedy[:, t], logits.argmax(-1))
+
+
+def test_under_torch_compile_training_is_one_graph_and_validation_breaks_once():
+    """train.py --compile: the training loss compiles whole (no value read back, no shape that
+    depends on the data); without gradients the scored rows' loss is kept out of the graph on
+    purpose (fastloss.scored_rows_loss), one break instead of five."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32,
+                          plan_dim=8))
+    idx, targets = torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))
+    loss = lambda: model(idx, targets)[1]
+    training = torch._dynamo.explain(loss)()
+    with torch.no_grad():
+        validation = torch._dynamo.explain(loss)()
+    assert (training.graph_count, training.graph_break_count) == (1, 0)
+    assert (validation.graph_count, validation.graph_break_count) == (2, 1)
