@@ -28,6 +28,11 @@ label at each K:
     python compare.py --dataset wiki --label-counts 16,64,256 \
         --runs fixed,oracle,soft-frozen,soft-bigram
 
+Other labels are train.py flags like any other, e.g. labels made from the pretrained LM's own
+hidden states (planners.py measures how predictable each kind is, in minutes):
+
+    python compare.py --dataset wiki --embedder lm --runs fixed,oracle,hard-frozen,soft-joint
+
 --eval-windows trains nothing more: it scores the finished runs in shorter windows than they were
 trained in (val split), so that only what the LM sees of each document changes, not how well it was
 trained, and sums up the same way.
