@@ -177,9 +177,10 @@ def run_mode(args):
     memory = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     tokens = batch_size * cfg.block_size
+    work = flops_per_token(net.lm, adapters=mode != "none")  # none's adapters compute nothing
     print(json.dumps(dict(mode=args.one, dtype=str(dtype).split(".")[-1], step_s=seconds,
-                          tokens_per_s=tokens / seconds,
-                          flops=flops_per_token(net.lm) * tokens / seconds, memory=memory,
+                          tokens_per_s=tokens / seconds, flops=work * tokens / seconds,
+                          memory=memory,
                           model=f"{cfg.n_layer}x{cfg.n_embd}"
                           + (" (LM frozen)" if args.train_lm == "adapters" else ""),
                           batch=f"{batch_size}x{cfg.block_size}", compiled=args.compiled)))
