@@ -58,9 +58,16 @@ HISTORY = 3  # sentences of each document before the window
 def flops_per_token(lm, adapters=True):
     """Training FLOPs (forward + backward) per token of a model.GPT at full context: 6 per weight
     that multiplies (the tied head counted once, as the head; no position table), 4 for a frozen
-    one (no gradient of its own, only the one passed through it), plus attention."""
+    one a gradient passes through to a trainable one below it, 2 (forward only) for a frozen one
+    below every trainable one, plus attention."""
     c = lm.config
-    weights = sum((6 if p.requires_grad else 4) * p.numel() for name, p in lm.named_parameters()
+    trains = [any(p.requires_grad for p in b.parameters()) for b in lm.blocks]
+    lowest = trains.index(True) if True in trains else c.n_layer  # nothing below it needs a grad
+
+    def per_weight(name, p):
+        below = name.startswith("blocks.") and int(name.split(".")[1]) < lowest
+        return 6 if p.requires_grad else 2 if below else 4
+    weights = sum(per_weight(name, p) * p.numel() for name, p in lm.named_parameters()
                   if name != "wpe.weight" and (adapters or ".adapter." not in name))
     return weights + 12 * c.n_layer * c.n_embd * c.block_size
 
@@ -124,8 +131,8 @@ def shape(args):
     batch on this device."""
     if args.size:
         return tuple(int(x) for x in args.size.split(","))
-    if args.gpt2:
-        return 12, 768, 128, 32 if args.device.startswith("cuda") else 8
+    if args.gpt2:  # the batch of README's recipe (8 windows on a CPU)
+        return 12, 768, 128, 64 if args.device.startswith("cuda") else 8
     d = CUDA_MODELS["large"] if args.device.startswith("cuda") else CPU_DEFAULTS
     return d["n_layer"], d["n_embd"], d["block_size"], d["batch_size"]
 
@@ -457,7 +464,7 @@ def make_parser():
                    help="LAYERS,WIDTH,CONTEXT,BATCH instead of train.py's default model and batch")
     p.add_argument("--gpt2", action="store_true",
                    help="GPT-2 small's shape (12 x 768, biases, tanh GELU, adapters from layer 2) "
-                        "at 128 tokens, 32 a batch (8 on a CPU): train.py --init-from gpt2")
+                        "at 128 tokens, 64 a batch (8 on a CPU): train.py --init-from gpt2")
     p.add_argument("--train-lm", choices=("all", "adapters"), default="all",
                    help="as train.py: adapters freezes the LM's own weights")
     p.add_argument("--n-labels", type=int, default=64)

@@ -31,7 +31,11 @@ label at each K:
 Other labels are train.py flags like any other, e.g. labels made from the pretrained LM's own
 hidden states (planners.py measures how predictable each kind is, in minutes):
 
-    python compare.py --dataset wiki --embedder lm --runs fixed,oracle,hard-frozen,soft-joint
+    python compare.py --dataset wiki --embedder lm --runs fixed,oracle,hard-frozen,soft-joint \
+        --out-dir out/compare-wiki-lm
+
+A folder's finished runs are reused only by the flags they were made with: other flags need
+another --out-dir.
 
 --eval-windows trains nothing more: it scores the finished runs in shorter windows than they were
 trained in (val split), so that only what the LM sees of each document changes, not how well it was
@@ -156,9 +160,32 @@ def run_names(runs=RUNS):
     return [mode + (f"-{planner}" if planner else "") for mode, planner in runs]
 
 
-def done(run_dir):
+def done(run_dir, argv=None):
+    """Whether run_dir holds a finished run; one made with other flags than argv is refused."""
     ck = run_dir / "ckpt.pt"
-    return ck.exists() and runtime.load_checkpoint(ck)["done"]
+    if not (ck.exists() and runtime.load_checkpoint(ck)["done"]):
+        return False
+    if argv is not None and (other := made_otherwise(runtime.load_checkpoint(ck)["config"],
+                                                     argv)):
+        raise runtime.TrainError(
+            f"{run_dir} is a finished run made with "
+            f"{', '.join(f'{k} {was}' for k, was, _ in other)}, not "
+            f"{', '.join(f'{k} {now}' for k, _, now in other)}: give this comparison another "
+            f"--out-dir")
+    return True
+
+
+def made_otherwise(saved, argv):
+    """The train.py flags of argv a run was not made with (what train.py fills in itself aside:
+    the device's defaults, the planner's, the run's name; with --init-from, GPT-2's shape)."""
+    parser = train.make_parser()
+    asked, defaults = vars(parser.parse_known_args(argv)[0]), vars(parser.parse_args([]))
+    filled = {k for k, v in asked.items()
+              if v is None and (k in train.CPU_DEFAULTS or k in ("planner", "run"))}
+    if asked["init_from"]:
+        filled |= {"n_layer", "n_head", "n_embd", "bias"}
+    return runtime.other_settings(saved, {k: v for k, v in asked.items() if k not in filled},
+                                  defaults)
 
 
 def main(argv=None):
@@ -335,13 +362,13 @@ def train_runs(args, train_flags, out):
     for seed in map(int, args.seeds.split(",")):
         for mode, planner, name, flags in picked:
             run_dir = out / f"seed{seed}"
+            argv = (train_flags + flags + ["--dataset", args.dataset, "--seed", str(seed),
+                                           "--out-dir", str(run_dir), "--device", args.device,
+                                           "--mode", mode] +
+                    (["--planner", planner] if planner else []))
             # a run cut short continues from its last checkpoint
-            if not done(run_dir / name):
-                argv = (train_flags + flags + ["--dataset", args.dataset, "--seed", str(seed),
-                                               "--out-dir", str(run_dir), "--device", args.device,
-                                               "--mode", mode] +
-                        (["--planner", planner] if planner else []) +
-                        (["--resume"] if (run_dir / name / "ckpt.pt").exists() else []))
+            if not done(run_dir / name, argv):
+                argv += ["--resume"] if (run_dir / name / "ckpt.pt").exists() else []
                 timed("training runs", lambda: training(argv, "compare.py"))
             runs.append(run_dir / name)
     return runs

@@ -3,7 +3,8 @@ Stage (a) of the method: raw documents in; GPT-2 BPE token streams, sentences, s
 and one abstract plan label per sentence out; last, the batches cut from them.
 
 A sentence's *label* is the index of its nearest k-means centroid in a sentence-embedding space
-(TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD). The K x D
+(TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD; or, with
+train.py --embedder lm, the pretrained LM's own hidden states: LMEmbedder). The K x D
 centroid matrix is the *codebook* that the planner and the estimators in mix.py use. The batches:
 LM windows with what their plans are made from (the plan alignment is pictured in
 SplitData.lm_batch), and the planner's documents. Where documents come from (the synthetic testbed
@@ -11,7 +12,6 @@ too) and the cache under data/cache are corpora.py; `python explore.py --dataset
 builds a corpus and shows what its labels mean.
 """
 
-import copy
 import dataclasses
 import hashlib
 import itertools
@@ -365,14 +365,21 @@ class LMEmbedder:
     block_size tokens), centred and projected on the training sentences' D principal directions,
     L2-normalised. Labels made from them live in the space of the LM that reads the plans."""
 
-    def __init__(self, lm, mean, proj, vocab=None):
-        # a frozen copy: fine-tuning moves the LM, and the labels must not move with it
-        self.lm = copy.deepcopy(lm).eval().requires_grad_(False)
+    def __init__(self, lm, mean, proj, vocab=None, source=None):
+        # a frozen copy without adapters: fine-tuning moves the LM, the labels must not move
+        self._lm = None if lm is None else encoder_copy(lm)
+        self.source = source  # or, from the cache, the file of its weights, read when needed
         self.mean, self.proj, self.vocab = mean, proj, vocab
         self.rows = None
         if vocab is not None:  # a closed vocabulary: the LM reads rows, not GPT-2 ids
             self.rows = np.zeros(VOCAB_SIZE, np.int64)
             self.rows[list(vocab)] = np.arange(len(vocab))
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            self._lm = read_encoder(self.source)
+        return self._lm
 
     @classmethod
     def fit(cls, lm, tokens, lengths, dim, seed, vocab=None):
@@ -380,9 +387,10 @@ class LMEmbedder:
             raise DataError(f"--embed-dim {dim} is wider than the LM's {lm.config.n_embd} hidden "
                             f"units that --embedder lm reads: use at most {lm.config.n_embd}")
         unfitted = cls(lm, None, None, vocab)
-        states = unfitted.states(*sample_sentences(tokens, lengths, SVD_SAMPLE, seed)).double()
-        mean = states.mean(0)
-        _, vectors = torch.linalg.eigh((states - mean).T @ (states - mean))  # ascending
+        states = unfitted.states(*sample_sentences(tokens, lengths, SVD_SAMPLE, seed))
+        mean = sum(x.double().sum(0) for x in states.split(CHUNK)) / len(states)
+        scatter = sum((x.double() - mean).T @ (x.double() - mean) for x in states.split(CHUNK))
+        _, vectors = torch.linalg.eigh(scatter)  # ascending
         unfitted.mean = mean.float().numpy()
         unfitted.proj = vectors[:, -dim:].flip(1).float().numpy().copy()
         return unfitted
@@ -398,14 +406,14 @@ class LMEmbedder:
         start = first[sent] + T * (np.arange(len(sent)) - np.repeat(np.cumsum(pieces) - pieces,
                                                                     pieces))
         size = np.minimum(T, first[sent + 1] - start)
-        sums = torch.zeros(len(lengths), self.lm.config.n_embd, dtype=torch.float64)
+        sums = torch.zeros(len(lengths), self.lm.config.n_embd)
         for lo in range(0, len(sent), batch):
             s, n = start[lo:lo + batch], size[lo:lo + batch]
             grid = np.minimum(s[:, None] + np.arange(n.max()), len(rows) - 1)
             h = self.lm.features(torch.as_tensor(rows[grid], device=device)).float().cpu()
             keep = torch.as_tensor(np.arange(n.max()) < n[:, None])[..., None]
-            sums.index_add_(0, torch.as_tensor(sent[lo:lo + batch]), (h * keep).sum(1).double())
-        return sums / torch.as_tensor(np.maximum(lengths, 1), dtype=torch.float64)[:, None]
+            sums.index_add_(0, torch.as_tensor(sent[lo:lo + batch]), (h * keep).sum(1))
+        return sums / torch.as_tensor(np.maximum(lengths, 1), dtype=torch.float32)[:, None]
 
     def embed(self, tokens, lengths):
         """tokens: all sentences back to back (GPT-2 ids); lengths: tokens per sentence
@@ -414,7 +422,7 @@ class LMEmbedder:
         first = np.concatenate([[0], np.cumsum(lengths)])
         for lo in range(0, len(lengths), CHUNK):
             hi = min(lo + CHUNK, len(lengths))
-            x = self.states(tokens[first[lo]:first[hi]], lengths[lo:hi]).float()
+            x = self.states(tokens[first[lo]:first[hi]], lengths[lo:hi])
             out[lo:hi] = torch.nn.functional.normalize(
                 (x - torch.from_numpy(self.mean)) @ torch.from_numpy(self.proj), dim=1).numpy()
         return out
@@ -422,35 +430,66 @@ class LMEmbedder:
     embed_texts = Embedder.embed_texts
 
     def to_arrays(self):
-        """For the cache: the LM's weights (less the head, tied to the token embedding), its
-        shape, the projection."""
-        weights = {f"lm/{k}": v.cpu().numpy() for k, v in self.lm.state_dict().items()
-                   if k != "lm_head.weight"}
-        return dict(weights, lm_mean=self.mean, lm_proj=self.proj,
-                    lm_config=np.array(json.dumps(dataclasses.asdict(self.lm.config))),
+        """For the label cache: the projection; the LM's weights have a file of their own."""
+        return dict(lm_mean=self.mean, lm_proj=self.proj, lm_weights=np.array(self.source.name),
                     **({"lm_vocab": np.array(self.vocab)} if self.vocab is not None else {}))
 
     @classmethod
     def from_arrays(cls, a):
-        lm = GPT(GPTConfig(**json.loads(str(a["lm_config"]))))
+        return cls(None, a["lm_mean"], a["lm_proj"],
+                   tuple(a["lm_vocab"].tolist()) if "lm_vocab" in a else None,
+                   source=Path(str(a["lm_weights"])))  # in the label cache's folder: read_labelled
+
+
+def encoder_copy(lm):
+    """The LM as a sentence encoder: a frozen copy on the same device, no adapters."""
+    encoder = GPT(dataclasses.replace(lm.config, plan_dim=0)).to(lm.wte.weight.device)
+    encoder.load_state_dict({k: v for k, v in lm.state_dict().items() if ".adapter." not in k})
+    return encoder.eval().requires_grad_(False)
+
+
+def encoder_key(lm):
+    """What the LM's labels are keyed by: its weights, the adapters aside (they read no text)."""
+    h = hashlib.sha256()
+    for name, v in sorted(lm.state_dict().items()):
+        if ".adapter." not in name:
+            h.update(name.encode() + v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_encoder(path, lm):
+    """The LM's weights (less the head, tied to the token embedding) and shape, once per LM."""
+    if not path.exists():
+        corpora.write_cache(path, {**{f"lm/{k}": v.cpu().numpy()
+                                      for k, v in encoder_copy(lm).state_dict().items()
+                                      if k != "lm_head.weight"},
+                                   "config": np.array(json.dumps(
+                                       dataclasses.asdict(lm.config)))})
+
+
+def read_encoder(path):
+    if not path.exists():
+        raise DataError(f"the LM that made these labels is not in {path}: run the run's "
+                        f"train.py command again with --resume (it makes them again)")
+    with np.load(path, allow_pickle=False) as a:
+        config = dataclasses.replace(GPTConfig(**json.loads(str(a["config"]))), plan_dim=0)
+        lm = GPT(config)
         missing, unexpected = lm.load_state_dict(
-            {k[3:]: torch.from_numpy(a[k]) for k in a if k.startswith("lm/")}, strict=False)
-        if missing != ["lm_head.weight"] or unexpected:
-            raise KeyError(f"the LM's weights do not fit its shape: {missing + unexpected}")
-        return cls(lm, a["lm_mean"], a["lm_proj"],
-                   tuple(a["lm_vocab"].tolist()) if "lm_vocab" in a else None)
+            {k[3:]: torch.from_numpy(a[k]) for k in a.files if k.startswith("lm/")}, strict=False)
+    if missing != ["lm_head.weight"] or unexpected:
+        raise DataError(f"{path}: the LM's weights do not fit its shape ({missing + unexpected}): "
+                        f"delete it and run the run's train.py command again with --resume")
+    return lm.eval().requires_grad_(False)
 
 
 def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
     """The corpus with embeddings, labels and codebook made in the LM's space (LMEmbedder), from the
     cache if they were made before from the same corpus and the same LM weights, else made now."""
-    weights = hashlib.sha256()
-    for name, v in sorted(lm.state_dict().items()):
-        weights.update(name.encode() + v.detach().float().cpu().numpy().tobytes())
-    params = dict(version=CACHE_VERSION, corpus=corpus.meta["key"], lm=weights.hexdigest(),
+    lm_key = encoder_key(lm)
+    params = dict(version=CACHE_VERSION, corpus=corpus.meta["key"], lm=lm_key,
                   pca_sample=SVD_SAMPLE)
     path, key = corpora.cache_path(data_dir, corpus.meta["dataset"], params)
-    if (found := read_lm_labelled(corpus, path)) is not None:
+    if (found := read_labelled(corpus, path)) is not None:
         return found
     if not quiet:
         print(f"labelling {corpus.meta['dataset']} in the LM's space -> {path}", file=sys.stderr)
@@ -464,26 +503,33 @@ def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
     codebook, steps = fit_labels(splits, len(corpus.codebook), meta["seed"])
     meta = dict(meta, embedder="lm", key=key, cache=str(path), kmeans_steps=steps,
                 build_seconds=round(time.time() - t0, 2))
+    embedder.source = corpora.cache_file(data_dir, meta["dataset"], f"lm-{lm_key[:16]}")
+    write_encoder(embedder.source, lm)
     labelled = Corpus(meta, splits, codebook, embedder, corpus.vocab)
     corpora.write_cache(path, to_arrays(labelled))
     return labelled
 
 
-def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data"):
+def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data", missing_ok=False):
     """The corpus as lm_labelled made it for a run whose labels are `key` (evaluating or resuming
-    the run: the LM that made them is not at hand)."""
+    the run: the LM that made them is not at hand); missing_ok: None if they are not there."""
     path = corpora.cache_file(data_dir, corpus.meta["dataset"], key)
-    if (found := read_lm_labelled(corpus, path)) is None:
+    found = read_labelled(corpus, path)
+    if found is None or found.meta.get("embedder") != "lm":
+        if missing_ok:
+            return None
         raise DataError(f"the labels this run was trained on (made by its pretrained LM, "
-                        f"--embedder lm) are not in {path}: run its train.py command again "
-                        f"without --resume to make them (the pretrained LM is kept)")
+                        f"--embedder lm) are not in {path}: run the run's train.py command again "
+                        f"with --resume (it makes them again)")
     return found
 
 
-def read_lm_labelled(corpus, path):
+def read_labelled(corpus, path):
     found = corpora.read_cache(path, from_arrays)
     if found is not None:
         found.vocab = corpus.vocab
+        if isinstance(found.embedder, LMEmbedder):
+            found.embedder.source = path.parent / found.embedder.source.name
     return found
 
 

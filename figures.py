@@ -203,8 +203,10 @@ def stage_of(stage):
 
 
 def model_key(model_args):
-    """The model's settings with every option, those saved before an option existed too."""
-    return json.dumps(dataclasses.asdict(GPTConfig(**model_args)), sort_keys=True)
+    """The model's settings with every option, those saved before an option existed too (where the
+    adapters start is set after pretraining)."""
+    return json.dumps(dict(dataclasses.asdict(GPTConfig(**model_args)), adapter_from=0),
+                      sort_keys=True)
 
 
 def perplexity_bars(plt, results, title):

@@ -1,10 +1,10 @@
 """
 The language model: a small GPT written from scratch, plus the plan adapter that conditions it.
 
-Every block has a linear map from the plan vector (plan_dim = D, the codebook's width) to the model
-width, initialised to zero, whose output is added to the block's attention output at every position.
-At initialisation, and whenever plan=None, the model is exactly the unconditioned GPT, so a
-pretrained LM can be fine-tuned with plans from where it stands.
+Every block (from adapter_from on) has a linear map from the plan vector (plan_dim = D, the
+codebook's width) to the model width, initialised to zero, whose output is added to the block's
+attention output at every position. At initialisation, and whenever plan=None, the model is
+exactly the unconditioned GPT, so a pretrained LM can be fine-tuned with plans from where it stands.
 
 Plans are aligned with targets: plan[:, t] is the plan of the sentence that token t+1 belongs to,
 so the first token of a sentence is already predicted with that sentence's plan.
@@ -26,7 +26,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastloss
-import pretrained
 
 
 @dataclass
@@ -149,10 +148,12 @@ class GPT(nn.Module):
         """GPT-2's weights in this class: gpt2, gpt2-medium (downloaded once) or a folder with
         config.json + model.safetensors (pretrained.py). settings: block_size (the window: the
         first of GPT-2's positions), plan_dim, dropout, adapter_from; the adapters start at zero."""
+        import pretrained  # the machinery that reads and checks the files, needed here only
         config, weights = pretrained.gpt2(name_or_folder, data_dir, **settings)
         lm = cls(GPTConfig(**config))
         missing, _ = lm.load_state_dict(weights, strict=False)
-        assert all(".adapter." in k or k == "lm_head.weight" for k in missing), missing  # tied
+        if other := [k for k in missing if ".adapter." not in k and k != "lm_head.weight"]:
+            raise RuntimeError(f"GPT-2's weights left {other} unset")  # the head is tied to wte
         return lm
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ def measure(flags):
     corpus, splits = train.load_data(args)
     if args.embedder == "lm":
         lm, _ = train.pretrain_lm(args, corpus, splits)
-        corpus = train.lm_labels(args, corpus, lm, None)
+        corpus = train.lm_labels(args, corpus, splits, lm)
         splits = {k: train.SplitData(corpus, k, args.device) for k in ("train", "val")}
     planner, _ = train.pretrain_planner(args, corpus, splits)
     found = planner_metrics(planner, splits["val"])

@@ -16,10 +16,10 @@ safetensors is read by a short reader of our own, not the `safetensors` package:
 project needs no other package for it, and nothing in the file can run code (unlike a pickled
 pytorch_model.bin, which is refused by never being read).
 
-The details that make the same weights give GPT-2's logits are GPTConfig options (the from-scratch
-defaults differ): biases in every linear layer, the tanh approximation of GELU, the 1,024-position
-table sliced to the training window, and GPT-2's Conv1D weights ([in, out]) transposed to
-nn.Linear's [out, in].
+What makes the same weights give GPT-2's logits: two GPTConfig options (the from-scratch defaults
+differ), biases in every linear layer and the tanh approximation of GELU; and two things done here
+on load, the 1,024-position table cut to the training window and GPT-2's Conv1D weights ([in, out])
+transposed to nn.Linear's [out, in].
 """
 
 import json
@@ -59,7 +59,8 @@ def gpt2(name_or_folder, data_dir=None, block_size=None, **settings):
     header = read_header(folder / "model.safetensors")
     names = our_names(hf["n_layer"])
     check_shapes(header, names, expected_shapes(hf), folder / "model.safetensors")
-    theirs = read_safetensors(folder / "model.safetensors", header)
+    theirs = read_safetensors(folder / "model.safetensors", header,
+                              [their for their, _ in names.values()])
     weights = {}
     for ours, (their, conv1d) in names.items():
         w = theirs[their].float()
@@ -125,7 +126,8 @@ def read_config(path):
         raise DataError(f"{path} is no GPT-2 config.json ({corpora.first_line(e)})") from None
     differs = [f"{k} {hf.get(k)!r} (ours: {want!r})" for k, want in (
         ("model_type", "gpt2"), ("vocab_size", VOCAB_SIZE), ("layer_norm_epsilon", 1e-5),
-        ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False))
+        ("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+        ("reorder_and_upcast_attn", False), ("tie_word_embeddings", True))
         if hf.get(k, want) != want]
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         differs.append(f"n_inner {hf['n_inner']} (ours: 4 x n_embd)")
@@ -202,6 +204,8 @@ def read_header(path):
             end = 0
             for name, t in header.items():
                 a, b = t["data_offsets"]
+                if not all(isinstance(x, int) and x >= 0 for x in (a, b, *t["shape"])):
+                    raise ValueError(f"tensor {name}: offsets {a}, {b}, shape {t['shape']}")
                 numel = int(np.prod(t["shape"], dtype=np.int64))
                 if t["dtype"] not in DTYPES or b - a != numel * DTYPES[t["dtype"]].itemsize:
                     raise ValueError(f"tensor {name}: {t['dtype']} {t['shape']} in {b - a} bytes")
@@ -215,14 +219,17 @@ def read_header(path):
     return header
 
 
-def read_safetensors(path, header=None):
-    """-> {name: tensor} of a safetensors file (GPT-2's names without the transformer. prefix)."""
+def read_safetensors(path, header=None, names=None):
+    """-> {name: tensor} of a safetensors file (GPT-2's names without the transformer. prefix),
+    of those names only if given."""
     header = header or read_header(path)
     with open(path, "rb") as f:
         start = 8 + int.from_bytes(f.read(8), "little")
     raw = np.memmap(path, np.uint8, "r")
     out = {}
     for name, t in header.items():
+        if names is not None and unprefixed(name) not in names:
+            continue
         a, b = t["data_offsets"]
         buffer = bytearray(raw[start + a:start + b])  # a copy: the file stays read-only
         out[unprefixed(name)] = (torch.frombuffer(buffer, dtype=DTYPES[t["dtype"]])

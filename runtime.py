@@ -485,15 +485,21 @@ def load_state(net, ck):
 NOT_THE_RUN = ("data_dir", "out_dir", "pretrain_dir", "device", "compile", "resume", "overwrite")
 
 
-def refuse_other_settings(saved, args, ckpt_path):
+def other_settings(saved, asked, defaults):
+    """The settings asked for that a run was not made with: -> [(flag, made with, asked)]. A
+    setting the run predates was made with its default."""
+    made = lambda k: saved.get(k, defaults.get(k))
+    return [(f"--{k.replace('_', '-')}", made(k), v)
+            for k, v in asked.items() if k not in NOT_THE_RUN and v != made(k)]
+
+
+def refuse_other_settings(saved, args, ckpt_path, defaults):
     """Continuing a run with other settings would make a run that no command describes."""
-    changed = [k for k in saved if k not in NOT_THE_RUN and saved[k] != vars(args).get(k)]
-    if changed:
-        flags = lambda values: ", ".join(f"--{k.replace('_', '-')} {values.get(k)}"
-                                         for k in changed)
-        raise TrainError(f"--resume: {ckpt_path} was made with {flags(saved)}, "
-                         f"not {flags(vars(args))}: continue with the same flags, or delete "
-                         f"{ckpt_path.parent} to start the run over")
+    if changed := other_settings(saved, vars(args), defaults):
+        raise TrainError(f"--resume: {ckpt_path} was made with "
+                         f"{', '.join(f'{k} {was}' for k, was, _ in changed)}, not "
+                         f"{', '.join(f'{k} {now}' for k, _, now in changed)}: continue with the "
+                         f"same flags, or delete {ckpt_path.parent} to start the run over")
 
 
 def refuse_other_data(ck, dataset, corpus, ckpt_path, fix):
@@ -517,10 +523,10 @@ def run_exists(ckpt_path):
             "--overwrite to replace it")
 
 
-def check_resume(ckpt_path, args, corpus):
-    """Before any pretraining: --resume continues only the run of the same flags and data."""
+def check_resume(ckpt_path, args, corpus, defaults):
+    """Before fine-tuning: --resume continues only the run of the same flags and data."""
     ck = load_checkpoint(ckpt_path, args.device)
-    refuse_other_settings(ck["config"], args, ckpt_path)
+    refuse_other_settings(ck["config"], args, ckpt_path, defaults)
     refuse_other_data(ck, args.dataset, corpus, ckpt_path, "start the run over with --overwrite "
                       "instead of --resume")
 
@@ -653,8 +659,8 @@ def save_untrained(net, args, corpus, ckpt_path, record):
     if Context.get().master:
         save(checkpoint(net, args, corpus, "finetune", 0, None, True, (record["val_loss"], 0)),
              ckpt_path)
-        with open(ckpt_path.parent / "log.jsonl", "w") as f:
-            f.write(json.dumps(dict(record, step=0, best_step=0)) + "\n")
+        with atomic_write(ckpt_path.parent / "log.jsonl") as tmp:
+            Path(tmp).write_text(json.dumps(dict(record, step=0, best_step=0)) + "\n")
 
 
 class Run:
@@ -730,6 +736,7 @@ class Run:
                         desc=f"{self.stage} [{name}]", disable=None if self.ctx.master else True,
                         dynamic_ncols=True)
         self.t0, self.first = time.time(), self.done
+        self.last_read = self.done
         with StopRequest() as self.stop:
             try:
                 yield
@@ -745,7 +752,8 @@ class Run:
 
     def steps(self):
         for step in self.bar:
-            if (step - self.first) % self.sync_every == 0 and self.stop.agreed(self.args.device):
+            # where the loss was read: a stop saves no step that was not checked
+            if (step == self.first or self.reads(step)) and self.stop.agreed(self.args.device):
                 return
             yield step
 

@@ -116,13 +116,14 @@ def add_model_and_schedule_args(p):
     g.add_argument("--init-from", metavar="gpt2|gpt2-medium|FOLDER",
                    help="start from GPT-2's weights (downloaded once, or a folder with "
                         "config.json + model.safetensors) instead of pretraining an LM: stage (b) "
-                        "is skipped and the shape is GPT-2's")
+                        "is skipped (--lm-iters, --lr unused) and the shape is GPT-2's")
     g.add_argument("--train-lm", choices=("all", "adapters"), default="all",
                    help="what fine-tuning trains of the LM: all its weights, or only the plan "
                         "adapters, the LM frozen as in the original code (the plans' own "
                         "parameters and a joint planner learn either way)")
     g.add_argument("--adapter-from", type=int, default=0,
-                   help="the first layer with a plan adapter (the original code: 2)")
+                   help="the first layer (counted from 0) with a plan adapter (the original "
+                        "code: 2)")
     g.add_argument("--planner-layers", type=int, default=2)
     g.add_argument("--planner-embd", type=int, default=128)
     g = p.add_argument_group("schedule")
@@ -159,6 +160,8 @@ def get_args(argv=None):
     runtime.check_ranges(args, runtime.FLAG_RANGES)
     if args.n_embd is not None and args.n_head is not None:
         runtime.check_shapes(args, PlannerConfig.n_head)
+    if args.n_layer is not None and not args.init_from:
+        check_adapters(args)
     check_method(args)
     return args
 
@@ -243,52 +246,84 @@ def val_loss(net, batches, args):
     return {"val_loss": loss.item()}
 
 
-def pretrain_lm(args, corpus, splits, needed=True):
-    if args.init_from:  # stage (b) done elsewhere: GPT-2's weights, its shape recorded in args
-        lm = GPT.from_pretrained(args.init_from, args.data_dir, block_size=args.block_size,
-                                 plan_dim=args.embed_dim, dropout=args.dropout,
-                                 adapter_from=args.adapter_from)
-        check_adapters(args, lm.config.n_layer)
-        args.n_layer, args.n_head, args.n_embd, args.bias = (lm.config.n_layer, lm.config.n_head,
-                                                             lm.config.n_embd, True)
-        return lm.to(args.device), args.init_from
+def pretrain_lm(args, corpus, splits, resume_from=None):
+    """Stage (b), or GPT-2's weights (--init-from): -> (the LM, where it comes from). resume_from: a
+    resumed run's checkpoint, which holds every weight: then only the LM's shape is built."""
+    if args.init_from:
+        return pretrained_lm(args, resume_from), args.init_from
     cfg = gpt_config(args, corpus)
-    check_adapters(args, cfg.n_layer)
     # No label reaches this stage: it is keyed by the tokens alone, so one LM serves every K (not
     # every D: the adapters are D wide), and mode none reads no codebook, so it gets one zero row.
-    # Options added later key it only when they are set, so the LMs trained before are found.
+    # Nor does it use an adapter: it has them in every layer, and those below --adapter-from are
+    # dropped after, so one LM serves every --adapter-from too. Options added later key it only
+    # when they are set, so the LMs trained before are found.
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if not (k in ("gelu", "adapter_from") and v == getattr(GPTConfig, k))}
+                if k != "adapter_from" and not (k == "gelu" and v == GPTConfig.gelu)}
     out = runtime.stage_dir(args, "lm", corpus.identity(labels=False), settings,
                             args.lm_iters, args.lr, args.batch_size, args.grad_accum,
                             min(args.warmup_iters, args.lm_iters // 5), args.weight_decay,
                             args.grad_clip)
     torch.manual_seed(args.seed)
-    net = PlannedLM(GPT(cfg), None, Plans("none", np.zeros((1, args.embed_dim)))).to(args.device)
+    net = PlannedLM(GPT(dataclasses.replace(cfg, adapter_from=0)), None,
+                    Plans("none", np.zeros((1, args.embed_dim)))).to(args.device)
     ck = out / "ckpt.pt"
-    if runtime.finished(ck, net, args) or not needed:
-        return net.lm, out
-    val = fixed_windows(splits["val"], args, Context.get())
-    with runtime.folder_lock(out, Context.get().master):  # every run of this out-dir shares it
-        train(net, "lm", args.lm_iters, args.lr, args, corpus, ck,
-              lm_batches(splits["train"], args, "lm"),
-              lambda: val_loss(net, val, args), resume=True)
+    if not (runtime.finished(ck, net, args) or resume_from):
+        val = fixed_windows(splits["val"], args, Context.get())
+        with runtime.folder_lock(out, Context.get().master):  # every run of this out-dir shares it
+            train(net, "lm", args.lm_iters, args.lr, args, corpus, ck,
+                  lm_batches(splits["train"], args, "lm"),
+                  lambda: val_loss(net, val, args), resume=True)
+    for block in net.lm.blocks[:args.adapter_from]:
+        block.adapter = None
+    net.lm.config = cfg
     return net.lm, out
 
 
-def lm_labels(args, corpus, lm, resume_from):
-    """Stage (a) again, after (b) (--embedder lm): the labels made in the pretrained LM's space."""
+def pretrained_lm(args, resume_from=None):
+    """GPT-2's weights (--init-from), its shape recorded in args; for a resumed run, the shape its
+    checkpoint names (no file read, no download)."""
+    if resume_from:
+        lm = GPT(GPTConfig(**runtime.load_checkpoint(resume_from)["model_args"]))
+    else:
+        with runtime.rank0_first():  # under torchrun one process downloads, the others wait
+            lm = GPT.from_pretrained(args.init_from, args.data_dir, block_size=args.block_size,
+                                     plan_dim=args.embed_dim, dropout=args.dropout,
+                                     adapter_from=args.adapter_from)
+    args.n_layer, args.n_head, args.n_embd, args.bias = (lm.config.n_layer, lm.config.n_head,
+                                                         lm.config.n_embd, True)
+    check_adapters(args)
+    return lm.to(args.device)
+
+
+def lm_labels(args, corpus, splits, lm, resume_from=None):
+    """Stage (a) again, after (b) (--embedder lm): the labels made in the pretrained LM's space. A
+    resumed run names its labels: from the cache, else made again by its pretrained LM (loaded,
+    or trained again where it is gone) and checked to be the same."""
+    if resume_from:
+        key = runtime.load_checkpoint(resume_from)["identity"]["labels"]
+        with runtime.rank0_first():
+            found = data.lm_labelled_from_cache(corpus, key, args.data_dir, missing_ok=True)
+        if found is not None:
+            return found
+        lm = pretrain_lm(args, corpus, splits)[0]
     with runtime.rank0_first():
-        if args.resume:  # the LM that made them may be gone since: the run names them
-            key = runtime.load_checkpoint(resume_from)["identity"]["labels"]
-            return data.lm_labelled_from_cache(corpus, key, args.data_dir)
-        return data.lm_labelled(corpus, lm, args.data_dir)
+        made = data.lm_labelled(corpus, lm, args.data_dir)
+    if resume_from and made.meta["key"] != key:
+        raise TrainError(f"--resume: the labels of {resume_from} are not in the cache, and its "
+                         f"pretrained LM, made again, makes other labels: start the run over "
+                         f"with --overwrite")
+    return made
 
 
-def check_adapters(args, n_layer):
-    if args.adapter_from >= n_layer:
-        raise TrainError(f"--adapter-from {args.adapter_from}: the LM has {n_layer} layers, so no "
-                         f"plan would reach it: use at most {n_layer - 1}")
+def check_adapters(args):
+    """Checks that need the LM's shape (with --init-from, once its weights are read)."""
+    if args.adapter_from >= args.n_layer:
+        raise TrainError(f"--adapter-from {args.adapter_from}: the LM has {args.n_layer} layers "
+                         f"(0 to {args.n_layer - 1}), so no plan would reach it: use at most "
+                         f"{args.n_layer - 1}")
+    if args.embedder == "lm" and args.embed_dim > args.n_embd:
+        raise TrainError(f"--embed-dim {args.embed_dim} is wider than the LM's {args.n_embd} "
+                         f"hidden units that --embedder lm reads: use at most {args.n_embd}")
 
 
 class PlannerObjective(nn.Module):
@@ -348,8 +383,9 @@ def finetune(args, corpus, splits, lm, planner):
                 else m)
 
     if not any(p.requires_grad for p in net.parameters()):  # none, the LM frozen: the LM as it is
-        runtime.save_untrained(net, args, corpus, out / "ckpt.pt", metrics())
-        return net, out, metrics()
+        final = metrics()
+        runtime.save_untrained(net, args, corpus, out / "ckpt.pt", final)
+        return net, out, final
     train(net, "finetune", args.finetune_iters, args.finetune_lr, args, corpus, out / "ckpt.pt",
           lm_batches(splits["train"], args, "finetune"), metrics, resume=args.resume,
           planner_lr_scale=args.planner_finetune_lr / args.finetune_lr)
@@ -437,12 +473,17 @@ def run_stages(args, resume_from):
     corpus, splits = load_data(args)
     t0 = time.time()
     # resumed, the run's checkpoint holds every weight: stages deleted since are not trained again
-    lm, lm_dir = pretrain_lm(args, corpus, splits, needed=not args.resume)
+    resumed = resume_from if args.resume else None
+    lm, lm_dir = pretrain_lm(args, corpus, splits, resumed)
+    defaults = vars(make_parser().parse_args([]))
+    if resumed:  # the same flags (with --init-from, GPT-2's shape is known now)
+        runtime.refuse_other_settings(runtime.load_checkpoint(resumed)["config"], args, resumed,
+                                      defaults)
     if args.embedder == "lm":
-        corpus = lm_labels(args, corpus, lm, resume_from)
+        corpus = lm_labels(args, corpus, splits, lm, resumed)
         splits = {k: SplitData(corpus, k, args.device) for k in corpus.splits}
-    if args.resume:
-        runtime.check_resume(resume_from, args, corpus)
+    if resumed:
+        runtime.check_resume(resumed, args, corpus, defaults)
     planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
     net, out, final = finetune(args, corpus, splits, lm, planner)
     if Context.get().master:

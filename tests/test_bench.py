@@ -67,3 +67,11 @@ def test_flops_count_the_tied_head_once_and_the_adapters_on_request():
     attention = 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
     assert bench.flops_per_token(lm, adapters=False) == 6 * weights + attention
     assert bench.flops_per_token(lm) == 6 * (weights + adapters) + attention
+    # the LM frozen but the adapters of layer 1: layer 0 runs forward only (2 a weight), the rest
+    # passes a gradient down to them (4), the adapters learn (6)
+    for name, p in lm.named_parameters():
+        p.requires_grad_(name == "blocks.1.adapter.weight")
+    lm.blocks[0].adapter = None
+    block0 = per_layer
+    assert bench.flops_per_token(lm) == (2 * block0 + 4 * (weights - block0)
+                                         + 6 * cfg.plan_dim * cfg.n_embd + attention)

@@ -71,6 +71,16 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
     assert figures.figures(tmp_path / "moved", tmp_path / "figs")
     assert ("nothing to make: every run, evaluation and sample was there already"
             in capsys.readouterr().out)
+    # other flags in the same folder: its finished runs are not the comparison asked for
+    moved = argv[:argv.index("--out-dir")] + ["--out-dir", str(tmp_path / "moved"),
+                                              "--data-dir", str(tmp_path / "data")]
+    for other, message in ((["--finetune-lr", "0.01"], "--finetune-lr 0.001, not --finetune-lr "
+                                                        "0.01: give this comparison another "
+                                                        "--out-dir"),
+                           (["--embedder", "lm"], "made with --embedder tfidf, not --embedder "
+                                                  "lm")):
+        with pytest.raises(SystemExit, match=message):
+            compare.main(moved + other)
 
 
 def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
@@ -84,7 +94,7 @@ def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     (out / "seed0" / "fixed").mkdir(parents=True)
     (out / "seed0" / "fixed" / "ckpt.pt").write_bytes(b"")  # cut short: a checkpoint, not done
-    monkeypatch.setattr(compare, "done", lambda run_dir: False)
+    monkeypatch.setattr(compare, "done", lambda run_dir, argv: False)
     monkeypatch.setattr(train, "main", lambda argv: calls.append(argv))
     monkeypatch.setattr(evaluation, "evaluate", evaluated)
     with pytest.raises(Evaluated):

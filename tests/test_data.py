@@ -259,8 +259,19 @@ def test_labels_made_by_the_lm_are_cached_and_keyed_by_its_weights(synthetic, tm
         lm.wte.weight.mul_(2.0)
     with pytest.raises(AssertionError, match="fitted again"):
         data.lm_labelled(synthetic, lm, tmp_path)
-    with pytest.raises(data.DataError, match="not in .*: run its train.py command again"):
+    with pytest.raises(data.DataError, match="not in .*: run the run's train.py command again "
+                                             "with --resume"):
         data.lm_labelled_from_cache(synthetic, "0123456789abcdef", tmp_path)
+    assert data.lm_labelled_from_cache(synthetic, "0123456789abcdef", tmp_path,
+                                       missing_ok=True) is None
+    # the TF-IDF labels are no LM's
+    assert data.lm_labelled_from_cache(synthetic, synthetic.meta["key"], tmp_path,
+                                       missing_ok=True) is None
+    # one file of the LM's weights, shared by every K and D of its labels, read only when needed
+    encoders = list((tmp_path / "cache").glob("synthetic-lm-*.npz"))
+    assert len(encoders) == 1 and again.embedder._lm is not None  # read by embed_texts
+    assert data.lm_labelled_from_cache(synthetic, labelled.meta["key"],
+                                       tmp_path).embedder._lm is None
 
 
 def test_lm_labels_no_wider_than_the_lm(synthetic, tmp_path):

@@ -135,6 +135,16 @@ def test_resuming_a_run_with_other_settings_is_refused(tiny_out):
                                                          "--finetune-lr", "0.123"]))
     assert f"made with --finetune-lr {saved}, not --finetune-lr 0.123" in message
     assert f"delete {root / 'out' / 'soft-joint'} to start the run over" in message
+    # a flag the run predates: it was made with that flag's default
+    older = root / "older" / "soft-joint"
+    shutil.copytree(root / "out" / "soft-joint", older)
+    ck = torch.load(older / "ckpt.pt", weights_only=True)
+    del ck["config"]["embedder"]
+    torch.save(ck, older / "ckpt.pt")
+    message = one_line_error(lambda: train.main(
+        flags + ["--mode", "soft", "--resume", "--embedder", "lm", "--out-dir", str(older.parent),
+                 "--pretrain-dir", str(root / "out" / "pretrain")]))
+    assert "made with --embedder tfidf, not --embedder lm" in message
     # where it runs is not the run: allowed
     train.main(flags + ["--mode", "soft", "--resume", "--device", "cpu"])
 

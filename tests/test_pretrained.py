@@ -77,6 +77,7 @@ def copy_fixture(tmp_path):
               "config.json says \\[50257, 16\\]"),
     ("activation", "cannot reproduce activation_function 'relu'"),
     ("vocabulary", "cannot reproduce vocab_size 100 \\(ours: 50257\\)"),
+    ("untied", "cannot reproduce tie_word_embeddings False"),
     ("no weights", "lacks model.safetensors: .* not pytorch_model.bin"),
     ("window", "--block-size 64: .* has 48 positions: use at most 48"),
     ("not a folder", "neither one of gpt2, gpt2-medium nor a folder"),
@@ -90,9 +91,10 @@ def test_a_bad_folder_is_one_line_that_names_the_fault(tmp_path, fault, message)
         weights.write_bytes(weights.read_bytes()[:-1])
     elif fault == "header":
         weights.write_bytes((10).to_bytes(8, "little") + b"not json!!" + b"\0" * 100)
-    elif fault in ("shape", "activation", "vocabulary"):
+    elif fault in ("shape", "activation", "vocabulary", "untied"):
         hf.update({"shape": {"n_embd": 16}, "activation": {"activation_function": "relu"},
-                   "vocabulary": {"vocab_size": 100}}[fault])
+                   "vocabulary": {"vocab_size": 100}, "untied": {"tie_word_embeddings": False}}[
+                       fault])
         config.write_text(json.dumps(hf))
     elif fault == "no weights":
         weights.unlink()

@@ -435,7 +435,7 @@ def test_label_baselines_count_what_they_say():
 def test_labels_made_by_the_pretrained_lm_end_to_end(tiny_out):
     """--embedder lm: the LM stage the TF-IDF runs share, then labels in its space, a planner on
     them, fine-tuning; evaluation, sampling and --resume read those labels back from the cache, the
-    LM stage gone; the cache gone, one line says how to make them again."""
+    LM stage gone; the cache gone, one line says how to make them again, and --resume does."""
     flags, root = tiny_out
     out, pretrain = root / "out", root / "out" / "pretrain"
     run(flags + ["--mode", "soft", "--planner", "frozen", "--embedder", "lm", "--run", "lm-soft"])
@@ -457,6 +457,12 @@ def test_labels_made_by_the_pretrained_lm_end_to_end(tiny_out):
     finally:
         shutil.rmtree(pretrain, ignore_errors=True)
         (root / "moved").rename(pretrain)
-    corpora.cache_file(root / "data", "synthetic", corpus.meta["key"]).unlink()
-    with pytest.raises(data.DataError, match="run its train.py command again without --resume"):
+    labels = corpora.cache_file(root / "data", "synthetic", corpus.meta["key"])
+    labels.unlink()
+    with pytest.raises(data.DataError, match="not in .*: run the run's train.py command again "
+                                             "with --resume"):
         evaluation.load_run(out / "lm-soft")
+    run(flags + ["--mode", "soft", "--planner", "frozen", "--embedder", "lm", "--run", "lm-soft",
+                 "--resume"])  # made again by the pretrained LM, the same labels
+    assert labels.exists()
+    assert evaluation.evaluate(out / "lm-soft")["planner_top1"] == logged["planner_top1"]
