@@ -100,8 +100,9 @@ def fetch(model, name, folder):
     try:
         part = corpora.download(url, dest)
     except OSError as e:
-        raise DataError(f"cannot download {url} ({corpora.first_line(e)}): download it by hand "
-                        f"and put it at {dest}") from None
+        raise DataError(f"cannot download {url} ({corpora.first_line(e)}): download "
+                        f"{' and '.join(FILES)} of {HUB}/{repo}/tree/{revision} by hand and put "
+                        f"them in {folder}") from None
     try:
         if name == "config.json":
             read_config(part)

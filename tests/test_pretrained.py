@@ -135,8 +135,9 @@ def test_a_wrong_download_is_deleted_and_offline_says_where_to_put_the_files(ser
         GPT.from_pretrained("gpt2-medium", tmp_path)
     assert not (tmp_path / "pretrained" / "gpt2-medium" / "model.safetensors.part").exists()
     monkeypatch.setattr(pretrained, "HUB", "http://127.0.0.1:9")  # nothing listens there
-    dest = tmp_path / "pretrained" / "gpt2-medium" / "model.safetensors"
-    with pytest.raises(corpora.DataError, match=f"download it by hand and put it at {dest}"):
+    dest = tmp_path / "pretrained" / "gpt2-medium"
+    with pytest.raises(corpora.DataError, match=f"download config.json and model.safetensors of "
+                                                f".* by hand and put them in {dest}"):
         GPT.from_pretrained("gpt2-medium", tmp_path)
 
 
