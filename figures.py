@@ -153,6 +153,7 @@ def plain_log_ticks(plt, ax):
     # too narrow for a log axis' own ticks (1, 2, 3, ...)
     if np.divide(*ax.get_ylim()[::-1]) < 2:
         ax.yaxis.set_major_locator(ticker.MaxNLocator(6))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())  # labelled too, they would overlap
     plain = ticker.FuncFormatter(lambda y, _: f"{y:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
