@@ -233,10 +233,7 @@ def main(argv=None):
                                              "compare.py command to go on"):
         if args.holds is not None:
             return what_holds(args)
-        seeds = args.seeds.split(",")
-        if len(set(seeds)) != len(seeds) or not all(s.strip().isdigit() for s in seeds):
-            raise runtime.TrainError(f"--seeds {args.seeds}: give each seed once, as numbers "
-                                     "separated by commas (e.g. 0,1,2)")
+        seed_list(args.seeds)  # refused here, before hours of training
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
         settings = sweep_settings(args, train_flags, out)
         reports = [(value, compare(args, train_flags + flags, out / name if name else out))
@@ -247,6 +244,15 @@ def main(argv=None):
         if len(reports) > 1:
             summarise_sweep(args, out, reports)
         print("\n" + spent())
+
+
+def seed_list(text):
+    """--seeds as a list, each seed once."""
+    seeds = text.split(",")
+    if len(set(seeds)) != len(seeds) or not all(s.strip().isdigit() for s in seeds):
+        raise runtime.TrainError(f"--seeds {text}: give each seed once, as numbers separated by "
+                                 "commas (e.g. 0,1,2)")
+    return seeds
 
 
 def what_holds(args):

@@ -29,7 +29,7 @@ import data
 import explore
 import runtime
 import train
-from compare import interval, mean_std
+from compare import interval, mean_std, seed_list
 from planner import planner_metrics
 
 
@@ -64,10 +64,7 @@ def main(argv=None):
         common += ["--pretrain-dir", str(out / "pretrain")]
     with runtime.one_line_errors(data.DataError, interrupted="interrupted; what is finished is "
                                  "kept: run the same planners.py command to go on"):
-        seeds = args.seeds.split(",")
-        if not all(s.strip().isdigit() for s in seeds) or len(set(seeds)) != len(seeds):
-            raise runtime.TrainError(f"--seeds {args.seeds}: give each seed once, as numbers "
-                                     "separated by commas (e.g. 0,1,2)")
+        seeds = seed_list(args.seeds)
         rows = []
         for option in args.options:
             found = [measure(common + shlex.split(option) +
