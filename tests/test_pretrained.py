@@ -173,7 +173,7 @@ def test_a_pretrained_lm_conditioned_on_plans_end_to_end(tmp_path):
     assert len(sampling.sample(net, corpus, 2, force=[1, 2])) == 2
     for bad, message in ((["--n-layer", "4"], "takes the LM's shape from its weights: drop "
                                               "--n-layer"),
-                         (["--adapter-from", "2"], "the LM has 2 layers, so no plan would reach "
-                                                   "it: use at most 1")):
+                         (["--adapter-from", "2"], "the LM has 2 layers \\(0 to 1\\), so no "
+                                                   "plan would reach it: use at most 1")):
         with pytest.raises(SystemExit, match=message):
             train.main(flags + bad + ["--run", "refused"])
