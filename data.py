@@ -275,9 +275,7 @@ class Corpus:
         """GPT-2 ids -> what the LM reads: the ids, or their rows in the closed vocabulary."""
         if self.vocab is None:
             return np.asarray(ids)
-        row = np.full(VOCAB_SIZE, -1)
-        row[list(self.vocab)] = np.arange(len(self.vocab))
-        if (rows := row[np.asarray(ids)]).min(initial=0) < 0:
+        if (rows := vocab_rows(self.vocab)[np.asarray(ids)]).min(initial=0) < 0:
             raise DataError("a token outside this corpus's closed vocabulary")
         return rows
 
@@ -288,6 +286,13 @@ class Corpus:
         sp = self.splits[split]
         return tokenizer().decode(
             sp.tokens[sp.sent_start[s]:sp.sent_start[s] + sp.sent_len[s]].tolist())
+
+
+def vocab_rows(vocab):
+    """GPT-2 id -> its row in a closed vocabulary (-1: not in it)."""
+    rows = np.full(VOCAB_SIZE, -1)
+    rows[list(vocab)] = np.arange(len(vocab))
+    return rows
 
 
 def build(docs, n_labels, embed_dim, seed):
@@ -370,10 +375,8 @@ class LMEmbedder:
         self._lm = None if lm is None else encoder_copy(lm)
         self.source = source  # or, from the cache, the file of its weights, read when needed
         self.mean, self.proj, self.vocab = mean, proj, vocab
-        self.rows = None
-        if vocab is not None:  # a closed vocabulary: the LM reads rows, not GPT-2 ids
-            self.rows = np.zeros(VOCAB_SIZE, np.int64)
-            self.rows[list(vocab)] = np.arange(len(vocab))
+        # a closed vocabulary: the LM reads rows, not GPT-2 ids
+        self.rows = None if vocab is None else vocab_rows(vocab)
 
     @property
     def lm(self):
@@ -457,14 +460,15 @@ def encoder_key(lm):
     return h.hexdigest()
 
 
-def write_encoder(path, lm):
-    """The LM's weights (less the head, tied to the token embedding) and shape, once per LM."""
+def write_encoder(path, encoder):
+    """An encoder_copy's weights (less the head, tied to the token embedding) and shape, once per
+    LM."""
     if not path.exists():
         corpora.write_cache(path, {**{f"lm/{k}": v.cpu().numpy()
-                                      for k, v in encoder_copy(lm).state_dict().items()
+                                      for k, v in encoder.state_dict().items()
                                       if k != "lm_head.weight"},
                                    "config": np.array(json.dumps(
-                                       dataclasses.asdict(lm.config)))})
+                                       dataclasses.asdict(encoder.config)))})
 
 
 def read_encoder(path):
@@ -504,7 +508,7 @@ def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
     meta = dict(meta, embedder="lm", key=key, cache=str(path), kmeans_steps=steps,
                 build_seconds=round(time.time() - t0, 2))
     embedder.source = corpora.cache_file(data_dir, meta["dataset"], f"lm-{lm_key[:16]}")
-    write_encoder(embedder.source, lm)
+    write_encoder(embedder.source, embedder.lm)
     labelled = Corpus(meta, splits, codebook, embedder, corpus.vocab)
     corpora.write_cache(path, to_arrays(labelled))
     return labelled
