@@ -6,7 +6,8 @@ on request from the first source that answers (a cut download resumes; a corrupt
 and the next source tried), and the synthetic corpus, a testbed generated with known sentence types
 whose next type depends on the whole document so far.
 Then where sentences end (abbreviations and initials are not ends). data.py calls cached(), which
-reads the documents, keys the cache by their bytes and every setting, and writes it atomically;
+reads the documents, keys the cache by their bytes and every setting, and writes it atomically
+(for the labels made by an LM: cached_file, weights_key and the LM's own file, write_weights);
 sentence_ends(); synthetic_vocab(), the few hundred tokens the generator can write; tokenizer();
 and tokenize_by_document(), the optimisation of data.tokenize_sentences.
 """
@@ -406,6 +407,42 @@ def read_cache(path, make):
 def write_cache(path, arrays):
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+def cached_file(path, make, build, note=None):
+    """make(the arrays of the cache file at path); if there is none, build() -> arrays, written
+    there atomically first (note, if given, says so on stderr)."""
+    found = read_cache(path, make)
+    if found is not None:
+        return found
+    if note:
+        print(note, file=sys.stderr)
+    arrays = build()
+    write_cache(path, arrays)
+    return make(arrays)
+
+
+def weights_key(weights):
+    """A model's weights (name -> tensor), as what a cache is keyed by."""
+    h = hashlib.sha256()
+    for name, v in sorted(weights.items()):
+        h.update(name.encode() + v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_weights(path, weights, config):
+    """A model's weights (name -> tensor) and its settings (a dict), as arrays, once."""
+    if not path.exists():
+        write_cache(path, {**{f"lm/{k}": v.cpu().numpy() for k, v in weights.items()},
+                           "config": np.array(json.dumps(config))})
+
+
+def read_weights(path, missing):
+    """-> (name -> array, settings) of a write_weights file; DataError(missing) if there is none."""
+    if not path.exists():
+        raise DataError(missing)
+    with np.load(path, allow_pickle=False) as a:
+        return {k[3:]: a[k] for k in a.files if k.startswith("lm/")}, json.loads(str(a["config"]))
 
 
 def with_meta(arrays, **more):

@@ -1,10 +1,10 @@
 """
 Stage (a) of the method: raw documents in; GPT-2 BPE token streams, sentences, sentence embeddings
-and one abstract plan label per sentence out; last, the batches cut from them.
+and one abstract plan label per sentence out; then the batches cut from them; last, an option.
 
 A sentence's *label* is the index of its nearest k-means centroid in a sentence-embedding space
-(TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD; or, with
-train.py --embedder lm, the pretrained LM's own hidden states: LMEmbedder). The K x D
+(TF-IDF over GPT-2 token ids, fitted on the train split, reduced by truncated SVD; or, the option
+at the end, train.py --embedder lm: the pretrained LM's own hidden states, LMEmbedder). The K x D
 centroid matrix is the *codebook* that the planner and the estimators in mix.py use. The batches:
 LM windows with what their plans are made from (the plan alignment is pictured in
 SplitData.lm_batch), and the planner's documents. Where documents come from (the synthetic testbed
@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -362,181 +361,6 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
     return corpus
 
 
-# ----------------------------------------------------- labels in the LM's own space (--embedder lm)
-
-class LMEmbedder:
-    """Sentence embeddings read off the pretrained LM, the option beside TF-IDF: its final hidden
-    states averaged over a sentence's tokens (each sentence read alone, in pieces of at most
-    block_size tokens), centred and projected on the training sentences' D principal directions,
-    L2-normalised. Labels made from them live in the space of the LM that reads the plans."""
-
-    def __init__(self, lm, mean, proj, vocab=None, source=None):
-        # a frozen copy without adapters: fine-tuning moves the LM, the labels must not move
-        self._lm = None if lm is None else encoder_copy(lm)
-        self.source = source  # or, from the cache, the file of its weights, read when needed
-        self.mean, self.proj, self.vocab = mean, proj, vocab
-        # a closed vocabulary: the LM reads rows, not GPT-2 ids
-        self.rows = None if vocab is None else vocab_rows(vocab)
-
-    @property
-    def lm(self):
-        if self._lm is None:
-            self._lm = read_encoder(self.source)
-        return self._lm
-
-    @classmethod
-    def fit(cls, lm, tokens, lengths, dim, seed, vocab=None):
-        if dim > lm.config.n_embd:
-            raise DataError(f"--embed-dim {dim} is wider than the LM's {lm.config.n_embd} hidden "
-                            f"units that --embedder lm reads: use at most {lm.config.n_embd}")
-        unfitted = cls(lm, None, None, vocab)
-        states = unfitted.states(*sample_sentences(tokens, lengths, SVD_SAMPLE, seed))
-        mean = sum(x.double().sum(0) for x in states.split(CHUNK)) / len(states)
-        scatter = sum((x.double() - mean).T @ (x.double() - mean) for x in states.split(CHUNK))
-        _, vectors = torch.linalg.eigh(scatter)  # ascending
-        unfitted.mean = mean.float().numpy()
-        unfitted.proj = vectors[:, -dim:].flip(1).float().numpy().copy()
-        return unfitted
-
-    @torch.no_grad()
-    def states(self, tokens, lengths, batch=256):
-        """[n, n_embd]: the LM's final hidden states averaged over each sentence's tokens."""
-        device, T = self.lm.wte.weight.device, self.lm.config.block_size
-        rows = tokens.astype(np.int64) if self.rows is None else self.rows[tokens]
-        first = np.concatenate([[0], np.cumsum(lengths)])
-        pieces = -(-np.asarray(lengths) // T)  # each sentence in pieces of at most T tokens
-        sent = np.repeat(np.arange(len(lengths)), pieces)
-        start = first[sent] + T * (np.arange(len(sent)) - np.repeat(np.cumsum(pieces) - pieces,
-                                                                    pieces))
-        size = np.minimum(T, first[sent + 1] - start)
-        sums = torch.zeros(len(lengths), self.lm.config.n_embd)
-        for lo in range(0, len(sent), batch):
-            s, n = start[lo:lo + batch], size[lo:lo + batch]
-            grid = np.minimum(s[:, None] + np.arange(n.max()), len(rows) - 1)
-            h = self.lm.features(torch.as_tensor(rows[grid], device=device)).float().cpu()
-            keep = torch.as_tensor(np.arange(n.max()) < n[:, None])[..., None]
-            sums.index_add_(0, torch.as_tensor(sent[lo:lo + batch]), (h * keep).sum(1))
-        return sums / torch.as_tensor(np.maximum(lengths, 1), dtype=torch.float32)[:, None]
-
-    def embed(self, tokens, lengths):
-        """tokens: all sentences back to back (GPT-2 ids); lengths: tokens per sentence
-        -> [n, D] float32."""
-        out = np.empty((len(lengths), self.proj.shape[1]), np.float32)
-        first = np.concatenate([[0], np.cumsum(lengths)])
-        for lo in range(0, len(lengths), CHUNK):
-            hi = min(lo + CHUNK, len(lengths))
-            x = self.states(tokens[first[lo]:first[hi]], lengths[lo:hi])
-            out[lo:hi] = torch.nn.functional.normalize(
-                (x - torch.from_numpy(self.mean)) @ torch.from_numpy(self.proj), dim=1).numpy()
-        return out
-
-    embed_texts = Embedder.embed_texts
-
-    def to_arrays(self):
-        """For the label cache: the projection; the LM's weights have a file of their own."""
-        return dict(lm_mean=self.mean, lm_proj=self.proj, lm_weights=np.array(self.source.name),
-                    **({"lm_vocab": np.array(self.vocab)} if self.vocab is not None else {}))
-
-    @classmethod
-    def from_arrays(cls, a):
-        return cls(None, a["lm_mean"], a["lm_proj"],
-                   tuple(a["lm_vocab"].tolist()) if "lm_vocab" in a else None,
-                   source=Path(str(a["lm_weights"])))  # in the label cache's folder: read_labelled
-
-
-def encoder_copy(lm):
-    """The LM as a sentence encoder: a frozen copy on the same device, no adapters."""
-    encoder = GPT(dataclasses.replace(lm.config, plan_dim=0)).to(lm.wte.weight.device)
-    encoder.load_state_dict({k: v for k, v in lm.state_dict().items() if ".adapter." not in k})
-    return encoder.eval().requires_grad_(False)
-
-
-def encoder_key(lm):
-    """What the LM's labels are keyed by: its weights, the adapters aside (they read no text)."""
-    h = hashlib.sha256()
-    for name, v in sorted(lm.state_dict().items()):
-        if ".adapter." not in name:
-            h.update(name.encode() + v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def write_encoder(path, encoder):
-    """An encoder_copy's weights (less the head, tied to the token embedding) and shape, once per
-    LM."""
-    if not path.exists():
-        corpora.write_cache(path, {**{f"lm/{k}": v.cpu().numpy()
-                                      for k, v in encoder.state_dict().items()
-                                      if k != "lm_head.weight"},
-                                   "config": np.array(json.dumps(
-                                       dataclasses.asdict(encoder.config)))})
-
-
-def read_encoder(path):
-    if not path.exists():
-        raise DataError(f"the LM that made these labels is not in {path}: run the run's "
-                        f"train.py command again with --resume (it makes them again)")
-    with np.load(path, allow_pickle=False) as a:
-        config = dataclasses.replace(GPTConfig(**json.loads(str(a["config"]))), plan_dim=0)
-        lm = GPT(config)
-        missing, unexpected = lm.load_state_dict(
-            {k[3:]: torch.from_numpy(a[k]) for k in a.files if k.startswith("lm/")}, strict=False)
-    if missing != ["lm_head.weight"] or unexpected:
-        raise DataError(f"{path}: the LM's weights do not fit its shape ({missing + unexpected}): "
-                        f"delete it and run the run's train.py command again with --resume")
-    return lm.eval().requires_grad_(False)
-
-
-def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
-    """The corpus with embeddings, labels and codebook made in the LM's space (LMEmbedder), from the
-    cache if they were made before from the same corpus and the same LM weights, else made now."""
-    lm_key = encoder_key(lm)
-    params = dict(version=CACHE_VERSION, corpus=corpus.meta["key"], lm=lm_key,
-                  pca_sample=SVD_SAMPLE)
-    path, key = corpora.cache_path(data_dir, corpus.meta["dataset"], params)
-    if (found := read_labelled(corpus, path)) is not None:
-        return found
-    if not quiet:
-        print(f"labelling {corpus.meta['dataset']} in the LM's space -> {path}", file=sys.stderr)
-    t0, meta = time.time(), corpus.meta
-    splits = {k: dataclasses.replace(sp) for k, sp in corpus.splits.items()}
-    train = splits["train"]
-    embedder = LMEmbedder.fit(lm, *train.sentence_tokens(), corpus.codebook.shape[1], meta["seed"],
-                              corpus.vocab)
-    for sp in splits.values():
-        sp.emb = embedder.embed(*sp.sentence_tokens())
-    codebook, steps = fit_labels(splits, len(corpus.codebook), meta["seed"])
-    meta = dict(meta, embedder="lm", key=key, cache=str(path), kmeans_steps=steps,
-                build_seconds=round(time.time() - t0, 2))
-    embedder.source = corpora.cache_file(data_dir, meta["dataset"], f"lm-{lm_key[:16]}")
-    write_encoder(embedder.source, embedder.lm)
-    labelled = Corpus(meta, splits, codebook, embedder, corpus.vocab)
-    corpora.write_cache(path, to_arrays(labelled))
-    return labelled
-
-
-def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data", missing_ok=False):
-    """The corpus as lm_labelled made it for a run whose labels are `key` (evaluating or resuming
-    the run: the LM that made them is not at hand); missing_ok: None if they are not there."""
-    path = corpora.cache_file(data_dir, corpus.meta["dataset"], key)
-    found = read_labelled(corpus, path)
-    if found is None or found.meta.get("embedder") != "lm":
-        if missing_ok:
-            return None
-        raise DataError(f"the labels this run was trained on (made by its pretrained LM, "
-                        f"--embedder lm) are not in {path}: run the run's train.py command again "
-                        f"with --resume (it makes them again)")
-    return found
-
-
-def read_labelled(corpus, path):
-    found = corpora.read_cache(path, from_arrays)
-    if found is not None:
-        found.vocab = corpus.vocab
-        if isinstance(found.embedder, LMEmbedder):
-            found.embedder.source = path.parent / found.embedder.source.name
-    return found
-
-
 # ----------------------------------------------------------------------------- batches with plans
 
 class SplitData:
@@ -639,3 +463,160 @@ def add_data_args(parser):
 def load_from_args(args):
     return load(args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
                 args.synthetic_types, args.data_dir, synthetic_ambiguity=args.synthetic_ambiguity)
+
+
+# ----------------------------------------------------- labels in the LM's own space (--embedder lm)
+
+class LMEmbedder:
+    """Sentence embeddings read off the pretrained LM, the option beside TF-IDF: its final hidden
+    states averaged over a sentence's tokens (each sentence read alone, in pieces of at most
+    block_size tokens), centred and projected on the training sentences' D principal directions,
+    L2-normalised. Labels made from them live in the space of the LM that reads the plans."""
+
+    def __init__(self, lm, mean, proj, vocab=None, source=None):
+        # encoder_copy(the LM): fine-tuning moves the LM, the labels must not move
+        self._lm = lm
+        self.source = source  # or, from the cache, the file of its weights, read when needed
+        self.mean, self.proj, self.vocab = mean, proj, vocab
+        # a closed vocabulary: the LM reads rows, not GPT-2 ids
+        self.rows = None if vocab is None else vocab_rows(vocab)
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            self._lm = read_encoder(self.source)
+        return self._lm
+
+    @classmethod
+    def fit(cls, lm, tokens, lengths, dim, seed, vocab=None):
+        if dim > lm.config.n_embd:
+            raise DataError(f"--embed-dim {dim} is wider than the LM's {lm.config.n_embd} hidden "
+                            f"units that --embedder lm reads: use at most {lm.config.n_embd}")
+        unfitted = cls(lm, None, None, vocab)
+        states = unfitted.states(*sample_sentences(tokens, lengths, SVD_SAMPLE, seed))
+        mean = sum(x.double().sum(0) for x in states.split(CHUNK)) / len(states)
+        scatter = sum((x.double() - mean).T @ (x.double() - mean) for x in states.split(CHUNK))
+        _, vectors = torch.linalg.eigh(scatter)  # ascending
+        unfitted.mean = mean.float().numpy()
+        unfitted.proj = vectors[:, -dim:].flip(1).float().numpy().copy()
+        return unfitted
+
+    @torch.no_grad()
+    def states(self, tokens, lengths, batch=256):
+        """[n, n_embd]: the LM's final hidden states averaged over each sentence's tokens."""
+        device, T = self.lm.wte.weight.device, self.lm.config.block_size
+        rows = tokens.astype(np.int64) if self.rows is None else self.rows[tokens]
+        first = np.concatenate([[0], np.cumsum(lengths)])
+        pieces = -(-np.asarray(lengths) // T)  # each sentence in pieces of at most T tokens
+        sent = np.repeat(np.arange(len(lengths)), pieces)
+        start = first[sent] + T * (np.arange(len(sent)) - np.repeat(np.cumsum(pieces) - pieces,
+                                                                    pieces))
+        size = np.minimum(T, first[sent + 1] - start)
+        sums = torch.zeros(len(lengths), self.lm.config.n_embd)
+        for lo in range(0, len(sent), batch):
+            s, n = start[lo:lo + batch], size[lo:lo + batch]
+            grid = np.minimum(s[:, None] + np.arange(n.max()), len(rows) - 1)
+            h = self.lm.features(torch.as_tensor(rows[grid], device=device)).float().cpu()
+            keep = torch.as_tensor(np.arange(n.max()) < n[:, None])[..., None]
+            sums.index_add_(0, torch.as_tensor(sent[lo:lo + batch]), (h * keep).sum(1))
+        return sums / torch.as_tensor(np.maximum(lengths, 1), dtype=torch.float32)[:, None]
+
+    def embed(self, tokens, lengths):
+        """tokens: all sentences back to back (GPT-2 ids); lengths: tokens per sentence
+        -> [n, D] float32."""
+        out = np.empty((len(lengths), self.proj.shape[1]), np.float32)
+        first = np.concatenate([[0], np.cumsum(lengths)])
+        for lo in range(0, len(lengths), CHUNK):
+            hi = min(lo + CHUNK, len(lengths))
+            x = self.states(tokens[first[lo]:first[hi]], lengths[lo:hi])
+            out[lo:hi] = torch.nn.functional.normalize(
+                (x - torch.from_numpy(self.mean)) @ torch.from_numpy(self.proj), dim=1).numpy()
+        return out
+
+    embed_texts = Embedder.embed_texts
+
+    def to_arrays(self):
+        """For the label cache: the projection; the LM's weights have a file of their own."""
+        return dict(lm_mean=self.mean, lm_proj=self.proj, lm_weights=np.array(self.source.name),
+                    **({"lm_vocab": np.array(self.vocab)} if self.vocab is not None else {}))
+
+    @classmethod
+    def from_arrays(cls, a):
+        return cls(None, a["lm_mean"], a["lm_proj"],
+                   tuple(a["lm_vocab"].tolist()) if "lm_vocab" in a else None,
+                   source=Path(str(a["lm_weights"])))  # in the label cache's folder: with_corpus
+
+
+def encoder_copy(lm):
+    """The LM as a sentence encoder: a frozen copy on the same device, no adapters."""
+    encoder = GPT(dataclasses.replace(lm.config, plan_dim=0)).to(lm.wte.weight.device)
+    encoder.load_state_dict({k: v for k, v in lm.state_dict().items() if ".adapter." not in k})
+    return encoder.eval().requires_grad_(False)
+
+
+def read_encoder(path):
+    weights, config = corpora.read_weights(
+        path, f"the LM that made these labels is not in {path}: run the run's train.py command "
+              f"again with --resume (it makes them again)")
+    lm = GPT(dataclasses.replace(GPTConfig(**config), plan_dim=0))
+    missing, unexpected = lm.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
+                                             strict=False)
+    if missing != ["lm_head.weight"] or unexpected:  # the head is the token embedding, tied
+        raise DataError(f"{path}: the LM's weights do not fit its shape ({missing + unexpected}): "
+                        f"delete it and run the run's train.py command again with --resume")
+    return lm.eval().requires_grad_(False)
+
+
+def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
+    """The corpus with embeddings, labels and codebook made in the LM's space (LMEmbedder), from the
+    cache if they were made before from the same corpus and the same LM weights, else made now."""
+    encoder = encoder_copy(lm)  # its weights key the labels: the adapters read no text
+    lm_key = corpora.weights_key(encoder.state_dict())
+    params = dict(version=CACHE_VERSION, corpus=corpus.meta["key"], lm=lm_key,
+                  pca_sample=SVD_SAMPLE)
+    dataset = corpus.meta["dataset"]
+    path, key = corpora.cache_path(data_dir, dataset, params)
+
+    def label():
+        t0 = time.time()
+        splits = {k: dataclasses.replace(sp) for k, sp in corpus.splits.items()}
+        embedder = LMEmbedder.fit(encoder, *splits["train"].sentence_tokens(),
+                                  corpus.codebook.shape[1], corpus.meta["seed"], corpus.vocab)
+        for sp in splits.values():
+            sp.emb = embedder.embed(*sp.sentence_tokens())
+        codebook, steps = fit_labels(splits, len(corpus.codebook), corpus.meta["seed"])
+        meta = dict(corpus.meta, embedder="lm", key=key, cache=str(path), kmeans_steps=steps,
+                    build_seconds=round(time.time() - t0, 2))
+        # the encoder's weights, once per LM, beside the labels (sampling labels new text)
+        embedder.source = corpora.cache_file(data_dir, dataset, f"lm-{lm_key[:16]}")
+        corpora.write_weights(embedder.source, {k: v for k, v in encoder.state_dict().items()
+                                                if k != "lm_head.weight"},
+                              dataclasses.asdict(encoder.config))
+        return to_arrays(Corpus(meta, splits, codebook, embedder))
+
+    note = None if quiet else f"labelling {dataset} in the LM's space -> {path}"
+    return corpora.cached_file(path, lambda a: with_corpus(corpus, a, path), label, note)
+
+
+def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data", missing_ok=False):
+    """The corpus as lm_labelled made it for a run whose labels are `key` (evaluating or resuming
+    the run: the LM that made them is not at hand); missing_ok: None if they are not there."""
+    path = corpora.cache_file(data_dir, corpus.meta["dataset"], key)
+    found = corpora.read_cache(path, lambda a: with_corpus(corpus, a, path))
+    if found is None or found.meta.get("embedder") != "lm":
+        if missing_ok:
+            return None
+        raise DataError(f"the labels this run was trained on (made by its pretrained LM, "
+                        f"--embedder lm) are not in {path}: run the run's train.py command again "
+                        f"with --resume (it makes them again)")
+    return found
+
+
+def with_corpus(corpus, arrays, path):
+    """Labels read from the cache file at path, on corpus's vocabulary; the encoder's weights are
+    looked for in the same folder."""
+    found = from_arrays(arrays)
+    found.vocab = corpus.vocab
+    if isinstance(found.embedder, LMEmbedder):
+        found.embedder.source = path.parent / found.embedder.source.name
+    return found

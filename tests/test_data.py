@@ -207,7 +207,7 @@ def test_lm_sentence_states_average_each_sentence_read_alone_a_block_at_a_time()
     lm = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=2, n_embd=16, plan_dim=4))
     lengths = np.array([3, 8, 11, 1, 17])  # 11 and 17: more than one piece
     tokens = np.random.default_rng(0).integers(0, 300, lengths.sum())
-    got = data.LMEmbedder(lm, None, None).states(tokens, lengths, batch=3)
+    got = data.LMEmbedder(data.encoder_copy(lm), None, None).states(tokens, lengths, batch=3)
     first = np.concatenate([[0], np.cumsum(lengths)])
     with torch.no_grad():
         for s, n in enumerate(lengths):
@@ -272,6 +272,24 @@ def test_labels_made_by_the_lm_are_cached_and_keyed_by_its_weights(synthetic, tm
     assert len(encoders) == 1 and again.embedder._lm is not None  # read by embed_texts
     assert data.lm_labelled_from_cache(synthetic, labelled.meta["key"],
                                        tmp_path).embedder._lm is None
+
+
+def test_the_lm_that_made_the_labels_missing_or_damaged_is_one_line(synthetic, tmp_path):
+    """New text is labelled by the LM's weights kept beside the labels: gone or of another shape,
+    one line names the file and the fix."""
+    lm = GPT(GPTConfig(vocab_size=len(synthetic.vocab), block_size=16, n_layer=1, n_head=2,
+                       n_embd=48, plan_dim=32))
+    key = data.lm_labelled(synthetic, lm, tmp_path).meta["key"]
+    encoder = next((tmp_path / "cache").glob("synthetic-lm-*.npz"))
+    with np.load(encoder) as a:
+        weights = dict(a)
+    encoder.unlink()
+    with pytest.raises(data.DataError, match="the LM that made these labels is not in .*--resume"):
+        data.lm_labelled_from_cache(synthetic, key, tmp_path).embedder.embed_texts(["A cat."])
+    del weights["lm/wte.weight"]
+    corpora.write_cache(encoder, weights)
+    with pytest.raises(data.DataError, match="weights do not fit its shape .*wte.weight"):
+        data.lm_labelled_from_cache(synthetic, key, tmp_path).embedder.embed_texts(["A cat."])
 
 
 def test_lm_labels_no_wider_than_the_lm(synthetic, tmp_path):
