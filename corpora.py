@@ -6,10 +6,11 @@ on request from the first source that answers (a cut download resumes; a corrupt
 and the next source tried), and the synthetic corpus, a testbed generated with known sentence types
 whose next type depends on the whole document so far.
 Then where sentences end (abbreviations and initials are not ends). data.py calls cached(), which
-reads the documents, keys the cache by their bytes and every setting, and writes it atomically
-(for the labels made by an LM: cached_file, weights_key and the LM's own file, write_weights);
-sentence_ends(); synthetic_vocab(), the few hundred tokens the generator can write; tokenizer();
-and tokenize_by_document(), the optimisation of data.tokenize_sentences.
+reads the documents, keys the cache by their bytes and every setting, and writes it atomically;
+for the labels an LM makes, cached_file() (the same, given the arrays), weights_key() and the LM's
+own file, write_weights()/read_weights(); sentence_ends(); synthetic_vocab(), the few hundred
+tokens the generator can write; tokenizer(); and tokenize_by_document(), the optimisation of
+data.tokenize_sentences.
 """
 
 import base64
@@ -437,12 +438,18 @@ def write_weights(path, weights, config):
                            "config": np.array(json.dumps(config))})
 
 
-def read_weights(path, missing):
-    """-> (name -> array, settings) of a write_weights file; DataError(missing) if there is none."""
+def read_weights(path, what, fix):
+    """-> (name -> array, settings) of a write_weights file; missing or damaged, one line: what is
+    not there, and the fix."""
     if not path.exists():
-        raise DataError(missing)
-    with np.load(path, allow_pickle=False) as a:
-        return {k[3:]: a[k] for k in a.files if k.startswith("lm/")}, json.loads(str(a["config"]))
+        raise DataError(f"{what} is not in {path}: {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as a:
+            return ({k[3:]: a[k] for k in a.files if k.startswith("lm/")},
+                    json.loads(str(a["config"])))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}, {what}, is damaged ({type(e).__name__}: {first_line(e)}): "
+                        f"delete it and {fix}") from None
 
 
 def with_meta(arrays, **more):

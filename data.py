@@ -329,7 +329,8 @@ def fit_labels(splits, n_labels, seed):
 
 
 def to_arrays(corpus):
-    """The corpus as named arrays, for the cache (corpora.write_cache)."""
+    """The corpus as named arrays, for the cache (corpora.write_cache). LMEmbedder: the option at
+    the end of this file."""
     arrays = {f"{k}/{f}": getattr(sp, f)
               for k, sp in corpus.splits.items() for f in Split.__dataclass_fields__}
     embedder = corpus.embedder
@@ -474,7 +475,7 @@ class LMEmbedder:
     L2-normalised. Labels made from them live in the space of the LM that reads the plans."""
 
     def __init__(self, lm, mean, proj, vocab=None, source=None):
-        # encoder_copy(the LM): fine-tuning moves the LM, the labels must not move
+        # lm: an encoder_copy (frozen, no adapters): fine-tuning moves the LM, the labels must not
         self._lm = lm
         self.source = source  # or, from the cache, the file of its weights, read when needed
         self.mean, self.proj, self.vocab = mean, proj, vocab
@@ -555,52 +556,57 @@ def encoder_copy(lm):
 
 
 def read_encoder(path):
-    weights, config = corpora.read_weights(
-        path, f"the LM that made these labels is not in {path}: run the run's train.py command "
-              f"again with --resume (it makes them again)")
-    lm = GPT(dataclasses.replace(GPTConfig(**config), plan_dim=0))
-    missing, unexpected = lm.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
-                                             strict=False)
+    what = "the LM that made these labels"
+    fix = "run the run's train.py command again with --resume"
+    weights, config = corpora.read_weights(path, what, fix + " (it makes them again)")
+    try:
+        lm = GPT(dataclasses.replace(GPTConfig(**config), plan_dim=0))
+        missing, unexpected = lm.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    except (TypeError, RuntimeError) as e:
+        missing, unexpected = [corpora.first_line(e)], []
     if missing != ["lm_head.weight"] or unexpected:  # the head is the token embedding, tied
         raise DataError(f"{path}: the LM's weights do not fit its shape ({missing + unexpected}): "
-                        f"delete it and run the run's train.py command again with --resume")
+                        f"delete it and {fix}")
     return lm.eval().requires_grad_(False)
 
 
 def lm_labelled(corpus, lm, data_dir=ROOT / "data", quiet=False):
     """The corpus with embeddings, labels and codebook made in the LM's space (LMEmbedder), from the
     cache if they were made before from the same corpus and the same LM weights, else made now."""
-    encoder = encoder_copy(lm)  # its weights key the labels: the adapters read no text
-    lm_key = corpora.weights_key(encoder.state_dict())
+    weights = {k: v for k, v in lm.state_dict().items() if ".adapter." not in k}  # read no text
+    lm_key = corpora.weights_key(weights)
     params = dict(version=CACHE_VERSION, corpus=corpus.meta["key"], lm=lm_key,
                   pca_sample=SVD_SAMPLE)
     dataset = corpus.meta["dataset"]
     path, key = corpora.cache_path(data_dir, dataset, params)
+    source = corpora.cache_file(data_dir, dataset, f"lm-{lm_key[:16]}")
 
     def label():
         t0 = time.time()
         splits = {k: dataclasses.replace(sp) for k, sp in corpus.splits.items()}
-        embedder = LMEmbedder.fit(encoder, *splits["train"].sentence_tokens(),
+        embedder = LMEmbedder.fit(encoder_copy(lm), *splits["train"].sentence_tokens(),
                                   corpus.codebook.shape[1], corpus.meta["seed"], corpus.vocab)
+        embedder.source = source
         for sp in splits.values():
             sp.emb = embedder.embed(*sp.sentence_tokens())
         codebook, steps = fit_labels(splits, len(corpus.codebook), corpus.meta["seed"])
         meta = dict(corpus.meta, embedder="lm", key=key, cache=str(path), kmeans_steps=steps,
                     build_seconds=round(time.time() - t0, 2))
-        # the encoder's weights, once per LM, beside the labels (sampling labels new text)
-        embedder.source = corpora.cache_file(data_dir, dataset, f"lm-{lm_key[:16]}")
-        corpora.write_weights(embedder.source, {k: v for k, v in encoder.state_dict().items()
-                                                if k != "lm_head.weight"},
-                              dataclasses.asdict(encoder.config))
         return to_arrays(Corpus(meta, splits, codebook, embedder))
 
     note = None if quiet else f"labelling {dataset} in the LM's space -> {path}"
-    return corpora.cached_file(path, lambda a: with_corpus(corpus, a, path), label, note)
+    labelled = corpora.cached_file(path, lambda a: with_corpus(corpus, a, path), label, note)
+    # the LM's weights, once per LM, beside its labels: they label new text (sampling)
+    corpora.write_weights(source, {k: v for k, v in weights.items() if k != "lm_head.weight"},
+                          dataclasses.asdict(dataclasses.replace(lm.config, plan_dim=0)))
+    return labelled
 
 
 def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data", missing_ok=False):
     """The corpus as lm_labelled made it for a run whose labels are `key` (evaluating or resuming
-    the run: the LM that made them is not at hand); missing_ok: None if they are not there."""
+    the run: the LM that made them is not at hand); missing_ok: None if they are not there, or
+    the LM's weights that label new text are not (--resume makes both again)."""
     path = corpora.cache_file(data_dir, corpus.meta["dataset"], key)
     found = corpora.read_cache(path, lambda a: with_corpus(corpus, a, path))
     if found is None or found.meta.get("embedder") != "lm":
@@ -609,7 +615,7 @@ def lm_labelled_from_cache(corpus, key, data_dir=ROOT / "data", missing_ok=False
         raise DataError(f"the labels this run was trained on (made by its pretrained LM, "
                         f"--embedder lm) are not in {path}: run the run's train.py command again "
                         f"with --resume (it makes them again)")
-    return found
+    return None if missing_ok and not found.embedder.source.exists() else found
 
 
 def with_corpus(corpus, arrays, path):

@@ -286,9 +286,17 @@ def test_the_lm_that_made_the_labels_missing_or_damaged_is_one_line(synthetic, t
     encoder.unlink()
     with pytest.raises(data.DataError, match="the LM that made these labels is not in .*--resume"):
         data.lm_labelled_from_cache(synthetic, key, tmp_path).embedder.embed_texts(["A cat."])
+    # --resume (train.lm_labels) takes the labels from the cache only with the weights beside them,
+    # else the LM makes them again: the weights file with them
+    assert data.lm_labelled_from_cache(synthetic, key, tmp_path, missing_ok=True) is None
+    data.lm_labelled(synthetic, lm, tmp_path)
+    assert data.lm_labelled_from_cache(synthetic, key, tmp_path, missing_ok=True) is not None
     del weights["lm/wte.weight"]
     corpora.write_cache(encoder, weights)
     with pytest.raises(data.DataError, match="weights do not fit its shape .*wte.weight"):
+        data.lm_labelled_from_cache(synthetic, key, tmp_path).embedder.embed_texts(["A cat."])
+    encoder.write_bytes(encoder.read_bytes()[:100])
+    with pytest.raises(data.DataError, match="is damaged .*delete it and run the run's train.py"):
         data.lm_labelled_from_cache(synthetic, key, tmp_path).embedder.embed_texts(["A cat."])
 
 
