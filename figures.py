@@ -109,19 +109,21 @@ def sweep_figure(sweep_json, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     # side by side, so the error bars do not hide each other
     nudge = 0.006 * (values.max() - values.min() or 1)
+    runs = list(dict.fromkeys(x["run"] for x in reliance))
+    # no colour means two things: the runs' (right) are not the findings' (left)
+    colour = {key: f"C{i}" for i, key in enumerate(runs + list(range(len(findings))))}
     for i, f in enumerate(findings):
         pct = [[100 * c for c in per_seed] for per_seed in f["changes"]]
         left.errorbar(values + nudge * (i - len(findings) / 2), [np.mean(c) for c in pct],
-                      [sd(c) for c in pct],
+                      [sd(c) for c in pct], color=colour[i],
                       marker="o", ms=4, capsize=3, label=f"{f['a']} vs {f['b']}")
     # a ratio on a log axis: the oracle's plans can matter ten times more than a planner's, and
     # both must show
-    runs = list(dict.fromkeys(x["run"] for x in reliance))
     for i, x in enumerate(reliance):
         ratio = [[1 + c for c in per_seed] for per_seed in x["rises"]]
         right.errorbar(values + nudge * (i - len(reliance) / 2), [np.mean(r) for r in ratio],
                        [sd(r) for r in ratio], marker="o", ms=4, capsize=3,
-                       color=f"C{runs.index(x['run'])}", ls="-" if x["how"] == "shuffled" else "--",
+                       color=colour[x["run"]], ls="-" if x["how"] == "shuffled" else "--",
                        label=x["run"] if x["how"] == "shuffled" else None)
     left.set(ylabel="val perplexity of A against B, same seed (%)", title="the findings")
     left.axhline(0, color="grey", lw=0.8)
