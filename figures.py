@@ -110,7 +110,7 @@ def sweep_figure(sweep_json, path):
     # side by side, so the error bars do not hide each other
     nudge = 0.006 * (values.max() - values.min() or 1)
     runs = list(dict.fromkeys(x["run"] for x in reliance))
-    # no colour means two things: the runs' (right) are not the findings' (left)
+    # one colour, one meaning: the findings (left) take the colours after the runs' (right)
     colour = {key: f"C{i}" for i, key in enumerate(runs + list(range(len(findings))))}
     for i, f in enumerate(findings):
         pct = [[100 * c for c in per_seed] for per_seed in f["changes"]]
