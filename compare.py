@@ -163,11 +163,11 @@ def run_names(runs=RUNS):
 
 def done(run_dir, argv=None):
     """Whether run_dir holds a finished run; one made with other flags than argv is refused."""
-    ck = run_dir / "ckpt.pt"
-    if not (ck.exists() and runtime.load_checkpoint(ck)["done"]):
+    path = run_dir / "ckpt.pt"
+    ck = runtime.load_checkpoint(path) if path.exists() else {}
+    if not ck.get("done"):
         return False
-    if argv is not None and (other := made_otherwise(runtime.load_checkpoint(ck)["config"],
-                                                     argv)):
+    if argv is not None and (other := made_otherwise(ck["config"], argv)):
         raise runtime.TrainError(
             f"{run_dir} is a finished run made with "
             f"{', '.join(f'{k} {was}' for k, was, _ in other)}, not "

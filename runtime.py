@@ -523,14 +523,6 @@ def run_exists(ckpt_path):
             "--overwrite to replace it")
 
 
-def check_resume(ckpt_path, args, corpus, defaults):
-    """Before fine-tuning: --resume continues only the run of the same flags and data."""
-    ck = load_checkpoint(ckpt_path, args.device)
-    refuse_other_settings(ck["config"], args, ckpt_path, defaults)
-    refuse_other_data(ck, args.dataset, corpus, ckpt_path, "start the run over with --overwrite "
-                      "instead of --resume")
-
-
 def stage_dir(args, name, identity, *settings):
     """Pretrained stages are keyed by everything that changes their result (identity: of the data
     they read), so modes share them."""
@@ -692,7 +684,7 @@ class Run:
         step, args = 0, self.args
         if resume and self.ckpt.exists():
             # a pretrained stage's folder is keyed by its settings; a run's flags and data were
-            # checked against its checkpoint before pretraining (check_resume)
+            # checked against its checkpoint before its planner stage (train.run_stages)
             ck = load_checkpoint(self.ckpt, args.device)
             try:
                 load_state(net, ck)

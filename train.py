@@ -475,15 +475,17 @@ def run_stages(args, resume_from):
     # resumed, the run's checkpoint holds every weight: stages deleted since are not trained again
     resumed = resume_from if args.resume else None
     lm, lm_dir = pretrain_lm(args, corpus, splits, resumed)
-    defaults = vars(make_parser().parse_args([]))
-    if resumed:  # the same flags (with --init-from, GPT-2's shape is known now)
-        runtime.refuse_other_settings(runtime.load_checkpoint(resumed)["config"], args, resumed,
-                                      defaults)
+    if resumed:  # only the run of the same flags (with --init-from, GPT-2's shape is known now)
+        ck = {k: v for k, v in runtime.load_checkpoint(resumed).items()
+              if k in ("config", "identity")}  # not its weights: fine-tuning loads those
+        runtime.refuse_other_settings(ck["config"], args, resumed,
+                                      vars(make_parser().parse_args([])))
     if args.embedder == "lm":
         corpus = lm_labels(args, corpus, splits, lm, resumed)
         splits = {k: SplitData(corpus, k, args.device) for k in corpus.splits}
-    if resumed:
-        runtime.check_resume(resumed, args, corpus, defaults)
+    if resumed:  # and the same data
+        runtime.refuse_other_data(ck, args.dataset, corpus, resumed, "start the run over with "
+                                  "--overwrite instead of --resume")
     planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
     net, out, final = finetune(args, corpus, splits, lm, planner)
     if Context.get().master:
