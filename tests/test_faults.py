@@ -353,7 +353,7 @@ def test_a_truncated_pretraining_checkpoint_names_the_folder_to_delete(tiny_out,
 # ----------------------------------------------------------------------- Ctrl-C between whole steps
 
 def sigint():
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
 
 
 def whole_run(argv, root):
@@ -429,7 +429,7 @@ def test_what_schedulers_send_stops_like_ctrl_c(tiny_out, monkeypatch, capsys, n
     def signalled(self, *a, **k):
         calls.append(self.training)
         if self.training and sum(calls) == 3:  # the training forward of step 3
-            os.kill(os.getpid(), getattr(signal, name))
+            signal.raise_signal(getattr(signal, name))
         return real(self, *a, **k)
     monkeypatch.setattr(mix.PlannedLM, "forward", signalled)
     run = f"stopped-{name}"
@@ -620,7 +620,7 @@ def test_a_corpus_that_is_no_regular_file_is_one_line(tmp_path, what):
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch, name):
     def interrupted(*a):
-        os.kill(os.getpid(), getattr(signal, name))
+        signal.raise_signal(getattr(signal, name))
     monkeypatch.setattr(data, "kmeans", interrupted)
     message = one_line_error(lambda: train.main(TINY + ["--data-dir", str(tmp_path),
                                                         "--out-dir", str(tmp_path)]))
