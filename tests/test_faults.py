@@ -617,8 +617,17 @@ def test_a_corpus_that_is_no_regular_file_is_one_line(tmp_path, what):
     assert f"dataset path {path} is neither a regular file nor a folder" in message
 
 
+@pytest.fixture
+def ctrl_c_interrupts():
+    """Ctrl-C as in a terminal: a job a shell starts in the background inherits SIGINT ignored,
+    and Python then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch, name):
+def test_ctrl_c_while_the_cache_is_built(tmp_path, monkeypatch, ctrl_c_interrupts, name):
     def interrupted(*a):
         signal.raise_signal(getattr(signal, name))
     monkeypatch.setattr(data, "kmeans", interrupted)
