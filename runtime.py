@@ -203,13 +203,20 @@ def setup_distributed(args):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if "RANK" not in os.environ:
         return
+    local = int(os.environ["LOCAL_RANK"])
+    if args.device == "cuda" and local >= torch.cuda.device_count():
+        # checked before the process group exists: torchrun then ends the other processes at once
+        gpus = torch.cuda.device_count()
+        raise TrainError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', local + 1)} "
+                         f"processes on this machine, which has {gpus} GPU(s), one a process: "
+                         f"use --nproc_per_node {gpus}")
     # the other ranks wait while rank 0 builds the data (WikiText-103: 11 min on 2 CPU cores): a
     # barrier must outlast that, NCCL's 10 minutes do not
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo",
                             timeout=datetime.timedelta(hours=2))
     if args.device == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
 
 
 @contextlib.contextmanager

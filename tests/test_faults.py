@@ -564,6 +564,21 @@ def test_resume_without_a_checkpoint_is_refused_before_any_pretraining(tmp_path,
     assert "--resume: there is no checkpoint at" in message
 
 
+def test_more_torchrun_processes_than_gpus(tmp_path, monkeypatch):
+    """--nproc_per_node 2 on a one-GPU machine: the second process says so before any process group
+    exists (NCCL would otherwise fail on an invalid device, or two ranks on one GPU)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: "cuda")
+    message = one_line_error(lambda: train.main(TINY + ["--out-dir", str(tmp_path),
+                                                        "--data-dir", str(tmp_path)]))
+    assert message == ("error: torchrun started 2 processes on this machine, which has 1 GPU(s), "
+                       "one a process: use --nproc_per_node 1")
+    assert not torch.distributed.is_initialized()
+
+
 @pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
 def test_figures_of_a_bad_results_json(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
