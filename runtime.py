@@ -671,7 +671,9 @@ class Run:
             for step in run.steps():            # a progress bar; ends early once a stop is agreed
                 ...one optimisation step...
                 run.check_loss(total, step)     # the NaN guard, before the update is applied
-                run.step_done(step + 1, total, opt, net, val_fn)  # log, best checkpoint, save
+                run.step_done(step + 1, total)  # the progress bar
+                if (step + 1) % eval_interval == 0 or step + 1 == iters:
+                    run.record(step + 1, total, opt, net, val_fn())  # log, save, keep the best
         run.end(net, opt)                       # save and say how to resume, or go on from the best
     """
 
@@ -777,20 +779,22 @@ class Run:
                              f"{kept(self.saved, self.ckpt)}: lower the learning rate and rerun")
         self.last_read = step + 1
 
-    def step_done(self, done, total, opt, net, val_fn):
-        """Progress; at every eval_interval and at the end: validate, log, save, keep the best
-        checkpoint."""
-        self.done, args = done, self.args
-        rate = (done - self.first) * self.per_step / (time.time() - self.t0)
+    def step_done(self, done, total):
+        """The progress bar: the loss where the loop reads it, the speed."""
+        self.done = done
+        self.rate = (done - self.first) * self.per_step / (time.time() - self.t0)
         if self.reads(done):
             self.bar.set_postfix(loss=f"{total.item():.3f}",
                                  ppl=f"{math.exp(min(total.item(), 50)):.1f}",
                                  **{"tok/s" if self.stage != "planner" else "docs/s":
-                                    f"{rate:,.0f}"})
-        if done % args.eval_interval and done != self.iters:
-            return
+                                    f"{self.rate:,.0f}"})
+
+    def record(self, done, total, opt, net, metrics):
+        """After a validation (metrics): log, save, keep the best checkpoint."""
+        args = self.args
         record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"],
-                      per_s=round(rate, 1), seconds=round(time.time() - self.t0, 1), **val_fn())
+                      per_s=round(self.rate, 1), seconds=round(time.time() - self.t0, 1),
+                      **metrics)
         if bad := [f"{k} {v}" for k, v in record.items() if not math.isfinite(v)]:
             raise TrainError(f"{self.stage}: at step {done} {', '.join(bad)}; stopped without "
                              f"saving that step. "

@@ -4,7 +4,8 @@ Train the planner-conditioned GPT end to end, in the stages of the method:
   (a) data: sentences, embeddings, k-means plan labels and the codebook (data.py, cached)
   (b) pretrain the LM with no plans                   \\ cached under <out-dir>/pretrain (or
   (c) pretrain the planner on the labels              / --pretrain-dir), shared by every mode;
-                                                        (b) reads no label: by every K too
+                                                        (b) reads no label, so one LM serves
+                                                        every K
       (--embedder lm: between (b) and (c) the labels are made again, from the LM's own states)
   (d) fine-tune the LM with plans from one estimator (mix.py), planner frozen or joint
 
@@ -89,7 +90,8 @@ def make_parser():
     g.add_argument("--pretrain-dir",
                    help="where the pretrained stages go instead (e.g. one folder for several "
                         "out-dirs: each stage is keyed by all that changes it)")
-    g.add_argument("--run", help="run name (default: the mode, plus -frozen/-joint)")
+    g.add_argument("--run", help="run name (default: the mode, then -frozen, -joint or -bigram, "
+                                 "then -truth<w> for a truth weight)")
     g.add_argument("--seed", type=int, default=0,
                    help="data split, labels, initial weights, batches")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -177,6 +179,10 @@ def check_method(args):
         if args.mode == "hard" and args.planner == "joint" and args.planner_loss_weight == 0:
             raise TrainError("--mode hard sends no gradient to the planner: --planner joint needs "
                              "--planner-loss-weight > 0 (or use --planner frozen)")
+        if args.mode == "st" and args.planner == "frozen":
+            raise TrainError("--mode st with a frozen planner is hard-frozen exactly (they differ "
+                             "only in the gradient sent to the planner): use --mode hard, or "
+                             "--planner joint")
     if args.planner_loss_weight and args.planner != "joint":
         raise TrainError("--planner-loss-weight only applies to a joint planner: "
                          "add --planner joint")
@@ -333,11 +339,13 @@ class PlannerObjective(nn.Module):
         super().__init__()
         self.planner = planner
 
-    def forward(self, emb, labels, mask):  # (loss, aux) as the loop expects: no aux here
+    def forward(self, emb, labels, mask):  # (loss, planner_ce) as the loop expects: no second
         return planner_loss(self.planner(emb), labels, mask), None
 
 
-def pretrain_planner(args, corpus, splits, needed=True):
+def pretrain_planner(args, corpus, splits, shape_only=False):
+    """Stage (c), or the label bigram (--planner bigram): -> (the planner, where it comes from).
+    shape_only: a resumed run's checkpoint holds the planner, so an untrained one is not trained."""
     if args.planner == "bigram":  # counted, not trained
         labelled = corpus.splits["train"]
         planner = BigramPlanner.fit(corpus.codebook, labelled.labels, labelled.doc_sent)
@@ -350,7 +358,7 @@ def pretrain_planner(args, corpus, splits, needed=True):
     torch.manual_seed(args.seed)
     net = PlannerObjective(Planner(cfg, corpus.codebook)).to(args.device)
     ck = out / "ckpt.pt"
-    if runtime.finished(ck, net, args) or not needed:
+    if runtime.finished(ck, net, args) or shape_only:
         return net.planner, out
     train_sd, val_sd = splits["train"], splits["val"]
     n_docs, ctx = len(train_sd.doc_sent) - 1, Context.get()
@@ -367,6 +375,8 @@ def pretrain_planner(args, corpus, splits, needed=True):
 
 
 def finetune(args, corpus, splits, lm, planner):
+    """Stage (d): the LM with plans from --mode, the planner frozen or joint. -> (the conditioned
+    model, its folder, its final val metrics)."""
     plans = Plans(args.mode, corpus.codebook, args.temperature, args.truth_weight)
     net = PlannedLM(lm, planner if plans.uses_planner else None, plans,
                     args.planner != "joint").to(args.device)
@@ -406,8 +416,9 @@ def lr_at(step, iters, peak, warmup):
 
 
 def make_optimizer(net, lr, weight_decay, planner_lr_scale=1.0):
-    """AdamW; no decay on gains, biases and vectors. A joint planner can learn at its own, slower
-    pace."""
+    """AdamW; no decay on gains, biases and single vectors (fixed's plan vector among them); the
+    codebook, a matrix of label embeddings, decays as the token embeddings do. A joint planner can
+    learn at its own, slower pace."""
     planner = ({id(p) for p in net.planner.parameters()}
                if isinstance(net, PlannedLM) and net.planner else set())
     groups = []
@@ -440,9 +451,9 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
             # micro-batches: one batch of batch_size x grad_accum
             for micro in range(args.grad_accum):
                 with runtime.autocast(args), run.no_sync(model, micro):
-                    loss, aux = model(**batch_fn(step, micro))
-                    if aux is not None and args.planner_loss_weight:
-                        loss = loss + args.planner_loss_weight * aux
+                    loss, planner_ce = model(**batch_fn(step, micro))
+                    if planner_ce is not None and args.planner_loss_weight:
+                        loss = loss + args.planner_loss_weight * planner_ce
                 (loss / args.grad_accum).backward()
                 total += loss.detach() / args.grad_accum
             run.check_loss(total, step)
@@ -451,7 +462,9 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
                                          args.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            run.step_done(step + 1, total, opt, net, val_fn)
+            run.step_done(step + 1, total)  # the progress bar
+            if (step + 1) % args.eval_interval == 0 or step + 1 == iters:
+                run.record(step + 1, total, opt, net, val_fn())  # log, save, keep the best
     return run.end(net, opt)
 
 
@@ -486,7 +499,7 @@ def run_stages(args, resume_from):
     if resumed:  # and the same data
         runtime.refuse_other_data(ck, args.dataset, corpus, resumed, "start the run over with "
                                   "--overwrite instead of --resume")
-    planner, planner_dir = pretrain_planner(args, corpus, splits, needed=not args.resume)
+    planner, planner_dir = pretrain_planner(args, corpus, splits, shape_only=args.resume)
     net, out, final = finetune(args, corpus, splits, lm, planner)
     if Context.get().master:
         report(args, out, final, lm_dir, planner_dir, time.time() - t0)
