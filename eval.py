@@ -164,7 +164,8 @@ def make_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="run folders (or their ckpt.pt) made by train.py")
+                   help="run folders made by train.py (each scored by its best.pt), or a .pt "
+                        "file of one to score that file")
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--json", action="store_true",
                    help="print JSON (an object, or a list for several runs)")

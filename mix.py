@@ -8,9 +8,13 @@ vector e (D-dim) that conditions the LM, given the codebook C [K, D] of label em
                                                    and the LM sees the whole distribution
     gumbel:   a Gumbel-softmax sample in training, soft at evaluation
 
+T is the softmax temperature (--temperature, 1 by default). Each estimator is a function of the
+logits [..., K] and the codebook [K, D] that returns [..., D], e.g. e = mix.soft(z, C).
+
 Controls that use no planner: oracle (the true label of the sentence being predicted: an upper
-bound), fixed (one learned vector for every sentence), uniform (the codebook's mean), none (no plan
-at all). Between soft and the oracle, soft plans with the truth mixed in (truth w:
+bound), fixed (one learned vector for every sentence), uniform (soft with every label equally
+likely: the codebook's mean, which trains as soft's codebook does), none (no plan at all).
+Between soft and the oracle, soft plans with the truth mixed in (truth w:
 e = (w onehot(true label) + (1 - w) softmax(z / T)) @ C) measure how good a plan must be to pay.
 """
 
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 
 def hard(logits, codebook, temperature=1.0):
     """The planner's single best guess; argmax has no gradient, so the planner must be trained
-    alone."""
+    alone. (temperature: unused, argmax does not depend on it.)"""
     return codebook[logits.argmax(-1)]
 
 
@@ -64,8 +68,8 @@ class Plans(nn.Module):
             raise ValueError(f"the truth is mixed into soft plans only, not into mode {mode}")
         self.mode, self.temperature, self.truth_weight = mode, temperature, truth_weight
         self.codebook = nn.Parameter(torch.as_tensor(codebook, dtype=torch.float32).clone())
-        # 'fixed' learns one vector that carries no information; it starts at a random centroid's
-        # scale.
+        # 'fixed' learns one vector that carries no information; it starts as a random direction
+        # scaled to the centroids' mean norm.
         g = torch.Generator().manual_seed(0)
         self.fixed = nn.Parameter(
             F.normalize(torch.randn(self.codebook.shape[1], generator=g), dim=0)
@@ -76,8 +80,8 @@ class Plans(nn.Module):
         return self.mode in ESTIMATORS
 
     def forward(self, logits=None, labels=None, generator=None):
-        """logits [..., K] (estimators) and labels [...] (the oracle, a truth weight; the others use
-        their shape) -> [..., D] or None."""
+        """logits [..., K] (the estimators) and labels [...] (needed by the oracle and a truth
+        weight; the other modes read only their shape) -> [..., D], or None for mode none."""
         if self.mode == "none":
             return None
         shape = ((logits.shape[:-1] if logits is not None else labels.shape)
