@@ -344,7 +344,8 @@ def take_lock(path, mine):
 def run_folder(args):
     """The fine-tuning run's folder, held by this process: -> the checkpoint path to resume from.
     A finished run is never replaced without --overwrite, and --resume is refused before hours of
-    pretraining, not after, if there is nothing to resume."""
+    pretraining, not after, if there is nothing to resume. --overwrite leaves the old run's files
+    until the new run begins to train (Run.begin): a run that fails before loses nothing."""
     ckpt_path = Path(args.out_dir) / args.run / "ckpt.pt"
     if args.resume and not ckpt_path.exists():
         raise TrainError(f"--resume: there is no checkpoint at {ckpt_path}: "
@@ -352,9 +353,6 @@ def run_folder(args):
     if ckpt_path.exists() and not (args.resume or args.overwrite):
         raise TrainError(run_exists(ckpt_path))
     with folder_lock(ckpt_path.parent, launched_as_master()):
-        if args.overwrite and not args.resume and launched_as_master():
-            for name in ("ckpt.pt", "best.pt", "log.jsonl"):  # nothing of the old run mixes in
-                (ckpt_path.parent / name).unlink(missing_ok=True)
         yield ckpt_path
 
 
@@ -658,6 +656,7 @@ def save_untrained(net, args, corpus, ckpt_path, record):
     if Context.get().master:
         save(checkpoint(net, args, corpus, "finetune", 0, None, True, (record["val_loss"], 0)),
              ckpt_path)
+        keep_best(ckpt_path)  # the run it replaces (--overwrite) leaves no best.pt behind
         with atomic_write(ckpt_path.parent / "log.jsonl") as tmp:
             Path(tmp).write_text(json.dumps(dict(record, step=0, best_step=0)) + "\n")
 
@@ -704,8 +703,10 @@ class Run:
                                  "the run over") from None
             step = self.saved = ck["step"]
             self.best = ck.get("best_loss", math.inf), ck.get("best_step")
-        elif self.ctx.master:
+        elif self.ctx.master:  # a run started over (--overwrite): nothing of the old one mixes in
             self.log.parent.mkdir(parents=True, exist_ok=True)
+            for old in (self.ckpt, self.ckpt.with_name("best.pt")):
+                old.unlink(missing_ok=True)
             self.log.write_text("")
         if args.compile and hasattr(net, "lm"):
             # the LM only: its shapes are fixed, the planner's change with every batch

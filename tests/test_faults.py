@@ -151,8 +151,8 @@ def test_resuming_a_run_with_other_settings_is_refused(tiny_out):
 
 def test_a_run_is_never_replaced_silently(tiny_out):
     """Trying one new flag on a finished run's name is refused with one line, and nothing of the
-    finished run changes; a run stopped midway says --resume; --overwrite replaces; --run NAME
-    writes beside it."""
+    finished run changes; a run stopped midway says --resume; --overwrite replaces (once the new
+    run trains); --run NAME writes beside it."""
     flags, root = tiny_out
     finished = root / "out" / "soft-joint"
     files = {f: (finished / f).read_bytes() for f in ("ckpt.pt", "best.pt", "log.jsonl")}
@@ -168,6 +168,11 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     stopped = flags + ["--mode", "soft", "--run", "stopped"]
     assert "a run stopped at step 4 (continue it with --resume)" in one_line_error(
         lambda: train.main(stopped))
+    # a replacement that fails before it trains (here: its data) loses nothing of the old run
+    missing = str(root / "nowhere.txt")
+    assert "does not exist" in one_line_error(
+        lambda: train.main(stopped + ["--overwrite", "--dataset", missing]))
+    assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 4
     train.main(stopped + ["--overwrite"])
     assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 6
     train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4", "--run", "soft-slower"])
