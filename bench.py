@@ -45,8 +45,8 @@ import data
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from runtime import (CUDA_MODELS, atomic_write, autocast, autocast_dtype, one_line_errors,
-                     read_log, resolve_device)
+from runtime import (CUDA_MODELS, TrainError, atomic_write, autocast, autocast_dtype,
+                     one_line_errors, read_log, resolve_device)
 from train import CPU_DEFAULTS
 
 MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen",
@@ -195,6 +195,7 @@ def run_mode(args):
 
 # ----------------------------------------------------------------------- the data pipeline at scale
 
+BENCH_DIR = data.ROOT / "data" / "bench-pipeline"  # --pipeline's and --check's files
 WIKITEXT_ARTICLES = 28_595  # train + valid + test articles of WikiText-103
 SECTION_EVERY = 6  # paragraphs per ' = = Heading = = '
 PARAGRAPH = 5  # sentences per line
@@ -250,13 +251,14 @@ def timed_process(argv):
 
 
 def pipeline_tokens(text):
-    """'103M' or '5000000' -> tokens; None if it is neither."""
+    """'103M' or '5000000' -> tokens; None if it is neither, or under 1M (WikiText-103's 28,595
+    articles need a sentence each, ~25 tokens)."""
     try:
         tokens = (float(text.upper().rstrip("M")) * 1e6 if text.upper().endswith("M")
                   else float(text))
     except ValueError:
         return None
-    return int(tokens) if 1 <= tokens < float("inf") else None
+    return int(tokens) if 1e6 <= tokens < float("inf") else None
 
 
 def bad_flag(args):
@@ -266,7 +268,8 @@ def bad_flag(args):
     if args.kmeans is not None and args.kmeans < 1:
         return f"--kmeans N samples N sentences: give at least 1, got {args.kmeans}"
     if args.pipeline is not None and pipeline_tokens(args.pipeline) is None:
-        return f"--pipeline takes a number of tokens such as 103M or 5000000, got {args.pipeline!r}"
+        return (f"--pipeline takes a number of tokens, at least 1M, such as 103M or 5000000, "
+                f"got {args.pipeline!r}")
     if args.size is not None and not re.fullmatch(r"[1-9]\d*(,[1-9]\d*){3}", args.size):
         return (f"--size takes LAYERS,WIDTH,CONTEXT,BATCH as four positive numbers, "
                 f"got {args.size!r}")
@@ -276,6 +279,15 @@ def bad_flag(args):
 def pipeline(args):
     tokens = pipeline_tokens(args.pipeline)
     root = Path(args.data_dir)
+    # it writes a generated WikiText-103 archive there and deletes the cache: never in a folder of
+    # real data (its own folders are marked; the default is its own)
+    mark = root / "bench-pipeline"
+    if (root.is_dir() and any(root.iterdir()) and not mark.exists()
+            and root.resolve() != BENCH_DIR.resolve()):
+        raise TrainError(f"--pipeline writes a generated WikiText-103 and deletes the cache in "
+                         f"--data-dir, and {root} holds files it did not write: give a new folder")
+    root.mkdir(parents=True, exist_ok=True)
+    mark.write_text("a generated WikiText-103 and its cache: bench.py --pipeline\n")
     archive = root / f"{corpora.WIKITEXT_NAME}.zip"
     if not archive.exists():
         t = time.perf_counter()
@@ -483,7 +495,7 @@ def make_parser():
                    help="train.py flags of --check's short run (defaults: the device's, wiki)")
     p.add_argument("--pipeline", metavar="TOKENS",
                    help="time the data pipeline on a generated WikiText-103-like corpus, e.g. 103M")
-    p.add_argument("--data-dir", default=str(data.ROOT / "data" / "bench-pipeline"),
+    p.add_argument("--data-dir", default=str(BENCH_DIR),
                    help="where --pipeline and --check write")
     p.add_argument("--kmeans", type=int, metavar="N",
                    help="held-out inertia of k-means fitted on N sampled wiki sentences vs all")

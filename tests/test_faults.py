@@ -184,11 +184,22 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     (bench.main, ["--kmeans", "0"], "--kmeans N samples N sentences: give at least 1"),
     (bench.main, ["--steps", "0"], "--steps must be at least 1"),
     (bench.main, ["--size", "4,256"], "--size takes LAYERS,WIDTH,CONTEXT,BATCH"),
-    (bench.main, ["--pipeline", "0"], "--pipeline takes a number of tokens such as 103M"),
-    (bench.main, ["--pipeline", "103X"], "--pipeline takes a number of tokens such as 103M"),
+    (bench.main, ["--pipeline", "0"], "--pipeline takes a number of tokens, at least 1M"),
+    (bench.main, ["--pipeline", "300000"], "--pipeline takes a number of tokens, at least 1M"),
+    (bench.main, ["--pipeline", "103X"], "--pipeline takes a number of tokens, at least 1M"),
 ])
 def test_empty_or_zero_values_that_would_start_hours_of_work(main, argv, message):
     assert message in one_line_error(lambda: main(argv))
+
+
+def test_pipeline_refuses_a_folder_of_real_data(tmp_path):
+    """--pipeline writes a generated WikiText-103 and deletes the cache: not where train.py's data
+    is."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "wiki-0.npz").write_bytes(b"a cache")
+    message = one_line_error(lambda: bench.main(["--pipeline", "1M", "--data-dir", str(tmp_path)]))
+    assert f"{tmp_path} holds files it did not write: give a new folder" in message
+    assert (tmp_path / "cache" / "wiki-0.npz").read_bytes() == b"a cache"
 
 
 def test_file_system_errors_are_one_line(tiny_out, tmp_path, monkeypatch):
