@@ -315,7 +315,8 @@ def folder_lock(folder, master=True):
                 pid = None
             if pid is not None and pid != os.getpid() and process_alive(pid):
                 raise TrainError(f"{folder} is being written by another process (pid {pid}): "
-                                 "wait for it to end, or stop it")
+                                 f"wait for it to end, or stop it; if none runs (the lock outlived "
+                                 f"a crash and its pid was reused), delete {path}")
             path.unlink(missing_ok=True)  # its process is gone
     finally:
         mine.unlink(missing_ok=True)
@@ -487,7 +488,9 @@ def load_state(net, ck):
 
 # Where a run is kept, on what hardware, and how it was started: a run can continue elsewhere,
 # with or without torch.compile.
-NOT_THE_RUN = ("data_dir", "out_dir", "pretrain_dir", "device", "compile", "resume", "overwrite")
+# where a run is kept and how it runs, not what it is: a run moved, renamed or resumed elsewhere
+NOT_THE_RUN = ("data_dir", "out_dir", "pretrain_dir", "run", "device", "compile", "resume",
+               "overwrite")
 
 
 def other_settings(saved, asked, defaults):

@@ -151,8 +151,8 @@ def test_resuming_a_run_with_other_settings_is_refused(tiny_out):
 
 def test_a_run_is_never_replaced_silently(tiny_out):
     """Trying one new flag on a finished run's name is refused with one line, and nothing of the
-    finished run changes; a run stopped midway says --resume; --overwrite replaces (once the new
-    run trains); --run NAME writes beside it."""
+    finished run changes; a run stopped midway says --resume, also renamed; --overwrite replaces
+    (once the new run trains); --run NAME writes beside it."""
     flags, root = tiny_out
     finished = root / "out" / "soft-joint"
     files = {f: (finished / f).read_bytes() for f in ("ckpt.pt", "best.pt", "log.jsonl")}
@@ -173,6 +173,8 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     assert "does not exist" in one_line_error(
         lambda: train.main(stopped + ["--overwrite", "--dataset", missing]))
     assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 4
+    train.main(stopped + ["--resume"])  # a run renamed (made as soft-joint) goes on under its name
+    assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 6
     train.main(stopped + ["--overwrite"])
     assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 6
     train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4", "--run", "soft-slower"])
@@ -274,8 +276,9 @@ def test_one_process_per_run_folder(tiny_out):
         message = one_line_error(
             lambda: train.main(flags + ["--mode", "oracle", "--run", "locked"]))
         assert message == (f"error: {folder} is being written by another process "
-                           f"(pid {other.pid}): "
-                           "wait for it to end, or stop it")
+                           f"(pid {other.pid}): wait for it to end, or stop it; if none runs (the "
+                           "lock outlived a crash and its pid was reused), delete "
+                           f"{folder / 'lock'}")
     finally:
         other.kill()
         other.wait()
