@@ -604,8 +604,12 @@ def refuse_unknown_tokens(vocab, enc, tokens):
 def synthetic_plan(rng, n_types):
     """The hidden structure: every type's own words, the shared fillers, each theme's successor of
     each type."""
-    picked = rng.choice(english_words(), n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS,
-                        replace=False)
+    words = english_words()
+    if n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS > len(words):
+        raise DataError(f"--synthetic-types {n_types}: the generator has words for at most "
+                        f"{(len(words) - SYN_SHARED_WORDS) // SYN_WORDS_PER_TYPE} types, "
+                        f"{SYN_WORDS_PER_TYPE} each: give fewer")
+    picked = rng.choice(words, n_types * SYN_WORDS_PER_TYPE + SYN_SHARED_WORDS, replace=False)
     own = picked[:n_types * SYN_WORDS_PER_TYPE].reshape(n_types, SYN_WORDS_PER_TYPE)
     return (own, picked[n_types * SYN_WORDS_PER_TYPE:],
             np.stack([rng.permutation(n_types) for _ in range(SYN_THEMES)]))

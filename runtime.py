@@ -134,7 +134,8 @@ FLAG_RANGES = [
      "nothing)"),
     (("synthetic_docs",), lambda v: v >= 3,
      "at least 3 (train, val and test take one document each at least)"),
-    (("seed", "warmup_iters", "adapter_from"), lambda v: v >= 0, "zero or more"),
+    (("warmup_iters", "adapter_from"), lambda v: v >= 0, "zero or more"),
+    (("seed",), lambda v: 0 <= v < 2**32, "from 0 to 4294967295"),  # torch's seeds end at 2**63
     (("lr", "planner_lr", "finetune_lr", "planner_finetune_lr", "temperature"),
      lambda v: 0 < v < math.inf, "a positive number"),
     (("weight_decay", "grad_clip", "planner_loss_weight"), lambda v: 0 <= v < math.inf,

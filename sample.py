@@ -132,7 +132,7 @@ def print_samples(args):
 
 # the numeric flags and their ranges, as runtime.FLAG_RANGES
 FLAG_RANGES = [(("sentences", "top_k"), lambda v: v >= 1, "at least 1"),
-               (("seed",), lambda v: v >= 0, "zero or more"),
+               (("seed",), lambda v: 0 <= v < 2**32, "from 0 to 4294967295"),
                (("temperature",), lambda v: 0 <= v < math.inf,
                 "zero (always the likeliest token) or a positive number")]
 

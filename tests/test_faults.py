@@ -40,7 +40,7 @@ def bad_values(parser, table):
     types = {a.dest: a.type for a in parser._actions}
     for names, ok, _ in table:
         for name in filter(types.__contains__, names):  # the command's own flags
-            for raw in ("-1", "0", "0.5", "1.5", "nan", "inf"):
+            for raw in ("-1", "0", "0.5", "1.5", "nan", "inf", str(2**32)):
                 try:
                     value = types[name](raw)
                 except ValueError:
@@ -86,9 +86,12 @@ def test_every_numeric_flag_has_a_range():
     (["--planner-embd", "30"], "--planner-embd 30 must be a multiple of the planner's 4 heads"),
     (["--lm-iters", "0"], "--lm-iters must be at least 1 (every stage must train"),
     (["--grad-accum", "0"], "--grad-accum must be at least 1"),
+    (["--dataset", "synthetic", "--synthetic-types", "300"],
+     "--synthetic-types 300: the generator has words for at most 201 types"),
 ])
-def test_flags_that_used_to_crash_or_do_nothing(flags, message):
-    assert message in one_line_error(lambda: train.main(flags + ["--device", "cpu"]))
+def test_flags_that_used_to_crash_or_do_nothing(flags, message, tmp_path):
+    assert message in one_line_error(lambda: train.main(flags + ["--device", "cpu", "--data-dir",
+                                                                 str(tmp_path)]))
 
 
 def test_a_real_process_prints_one_error_line():
