@@ -145,9 +145,17 @@ FLAG_RANGES = [
 ]
 
 
+# flags naming a path or a run: empty, they would mean the working folder (--dataset "" reads every
+# .txt under it)
+NOT_EMPTY = ("dataset", "data_dir", "out_dir", "pretrain_dir", "init_from", "run")
+
+
 def check_ranges(args, table):
-    """Refuse the first flag outside its range (NaN is outside every range) with one line; a flag
-    the command does not have is skipped."""
+    """Refuse the first flag outside its range (NaN is outside every range), or a path flag given
+    empty, with one line; a flag the command does not have is skipped."""
+    for name in NOT_EMPTY:
+        if getattr(args, name, None) == "":
+            raise TrainError(f"--{name.replace('_', '-')} is empty: give a path or leave it out")
     for names, ok, what in table:
         for name in names:
             value = getattr(args, name, None)

@@ -72,6 +72,12 @@ def test_explore_flag_out_of_range_is_one_line(flag, value):
     assert flag in one_line_error(lambda: explore.main(["--dataset", "synthetic", flag, value]))
 
 
+@pytest.mark.parametrize("flag", ["--dataset", "--out-dir", "--data-dir", "--run"])
+def test_an_empty_path_flag_is_refused(flag):
+    assert one_line_error(lambda: train.main([flag, "", "--device", "cpu"])) == (
+        f"error: {flag} is empty: give a path or leave it out")
+
+
 def test_every_numeric_flag_has_a_range():
     for parser, table in ((train.make_parser(), runtime.FLAG_RANGES),
                           (evaluation.make_parser(), evaluation.FLAG_RANGES),
