@@ -378,6 +378,13 @@ def one_line_errors(*errors, interrupted="interrupted"):
         sys.exit(f"error: {file_error(e)}")
     except KeyboardInterrupt:
         sys.exit(f"error: {interrupted}")
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(e, MemoryError) and not re.search(r"out of memory|can't allocate",
+                                                            str(e)):
+            raise
+        sys.exit(f"error: not enough memory ({type(e).__name__}: {first_line(e)[:100]}): use a "
+                 "smaller model or batch (--n-embd, --n-layer, --batch-size, --eval-iters), "
+                 "or --grad-accum")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

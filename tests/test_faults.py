@@ -78,6 +78,20 @@ def test_an_empty_path_flag_is_refused(flag):
         f"error: {flag} is empty: give a path or leave it out")
 
 
+@pytest.mark.parametrize("error", [
+    MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")])
+def test_too_big_for_memory_is_one_line(tmp_path, monkeypatch, error):
+    def fails(*a):
+        raise error
+    monkeypatch.setattr(train, "load_data", fails)
+    message = one_line_error(lambda: train.main(["--device", "cpu", "--out-dir", str(tmp_path)]))
+    assert message.startswith("error: not enough memory") and "--batch-size" in message
+    error = RuntimeError("mat1 and mat2 shapes cannot be multiplied")  # a bug: its traceback
+    with pytest.raises(RuntimeError, match="shapes"):
+        train.main(["--device", "cpu", "--out-dir", str(tmp_path)])
+
+
 def test_every_numeric_flag_has_a_range():
     for parser, table in ((train.make_parser(), runtime.FLAG_RANGES),
                           (evaluation.make_parser(), evaluation.FLAG_RANGES),
