@@ -435,6 +435,8 @@ def keep_best(ckpt_path):
 def load_checkpoint(path, device="cpu"):
     """A checkpoint holds tensors and plain values only, so it is loaded without running any code it
     may carry."""
+    if not Path(path).exists():  # e.g. a comparison's results.json copied without its runs
+        raise TrainError(f"{path} does not exist: give a run folder made by train.py")
     if not zipfile.is_zipfile(path):
         raise TrainError(f"{path} is damaged or not a checkpoint (cut short while copying?): "
                          "delete it and train again, or copy it again")

@@ -621,6 +621,13 @@ def test_more_torchrun_processes_than_gpus(tmp_path, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+def test_a_missing_checkpoint_is_not_called_damaged(tmp_path):
+    with pytest.raises(runtime.TrainError) as e:
+        runtime.load_checkpoint(tmp_path / "moved" / "ckpt.pt")
+    assert str(e.value) == (f"{tmp_path / 'moved' / 'ckpt.pt'} does not exist: give a run folder "
+                            "made by train.py")
+
+
 @pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
 def test_figures_of_a_bad_results_json(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
