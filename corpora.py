@@ -598,7 +598,8 @@ def refuse_unknown_tokens(vocab, enc, tokens):
                        if p[:1] == " " and p[1:].isalpha() and p[1:].islower())
         raise DataError(f"--prompt: this run's LM knows only the words of its corpus, not "
                         f"{', '.join(map(repr, unknown[:5]))}: write the prompt with words such as "
-                        f"{', '.join(words[:8])}, or leave it out")
+                        f"{', '.join(words[:8])}, each sentence opening with a capital letter as "
+                        f"in the corpus, or leave it out")
 
 
 def synthetic_plan(rng, n_types):

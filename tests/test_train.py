@@ -370,7 +370,9 @@ def test_sampling_errors(dirs):
                                      "comma-separated label numbers"),
                                     ("soft-joint", ["--prompt", "The river rises in the north."],
                                      "--prompt: this run's LM knows only the words of its corpus, "
-                                     "not 'river', 'in'")]:
+                                     "not 'river', 'in'"),
+                                    ("soft-joint", ["--prompt", "account adult."],
+                                     "not 'account'.*opening with a capital letter")]:
         with pytest.raises(SystemExit, match=message):
             sampling.main([str(root / "out" / run_dir), "--sentences", "1", *flags])
 
