@@ -48,6 +48,14 @@ def measure(flags):
             **explore.label_baselines(corpus, "val")}
 
 
+def option_flags(option):
+    """One --options setting as train.py flags, checked before anything trains."""
+    try:
+        return shlex.split(option)
+    except ValueError as e:  # an unclosed quote
+        raise runtime.TrainError(f"--options {option!r}: {e}: quote each setting whole") from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -65,9 +73,10 @@ def main(argv=None):
     with runtime.one_line_errors(data.DataError, interrupted="interrupted; what is finished is "
                                  "kept: run the same planners.py command to go on"):
         seeds = seed_list(args.seeds)
+        settings = {option: option_flags(option) for option in args.options}
         rows = []
         for option in args.options:
-            found = [measure(common + shlex.split(option) +
+            found = [measure(common + settings[option] +
                              ["--dataset", args.dataset, "--seed", s, "--device", args.device,
                               "--out-dir", str(out)]) for s in seeds]
             rows.append({"option": option, "seeds": seeds, "runs": found})

@@ -39,3 +39,5 @@ def test_planner_options_are_tabled_against_the_bigram_then_reused(tmp_path, mon
     assert json.loads((tmp_path / "p" / "planners.json").read_text()) == rows
     with pytest.raises(SystemExit, match="--seeds 0,0: give each seed once"):
         planners.main(argv[:2] + ["--seeds", "0,0"] + argv[4:])
+    with pytest.raises(SystemExit, match="--options \"--n-labels 4 '\": No closing quotation"):
+        planners.main(argv + ["--options", "--n-labels 4 '"])
