@@ -249,10 +249,22 @@ def main(argv=None):
 def seed_list(text):
     """--seeds as a list, each seed once."""
     seeds = text.split(",")
-    if len(set(seeds)) != len(seeds) or not all(s.strip().isdigit() for s in seeds):
+    if (not all(s.strip().isdigit() for s in seeds)
+            or len({int(s) for s in seeds}) != len(seeds)):  # 0 and 00 are one seed
         raise runtime.TrainError(f"--seeds {text}: give each seed once, as numbers separated by "
                                  "commas (e.g. 0,1,2)")
     return seeds
+
+
+def sweep_values(text, flag, kind, ok, what):
+    """A swept flag's values, each checked before anything trains."""
+    try:
+        values = [kind(v) for v in text.split(",")]
+    except ValueError:
+        values = None
+    if not values or not all(ok(v) for v in values) or len(set(values)) != len(values):
+        raise runtime.TrainError(f"{flag} {text}: give {what}, each once, comma-separated")
+    return values
 
 
 def what_holds(args):
@@ -314,21 +326,25 @@ def sweep_settings(args, train_flags, out):
                       args.eval_windows))) > 1:
         raise runtime.TrainError("--ambiguities, --block-sizes, --label-counts, --eval-windows: "
                                  "sweep one at a time (an invocation each)")
+    if args.eval_windows:  # scores the runs only once they are trained: checked now
+        sweep_values(args.eval_windows, "--eval-windows", int, lambda w: w >= 1,
+                     "windows of at least 1 token (e.g. 32,64,128)")
     if args.label_counts:
-        counts = args.label_counts.split(",")
-        if not all(k.strip().isdigit() and int(k) >= 2 for k in counts):
-            raise runtime.TrainError(f"--label-counts {args.label_counts}: give label counts of "
-                                     "at least 2, comma-separated (e.g. 16,64,256)")
-        return [(f"k{int(k)}", int(k), ["--n-labels", str(int(k)), "--pretrain-dir",
-                                        str(out / "pretrain")]) for k in counts]
+        counts = sweep_values(args.label_counts, "--label-counts", int, lambda k: k >= 2,
+                              "label counts of at least 2 (e.g. 16,64,256)")
+        return [(f"k{k}", k, ["--n-labels", str(k), "--pretrain-dir", str(out / "pretrain")])
+                for k in counts]
     if args.ambiguities:
-        return [(f"a{float(a):g}", float(a), ["--synthetic-ambiguity", a])
-                for a in args.ambiguities.split(",")]
+        return [(f"a{a:g}", a, ["--synthetic-ambiguity", f"{a:g}"])
+                for a in sweep_values(args.ambiguities, "--ambiguities", float,
+                                      lambda a: 0 <= a <= 1, "ambiguities from 0 to 1 "
+                                      "(e.g. 0,0.25,0.5)")]
     if args.block_sizes:
         given = train.make_parser().parse_known_args(train_flags)[0]
         tokens = ((given.batch_size or train.CPU_DEFAULTS["batch_size"])
                   * (given.block_size or train.CPU_DEFAULTS["block_size"]))
-        blocks = [int(b) for b in args.block_sizes.split(",")]
+        blocks = sweep_values(args.block_sizes, "--block-sizes", int, lambda b: b >= 1,
+                              "windows of at least 1 token (e.g. 32,64,128)")
         if any(tokens % b for b in blocks):
             raise runtime.TrainError(f"--block-sizes: {tokens} tokens a step (--batch-size x "
                                      f"--block-size) must divide by every window: choose windows "

@@ -209,6 +209,23 @@ def test_block_sizes_keep_the_tokens_per_step():
 def test_a_seed_given_twice_is_refused():
     with pytest.raises(SystemExit, match="--seeds 0,0: give each seed once"):
         compare.main(FAST[:2] + ["--seeds", "0,0"])
+    with pytest.raises(SystemExit, match="--seeds 0,00: give each seed once"):
+        compare.main(FAST[:2] + ["--seeds", "0,00"])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("ambiguities", "x", "--ambiguities x: give ambiguities from 0 to 1"),
+    ("ambiguities", "0.5,1.5", "--ambiguities 0.5,1.5: give ambiguities from 0 to 1"),
+    ("block_sizes", "0", "--block-sizes 0: give windows of at least 1 token"),
+    ("block_sizes", "8,x", "--block-sizes 8,x: give windows"),
+    ("eval_windows", "x", "--eval-windows x: give windows of at least 1 token"),
+    ("eval_windows", "-3", "--eval-windows -3: give windows"),
+    ("eval_windows", "0", "--eval-windows 0: give windows"),
+    ("label_counts", "8,8", "--label-counts 8,8: give label counts of at least 2 .*, each once"),
+])
+def test_a_sweep_list_is_checked_before_anything_trains(flag, value, message):
+    with pytest.raises(train.TrainError, match=message):
+        compare.sweep_settings(_settings(flag, value), [], "out")
 
 
 def test_a_cut_evaluation_cache_is_computed_again(tmp_path):
