@@ -170,20 +170,28 @@ def loss_curves(plt, results, title):
     fig, (pre, fine) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
     names, curves = list(dict.fromkeys(run_name(r["run"]) for r in results["val"])), {}
     for r in results["val"]:
-        start = pretraining_log(r["run"])
-        first = [{"step": 0, "val_loss": start[-1]["val_loss"]}] if start else []
-        curves.setdefault(run_name(r["run"]), []).append(first + read_log(r["run"]))
+        start = val_losses(pretraining_log(r["run"]))
+        first = {0: list(start.values())[-1]} if start else {}
+        curves.setdefault(run_name(r["run"]), []).append({**first,
+                                                          **val_losses(read_log(r["run"]))})
         if start and run_name(r["run"]) == names[0]:
-            pre.plot([x["step"] for x in start], [x["val_loss"] for x in start], color="grey", lw=1)
+            pre.plot(list(start), list(start.values()), color="grey", lw=1)
     for name in names:
-        loss = np.mean([[x["val_loss"] for x in log] for log in curves[name]], axis=0)
+        # the steps every seed logged: a record lost in one seed's log leaves out that step only
+        steps = sorted(set.intersection(*(set(log) for log in curves[name])))
         control = name in ("none", "fixed", "uniform", "oracle")
-        fine.plot([x["step"] for x in curves[name][0]], loss, marker="o", ms=3, label=name,
-                  ls="--" if control else "-")
+        fine.plot(steps, [np.mean([log[s] for log in curves[name]]) for s in steps], marker="o",
+                  ms=3, label=name, ls="--" if control else "-")
     pre.set(title="pretraining the LM (each seed)", xlabel="step", ylabel="val loss (nats/token)")
     fine.set(title=f"{title}: fine-tuning, mean of {len(curves[names[0]])} seed(s)", xlabel="step")
     fine.legend(fontsize=8, ncol=2)
     return fig
+
+
+def val_losses(log):
+    """{step: val loss} of a log's records that have one (a hand-edited record may not)."""
+    return {x["step"]: x["val_loss"] for x in log
+            if isinstance(x.get("val_loss"), (int, float)) and isinstance(x["step"], int)}
 
 
 def pretraining_log(run):

@@ -1,5 +1,6 @@
 """Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code
 from a file."""
+import json
 import os
 import shutil
 import signal
@@ -626,6 +627,26 @@ def test_a_missing_checkpoint_is_not_called_damaged(tmp_path):
         runtime.load_checkpoint(tmp_path / "moved" / "ckpt.pt")
     assert str(e.value) == (f"{tmp_path / 'moved' / 'ckpt.pt'} does not exist: give a run folder "
                             "made by train.py")
+
+
+def test_loss_curves_of_logs_that_lost_a_record(tiny_out, tmp_path):
+    """A seed's log without one step (a torn last line, a hand edit) or with a record that has no
+    val loss: the curve is drawn at the steps every seed has."""
+    _, root = tiny_out
+    runs = [tmp_path / f"seed{i}" / "soft-joint" for i in (0, 1)]
+    for run in runs:
+        shutil.copytree(root / "out" / "soft-joint", run)
+    lines = (runs[1] / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    broken = json.loads(lines[0])
+    del broken["val_loss"]
+    (runs[1] / "log.jsonl").write_text("\n".join([json.dumps(broken)] + lines[1:-2]
+                                                 + lines[-1:]) + "\n")
+    plt = figures.pyplot()
+    fig = figures.loss_curves(plt, {"val": [{"run": str(r)} for r in runs]}, "t")
+    drawn = fig.axes[1].lines[0].get_xdata()
+    assert list(drawn) == steps[1:-2] + steps[-1:]
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
