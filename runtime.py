@@ -618,7 +618,7 @@ class StopRequest:
     """
 
     def __enter__(self):
-        self.requested, self.previous = False, {}
+        self.requested, self.previous, self.holding, self.pending = False, {}, False, False
         try:
             for name in STOP_SIGNALS:
                 number = getattr(signal, name)
@@ -628,6 +628,9 @@ class StopRequest:
         return self
 
     def handle(self, signum, frame):
+        if self.requested and self.holding:
+            self.pending = True
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -638,6 +641,18 @@ class StopRequest:
     def __exit__(self, *exc):
         for number, previous in self.previous.items():
             signal.signal(number, previous)
+
+    @contextlib.contextmanager
+    def held(self):
+        """A second Ctrl-C waits until the block ends (the checkpoint, best.pt and the log are
+        written together), then quits."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            raise KeyboardInterrupt
 
     def agreed(self, device):
         """Under DDP every process stops at the same step, whichever of them got the signal."""
@@ -828,17 +843,20 @@ class Run:
             score = score.item()
         improved = score < self.best[0]
         self.best = (score, done) if improved else self.best
-        if self.ctx.master:
-            self.bar.write(f"{self.stage} step {done}: "
-                           + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
-                           + (" (best so far)" if improved else f" (best: step {self.best[1]})"))
-            save(checkpoint(net, args, self.corpus, self.stage, done, opt, done == self.iters,
-                            self.best), self.ckpt)
-            if improved:
-                keep_best(self.ckpt)
-            with open(self.log, "a") as f:  # after the save: the log never runs ahead of it
-                f.write(json.dumps(dict(record, best_step=self.best[1])) + "\n")
-        self.saved = done
+        with self.stop.held():
+            if self.ctx.master:
+                self.bar.write(f"{self.stage} step {done}: "
+                               + ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                           if k != "step")
+                               + (" (best so far)" if improved
+                                  else f" (best: step {self.best[1]})"))
+                save(checkpoint(net, args, self.corpus, self.stage, done, opt,
+                                done == self.iters, self.best), self.ckpt)
+                if improved:
+                    keep_best(self.ckpt)
+                with open(self.log, "a") as f:  # after the save: the log never runs ahead of it
+                    f.write(json.dumps(dict(record, best_step=self.best[1])) + "\n")
+            self.saved = done
 
     def end(self, net, opt):
         """A stop: save what is done and say how to go on. Else go on from the best checkpoint by

@@ -528,6 +528,26 @@ def test_a_second_ctrl_c_quits_at_once_and_saves_nothing_of_that_step(tiny_out, 
     assert torch.load(root / "out" / "twice" / "ckpt.pt", weights_only=True)["step"] == 4
 
 
+def test_a_second_ctrl_c_while_saving_waits_for_the_log(tiny_out, monkeypatch):
+    """Two presses between the checkpoint and best.pt: the checkpoint, best.pt and the log are
+    written together first, and the message names that step."""
+    flags, root = tiny_out
+    real = runtime.keep_best
+
+    def pressed(path):
+        if torch.load(path, weights_only=True)["step"] == 4:
+            sigint()
+            sigint()
+        return real(path)
+    monkeypatch.setattr(runtime, "keep_best", pressed)
+    message = one_line_error(lambda: train.main(flags + ["--mode", "soft", "--run", "saving"]))
+    assert "The last good checkpoint (step 4)" in message
+    folder = root / "out" / "saving"
+    ck, best = (torch.load(folder / f, weights_only=True) for f in ("ckpt.pt", "best.pt"))
+    assert ck["step"] == ck["best_step"] == best["step"] == 4
+    assert runtime.read_log(folder)[-1]["step"] == 4
+
+
 # ----------------------------------------------------------------------------- the NaN guard
 
 def test_a_nan_validation_is_never_saved(tiny_out, monkeypatch):
