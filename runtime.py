@@ -490,7 +490,8 @@ def readable(path):
     """Whatever a checkpoint that is a valid file but not train.py's breaks, as one line."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError,
+            AssertionError, TrainError) as e:
         raise TrainError(f"{path} does not hold a run this code can read ({type(e).__name__}: "
                          f"{first_line(e)[:80]}): give a run folder made by train.py") from None
 
@@ -505,8 +506,7 @@ def load_state(net, ck):
 
 
 # Where a run is kept, on what hardware, and how it was started: a run can continue elsewhere,
-# with or without torch.compile.
-# where a run is kept and how it runs, not what it is: a run moved, renamed or resumed elsewhere
+# under another name, with or without torch.compile.
 NOT_THE_RUN = ("data_dir", "out_dir", "pretrain_dir", "run", "device", "compile", "resume",
                "overwrite")
 

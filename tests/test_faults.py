@@ -343,6 +343,12 @@ def _broken(ck, how):
         ck["model"]["wte.weight"] = torch.zeros(3, 3)
     elif how == "an extra weight":
         ck["model"]["extra.weight"] = torch.zeros(1)
+    elif how == "a negative seed":
+        ck["config"]["seed"] = -1
+    elif how == "no dataset":
+        ck["config"]["dataset"] = None
+    elif how == "heads that do not divide":
+        ck["model_args"]["n_head"] = 3
     return ck
 
 
@@ -354,6 +360,9 @@ def _broken(ck, how):
     ("a wrong shape", "does not hold a run this code can read (RuntimeError: Error(s) in loading"),
     ("an extra weight",
      "does not hold a run this code can read (RuntimeError: Error(s) in loading"),
+    ("a negative seed", "does not hold a run this code can read (TrainError: --seed must be"),
+    ("no dataset", "does not hold a run this code can read (TypeError"),
+    ("heads that do not divide", "does not hold a run this code can read (AssertionError"),
 ])
 def test_a_malformed_checkpoint_is_one_line(tiny_out, tmp_path, how, message):
     flags, root = tiny_out
