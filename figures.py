@@ -99,13 +99,17 @@ def sweep_figure(sweep_json, path):
     of the same seed); right, each planned run's plan reliance; mean ± std over seeds. -> the path
     written."""
     plt = pyplot()
-    try:
-        sweep = json.loads(Path(sweep_json).read_text())
-        values, findings, reliance = (np.array(sweep["values"], float), sweep["findings"],
-                                      sweep["reliance"])
-    except (ValueError, KeyError, TypeError):
+    try:  # a file compare.py did not write whole (or a hand edit) is refused, whatever it lacks
+        return draw_sweep(plt, json.loads(Path(sweep_json).read_text()), path)
+    except (ValueError, KeyError, TypeError, IndexError):
+        plt.close("all")
         raise EvalError(f"{sweep_json} holds no sweep's findings: run compare.py with the sweep "
                         "again to write it") from None
+
+
+def draw_sweep(plt, sweep, path):
+    values, findings, reliance = (np.array(sweep["values"], float), sweep["findings"],
+                                  sweep["reliance"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     # side by side, so the error bars do not hide each other
     nudge = 0.006 * (values.max() - values.min() or 1)

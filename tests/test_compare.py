@@ -131,6 +131,12 @@ def test_a_sweep_compares_at_each_value_and_sums_up_the_findings(tmp_path):
     assert (tmp_path / "sw" / "sw-sweep.png").exists()
     with pytest.raises(evaluation.EvalError, match="holds no sweep"):
         figures.sweep_figure(tmp_path / "sw" / "a0" / "results.json", tmp_path / "x.png")
+    for edit in ({"values": []}, {"seeds": 0},
+                 {"findings": [{k: v for k, v in figure_data["findings"][0].items()
+                                if k != "changes"}]}):
+        (tmp_path / "edited.json").write_text(json.dumps({**figure_data, **edit}))
+        with pytest.raises(evaluation.EvalError, match="holds no sweep"):
+            figures.sweep_figure(tmp_path / "edited.json", tmp_path / "x.png")
     # RESULTS.md's summary: the sweep's settings and a comparison given on its own, one row each
     compare.main(["--holds", f"{tmp_path / 'sw'},{tmp_path / 'sw' / 'a0.5'}",
                   "--out-dir", str(tmp_path / "holds")])
