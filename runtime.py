@@ -366,10 +366,19 @@ def run_folder(args):
         yield ckpt_path
 
 
+def printable_paths(*streams):
+    """A path that is not valid UTF-8 (its bytes kept as surrogates) is printed escaped instead
+    of failing the print: under a strict locale that would end a finished run with a traceback."""
+    for stream in streams:
+        with contextlib.suppress(AttributeError, ValueError):  # not a text stream we can change
+            stream.reconfigure(errors="backslashreplace")
+
+
 @contextlib.contextmanager
 def one_line_errors(*errors, interrupted="interrupted"):
     """A command's bad input (TrainError, errors) and file-system faults end it with one line, as
     does a Ctrl-C outside the training loops (which stop between steps themselves)."""
+    printable_paths(sys.stdout, sys.stderr)
     try:
         yield
     except (TrainError, *errors) as e:

@@ -1,5 +1,6 @@
 """Hostile but fair input and faults: one clear line, nothing lost, nothing half-done, no code
 from a file."""
+import io
 import json
 import os
 import shutil
@@ -649,6 +650,16 @@ def test_more_torchrun_processes_than_gpus(tmp_path, monkeypatch):
     assert message == ("error: torchrun started 2 processes on this machine, which has 1 GPU(s), "
                        "one a process: use --nproc_per_node 1")
     assert not torch.distributed.is_initialized()
+
+
+def test_a_path_that_is_not_utf8_is_printed_escaped():
+    """A run in a folder whose name is not valid UTF-8, printed under a strict locale."""
+    raw = io.BytesIO()
+    strict = io.TextIOWrapper(raw, encoding="utf-8")
+    runtime.printable_paths(strict)
+    print("run", os.fsdecode(b"/tmp/out-\xff"), file=strict)
+    strict.flush()
+    assert raw.getvalue() == b"run /tmp/out-\\udcff\n"
 
 
 def test_a_missing_checkpoint_is_not_called_damaged(tmp_path):
