@@ -99,7 +99,8 @@ def split_documents(n_docs, seed):
 
 @dataclass
 class Split:
-    """One split as token streams. Every document is <|endoftext|> followed by its sentences.
+    """One split as token streams (NumPy arrays, as cached; SplitData holds them as tensors for
+    training). Every document is <|endoftext|> followed by its sentences.
 
     tokens[i] is a GPT-2 id and tok_sent[i] the index of its sentence in this split (-1 for
     <|endoftext|>); sentence s is tokens[sent_start[s]:sent_start[s] + sent_len[s]]; the sentences
@@ -365,8 +366,8 @@ def load(dataset="wiki", n_labels=64, embed_dim=128, seed=0, synthetic_docs=2000
 # ----------------------------------------------------------------------------- batches with plans
 
 class SplitData:
-    """One split of the corpus as tensors (tokens as the LM reads them), and the batches cut from
-    it."""
+    """One split of the corpus (a Split) as tensors, tokens as the LM reads them, and the batches
+    cut from it."""
 
     def __init__(self, corpus, name, device):
         split = corpus.splits[name]

@@ -216,7 +216,8 @@ def step_rng(seed, stage, step):
 
 
 def lm_batches(sd, args, stage):
-    ctx = Context.get()
+    """-> batch(step, micro), the LM's batches of a stage."""
+    ctx = Context.get()  # under torchrun, process ctx.rank of ctx.world (alone: 0 of 1)
 
     def batch(step, micro):
         rng = step_rng(args.seed, stage, step)
