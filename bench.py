@@ -281,8 +281,8 @@ def pipeline(args):
     root = Path(args.data_dir)
     # it writes a generated WikiText-103 archive there and deletes the cache: never in a folder of
     # real data (its own folders are marked; the default is its own)
-    mark = root / "bench-pipeline"
-    if (root.is_dir() and any(root.iterdir()) and not mark.exists()
+    mark = root / ".bench-pipeline"
+    if (root.is_dir() and any(root.iterdir()) and not mark.is_file()
             and root.resolve() != BENCH_DIR.resolve()):
         raise TrainError(f"--pipeline writes a generated WikiText-103 and deletes the cache in "
                          f"--data-dir, and {root} holds files it did not write: give a new folder")

@@ -335,7 +335,7 @@ def sweep_settings(args, train_flags, out):
         return [(f"k{k}", k, ["--n-labels", str(k), "--pretrain-dir", str(out / "pretrain")])
                 for k in counts]
     if args.ambiguities:
-        return [(f"a{a:g}", a, ["--synthetic-ambiguity", f"{a:g}"])
+        return [(f"a{a:g}", a, ["--synthetic-ambiguity", repr(a)])
                 for a in sweep_values(args.ambiguities, "--ambiguities", float,
                                       lambda a: 0 <= a <= 1, "ambiguities from 0 to 1 "
                                       "(e.g. 0,0.25,0.5)")]

@@ -40,12 +40,14 @@ class EvalError(Exception):
 def load_run(run, device="cpu"):
     """-> (the trained PlannedLM in eval mode, the checkpoint, the corpus it was trained on)."""
     path, ck = runtime.run_checkpoint(run, device)
-    with runtime.readable(path):
+    with runtime.readable(path):  # a config edited by hand: as train.py checks its flags
         c = ck["config"]
-        runtime.check_ranges(argparse.Namespace(**c), runtime.FLAG_RANGES)  # as train.py's flags
-        corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"],
-                           c["synthetic_docs"], c["synthetic_types"], c["data_dir"], quiet=True,
-                           synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
+        runtime.check_ranges(argparse.Namespace(**c), runtime.FLAG_RANGES, paths=False)
+        if not isinstance(c["dataset"], str):
+            raise TypeError(f"dataset {c['dataset']!r} is not a corpus name or path")
+    corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"],
+                       c["synthetic_docs"], c["synthetic_types"], c["data_dir"], quiet=True,
+                       synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))
     if c.get("init_from"):  # GPT-2 reads GPT-2 ids, not a closed vocabulary's rows
         corpus.vocab = None
     if c.get("embedder") == "lm":  # labels made by the run's pretrained LM, kept in the cache

@@ -99,12 +99,28 @@ def sweep_figure(sweep_json, path):
     of the same seed); right, each planned run's plan reliance; mean ± std over seeds. -> the path
     written."""
     plt = pyplot()
-    try:  # a file compare.py did not write whole (or a hand edit) is refused, whatever it lacks
-        return draw_sweep(plt, json.loads(Path(sweep_json).read_text()), path)
-    except (ValueError, KeyError, TypeError, IndexError):
-        plt.close("all")
+    try:
+        sweep = json.loads(Path(sweep_json).read_text())
+        whole = sweep_is_whole(sweep)
+    except (ValueError, KeyError, TypeError):
+        whole = False
+    if not whole:  # not written whole by compare.py, or edited by hand
         raise EvalError(f"{sweep_json} holds no sweep's findings: run compare.py with the sweep "
-                        "again to write it") from None
+                        "again to write it")
+    return draw_sweep(plt, sweep, path)
+
+
+def sweep_is_whole(sweep):
+    """Whether a sweep.json holds all the drawing reads: per value, each seed's numbers."""
+    values = np.array(sweep["values"], float)
+    per_value = lambda rows: (len(rows) == len(values)
+                              and all(np.array(r, float).ndim == 1 for r in rows))
+    return (values.ndim == 1 and len(values) > 0 and isinstance(sweep["seeds"], str)
+            and isinstance(sweep["swept"], str)
+            and all(per_value(f["changes"]) and isinstance(f["a"] + f["b"], str)
+                    for f in sweep["findings"])
+            and all(per_value(x["rises"]) and isinstance(x["run"] + x["how"], str)
+                    for x in sweep["reliance"]))
 
 
 def draw_sweep(plt, sweep, path):

@@ -150,10 +150,10 @@ FLAG_RANGES = [
 NOT_EMPTY = ("dataset", "data_dir", "out_dir", "pretrain_dir", "init_from", "run")
 
 
-def check_ranges(args, table):
-    """Refuse the first flag outside its range (NaN is outside every range), or a path flag given
-    empty, with one line; a flag the command does not have is skipped."""
-    for name in NOT_EMPTY:
+def check_ranges(args, table, paths=True):
+    """Refuse the first flag outside its range (NaN is outside every range), or (paths) a path flag
+    given empty, with one line; a flag the command does not have is skipped."""
+    for name in NOT_EMPTY if paths else ():
         if getattr(args, name, None) == "":
             raise TrainError(f"--{name.replace('_', '-')} is empty: give a path or leave it out")
     for names, ok, what in table:
@@ -212,7 +212,7 @@ def setup_distributed(args):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if "RANK" not in os.environ:
         return
-    local = int(os.environ["LOCAL_RANK"])
+    local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun sets it; a bare launch may not
     if args.device == "cuda" and local >= torch.cuda.device_count():
         # checked before the process group exists: torchrun then ends the other processes at once
         gpus = torch.cuda.device_count()
@@ -375,7 +375,8 @@ def printable_paths(*streams):
 
 
 @contextlib.contextmanager
-def one_line_errors(*errors, interrupted="interrupted"):
+def one_line_errors(*errors, interrupted="interrupted",
+                    memory="use a smaller model or batch (see --help)"):
     """A command's bad input (TrainError, errors) and file-system faults end it with one line, as
     does a Ctrl-C outside the training loops (which stop between steps themselves)."""
     printable_paths(sys.stdout, sys.stderr)
@@ -391,9 +392,8 @@ def one_line_errors(*errors, interrupted="interrupted"):
         if not isinstance(e, MemoryError) and not re.search(r"out of memory|can't allocate",
                                                             str(e)):
             raise
-        sys.exit(f"error: not enough memory ({type(e).__name__}: {first_line(e)[:100]}): use a "
-                 "smaller model or batch (--n-embd, --n-layer, --batch-size, --eval-iters), "
-                 "or --grad-accum")
+        sys.exit(f"error: not enough memory ({type(e).__name__}: {first_line(e)[:100]}): "
+                 f"{memory}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -639,6 +639,7 @@ class StopRequest:
     def handle(self, signum, frame):
         if self.requested and self.holding:
             self.pending = True
+            print("\nquitting once this checkpoint is written", file=sys.stderr)
             return
         if self.requested:
             raise KeyboardInterrupt
@@ -699,9 +700,11 @@ def save_untrained(net, args, corpus, ckpt_path, record):
     """A run with nothing to learn (--mode none, the LM frozen): its starting weights, validated,
     written as a finished run of step 0."""
     if Context.get().master:
+        for old in ("best.pt", "log.jsonl"):  # of the run it replaces (--overwrite)
+            ckpt_path.with_name(old).unlink(missing_ok=True)
         save(checkpoint(net, args, corpus, "finetune", 0, None, True, (record["val_loss"], 0)),
              ckpt_path)
-        keep_best(ckpt_path)  # the run it replaces (--overwrite) leaves no best.pt behind
+        keep_best(ckpt_path)
         with atomic_write(ckpt_path.parent / "log.jsonl") as tmp:
             Path(tmp).write_text(json.dumps(dict(record, step=0, best_step=0)) + "\n")
 

@@ -179,10 +179,10 @@ def check_method(args):
         if args.mode == "hard" and args.planner == "joint" and args.planner_loss_weight == 0:
             raise TrainError("--mode hard sends no gradient to the planner: --planner joint needs "
                              "--planner-loss-weight > 0 (or use --planner frozen)")
-        if args.mode == "st" and args.planner == "frozen":
-            raise TrainError("--mode st with a frozen planner is hard-frozen exactly (they differ "
-                             "only in the gradient sent to the planner): use --mode hard, or "
-                             "--planner joint")
+        if args.mode == "st" and args.planner != "joint":
+            raise TrainError(f"--mode st with a {args.planner} planner is hard exactly (they "
+                             "differ only in the gradient sent to the planner): use --mode hard, "
+                             "or --planner joint")
     if args.planner_loss_weight and args.planner != "joint":
         raise TrainError("--planner-loss-weight only applies to a joint planner: "
                          "add --planner joint")
@@ -474,7 +474,9 @@ def train(net, stage, iters, lr, args, corpus, ckpt_path, batch_fn, val_fn, resu
 
 def main(argv=None):
     with runtime.one_line_errors(data.DataError, interrupted="interrupted; every checkpoint "
-                                 "written so far is whole: run the same command to go on"):
+                                 "written so far is whole: run the same command to go on",
+                                 memory="use a smaller model or batch (--n-embd, --n-layer, "
+                                 "--batch-size, --eval-iters), or --grad-accum"):
         runtime.stop_like_ctrl_c()
         args = get_args(argv)
         with runtime.run_folder(args) as resume_from:

@@ -75,8 +75,11 @@ def test_explore_flag_out_of_range_is_one_line(flag, value):
 
 
 @pytest.mark.parametrize("flag", ["--dataset", "--out-dir", "--data-dir", "--run"])
-def test_an_empty_path_flag_is_refused(flag):
-    assert one_line_error(lambda: train.main([flag, "", "--device", "cpu"])) == (
+def test_an_empty_path_flag_is_refused(flag, tmp_path):
+    # a tiny run, its other paths in tmp_path: were the check gone, this would fail in seconds
+    flags = {"--out-dir": str(tmp_path / "out"), "--data-dir": str(tmp_path / "data"), flag: ""}
+    argv = TINY + [x for pair in flags.items() for x in pair]
+    assert one_line_error(lambda: train.main(argv)) == (
         f"error: {flag} is empty: give a path or leave it out")
 
 
@@ -202,6 +205,12 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 6
     train.main(stopped + ["--overwrite"])
     assert torch.load(root / "out" / "stopped" / "ckpt.pt", weights_only=True)["step"] == 6
+    # replaced by a run with nothing to train (the LM frozen, no plan): none of the old files stay
+    train.main(flags + ["--mode", "none", "--train-lm", "adapters", "--run", "stopped",
+                        "--overwrite"])
+    for name in ("ckpt.pt", "best.pt"):
+        assert torch.load(root / "out" / "stopped" / name, weights_only=True)["mode"] == "none"
+    assert [r["step"] for r in runtime.read_log(root / "out" / "stopped")] == [0]
     train.main(flags + ["--mode", "soft", "--finetune-lr", "5e-4", "--run", "soft-slower"])
     assert (root / "out" / "soft-slower" / "ckpt.pt").exists()
 
@@ -224,6 +233,7 @@ def test_pipeline_refuses_a_folder_of_real_data(tmp_path):
     is."""
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "wiki-0.npz").write_bytes(b"a cache")
+    (tmp_path / "bench-pipeline").mkdir()  # what data/ holds after a default --pipeline
     message = one_line_error(lambda: bench.main(["--pipeline", "1M", "--data-dir", str(tmp_path)]))
     assert f"{tmp_path} holds files it did not write: give a new folder" in message
     assert (tmp_path / "cache" / "wiki-0.npz").read_bytes() == b"a cache"
@@ -652,12 +662,14 @@ def test_more_torchrun_processes_than_gpus(tmp_path, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
-def test_a_path_that_is_not_utf8_is_printed_escaped():
-    """A run in a folder whose name is not valid UTF-8, printed under a strict locale."""
+def test_a_path_that_is_not_utf8_is_printed_escaped(monkeypatch):
+    """A run in a folder whose name is not valid UTF-8, printed by a command under a strict
+    locale."""
     raw = io.BytesIO()
     strict = io.TextIOWrapper(raw, encoding="utf-8")
-    runtime.printable_paths(strict)
-    print("run", os.fsdecode(b"/tmp/out-\xff"), file=strict)
+    monkeypatch.setattr(sys, "stdout", strict)
+    with runtime.one_line_errors():
+        print("run", os.fsdecode(b"/tmp/out-\xff"))
     strict.flush()
     assert raw.getvalue() == b"run /tmp/out-\\udcff\n"
 
