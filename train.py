@@ -340,7 +340,7 @@ class PlannerObjective(nn.Module):
         super().__init__()
         self.planner = planner
 
-    def forward(self, emb, labels, mask):  # (loss, planner_ce) as the loop expects: no second
+    def forward(self, emb, labels, mask):  # (loss, planner_ce) as the loop expects; the loss is it
         return planner_loss(self.planner(emb), labels, mask), None
 
 
