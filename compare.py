@@ -181,6 +181,9 @@ def made_otherwise(saved, argv):
     the device's defaults, the planner's, the run's name; with --init-from, GPT-2's shape)."""
     parser = train.make_parser()
     asked, defaults = vars(parser.parse_known_args(argv)[0]), vars(parser.parse_args([]))
+    if runtime.resolve_device(asked["device"]) != "cuda":  # the CPU's defaults, as train.py
+        asked = {k: train.CPU_DEFAULTS[k] if v is None and k in train.CPU_DEFAULTS else v
+                 for k, v in asked.items()}
     filled = {k for k, v in asked.items()
               if v is None and (k in train.CPU_DEFAULTS or k in ("planner", "run"))}
     if asked["init_from"]:

@@ -83,6 +83,14 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
             compare.main(moved + other)
 
 
+def test_a_default_left_out_is_compared_as_train_py_fills_it():
+    """A folder trained with --dropout 0.1, its comparison run again without the flag: the runs
+    were not made with the CPU's default dropout, so they are not reused."""
+    saved = vars(train.get_args(["--device", "cpu", "--dropout", "0.1"]))
+    assert compare.made_otherwise(saved, ["--device", "cpu"]) == [("--dropout", 0.1, 0.0)]
+    assert compare.made_otherwise(saved, ["--device", "cpu", "--dropout", "0.1"]) == []
+
+
 def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
     calls = []
 
