@@ -93,15 +93,16 @@ def run(args, train_flags, setting, tokens, steps, seed):
     training)."""
     run_dir = Path(args.out_dir) / name(setting) / f"seed{seed}"
     timing = run_dir / "seconds.json"
-    if not compare.done(run_dir / "soft-joint"):
+    argv = train_flags + [
+        "--dataset", args.dataset, "--device", args.device, "--seed", str(seed),
+        "--out-dir", str(run_dir), "--block-size", str(setting["block"]),
+        "--batch-size", str(tokens // setting["block"]), "--lr", str(setting["lr"]),
+        "--finetune-lr", str(setting["lr"] / 2), "--lm-iters", str(setting["lm_iters"]),
+        "--finetune-iters", str(steps - setting["lm_iters"])]
+    if not compare.done(run_dir / "soft-joint", argv):  # one made with other flags is refused
         start = time.perf_counter()
         resume = ["--resume"] if (run_dir / "soft-joint" / "ckpt.pt").exists() else []
-        compare.training(train_flags + resume + [
-            "--dataset", args.dataset, "--device", args.device, "--seed", str(seed),
-            "--out-dir", str(run_dir), "--block-size", str(setting["block"]),
-            "--batch-size", str(tokens // setting["block"]), "--lr", str(setting["lr"]),
-            "--finetune-lr", str(setting["lr"] / 2), "--lm-iters", str(setting["lm_iters"]),
-            "--finetune-iters", str(steps - setting["lm_iters"])], "tune.py")
+        compare.training(argv + resume, "tune.py")
         with runtime.atomic_write(timing) as tmp:
             Path(tmp).write_text(json.dumps(time.perf_counter() - start))
     result = compare.cached(run_dir / "soft-joint", "eval-val.json",
