@@ -237,6 +237,8 @@ def main(argv=None):
         if args.holds is not None:
             return what_holds(args)
         seed_list(args.seeds)  # refused here, before hours of training
+        truth_weights(args)
+        refuse_flags(args, train_flags)
         out = Path(args.out_dir or f"out/compare-{args.dataset}")
         settings = sweep_settings(args, train_flags, out)
         reports = [(value, compare(args, train_flags + flags, out / name if name else out))
@@ -247,6 +249,21 @@ def main(argv=None):
         if len(reports) > 1:
             summarise_sweep(args, out, reports)
         print("\n" + spent())
+
+
+def refuse_flags(args, train_flags):
+    """Flags that compare.py sets for every run itself, or that would compare nothing."""
+    if own := [f for f in train_flags if f.split("=")[0] in ("--run", "--seed", "--resume",
+                                                             "--overwrite")]:
+        raise runtime.TrainError(f"{own[0]}: compare.py names, seeds and resumes every run itself "
+                                 "(--seeds; a rerun goes on where it stopped): drop it")
+    if args.sample_docs < 0:
+        raise runtime.TrainError(f"--sample-docs must be 0 or more, got {args.sample_docs}")
+    if args.out_dir == "":
+        raise runtime.TrainError("--out-dir is empty: give a folder or leave it out")
+    if args.ambiguities and args.dataset != "synthetic":
+        raise runtime.TrainError("--ambiguities shapes the synthetic corpus only: add --dataset "
+                                 "synthetic")
 
 
 def seed_list(text):
@@ -505,9 +522,11 @@ def truth_weights(args):
         weights = [float(w) for w in args.truth_weights.split(",")]
     except ValueError:
         weights = []
-    if not weights or not all(0 < w < 1 for w in weights):
+    if (not weights or not all(0 < w < 1 for w in weights)
+            or len({f"{w:g}" for w in weights}) != len(weights)):  # each a run named by it
         raise runtime.TrainError(f"--truth-weights {args.truth_weights}: give weights between 0 "
-                                 "and 1, comma-separated (0 is soft-frozen, 1 the oracle)")
+                                 "and 1, each once, comma-separated (0 is soft-frozen, 1 the "
+                                 "oracle)")
     if missing := CURVE_ENDS - set(args.runs.split(",")):
         raise runtime.TrainError(f"--truth-weights: the curve needs {', '.join(sorted(missing))} "
                                  "in --runs too (fixed is what it is set against; soft-frozen and "

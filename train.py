@@ -160,6 +160,9 @@ def get_args(argv=None):
     if args.device != "cuda":  # on a GPU the defaults wait for the corpus: see cuda_defaults
         runtime.fill_defaults(args, CPU_DEFAULTS)
     runtime.check_ranges(args, runtime.FLAG_RANGES)
+    if args.synthetic_ambiguity and args.dataset != "synthetic":
+        raise TrainError("--synthetic-ambiguity shapes the synthetic corpus only: add --dataset "
+                         "synthetic")
     if args.n_embd is not None and args.n_head is not None:
         runtime.check_shapes(args, PlannerConfig.n_head)
     if args.n_layer is not None and not args.init_from:

@@ -83,6 +83,23 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
             compare.main(moved + other)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--run", "foo"], "--run: compare.py names, seeds and resumes every run itself"),
+    (["--overwrite"], "--overwrite: compare.py names"),
+    (["--seed", "5"], "--seed: compare.py names"),
+    (["--sample-docs", "-1"], "--sample-docs must be 0 or more, got -1"),
+    (["--out-dir", ""], "--out-dir is empty"),
+    (["--dataset", "wiki", "--ambiguities", "0,0.5"], "--ambiguities shapes the synthetic corpus"),
+    (["--runs", "fixed,oracle,soft-frozen", "--truth-weights", "0.5,0.50"],
+     "--truth-weights 0.5,0.50: give weights between 0 and 1, each once"),
+])
+def test_flags_that_would_compare_nothing_are_refused_before_training(flags, message, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(train, "main", lambda argv: pytest.fail("trained"))
+    with pytest.raises(SystemExit, match=message):
+        compare.main(FAST + ["--out-dir", str(tmp_path)] + flags)
+
+
 def test_a_default_left_out_is_compared_as_train_py_fills_it():
     """A folder trained with --dropout 0.1, its comparison run again without the flag: the runs
     were not made with the CPU's default dropout, so they are not reused."""

@@ -196,6 +196,8 @@ def test_gradient_reaches_the_planner_exactly_in_joint_modes(mode, frozen, reach
      "--truth-weight mixes the true label into soft plans: use --mode soft, not hard"),
     (["--mode", "st", "--planner", "frozen"], "--mode st with a frozen planner is hard exactly"),
     (["--mode", "st", "--planner", "bigram"], "--mode st with a bigram planner is hard exactly"),
+    (["--dataset", "wiki", "--synthetic-ambiguity", "0.5"],
+     "--synthetic-ambiguity shapes the synthetic corpus only"),
 ])
 def test_bad_flag_combinations(flags, message):
     with pytest.raises(SystemExit, match=message):
