@@ -51,9 +51,14 @@ def measure(flags):
 def option_flags(option):
     """One --options setting as train.py flags, checked before anything trains."""
     try:
-        return shlex.split(option)
+        flags = shlex.split(option)
     except ValueError as e:  # an unclosed quote
         raise runtime.TrainError(f"--options {option!r}: {e}: quote each setting whole") from None
+    if own := [f for f in flags if f.split("=")[0] in ("--seed", "--dataset", "--device",
+                                                       "--out-dir")]:
+        raise runtime.TrainError(f"--options {option!r}: {own[0]} is planners.py's own flag "
+                                 "(--seeds for seeds): give it outside --options")
+    return flags
 
 
 def main(argv=None):
@@ -73,6 +78,10 @@ def main(argv=None):
     with runtime.one_line_errors(data.DataError, interrupted="interrupted; what is finished is "
                                  "kept: run the same planners.py command to go on"):
         seeds = seed_list(args.seeds)
+        if args.out_dir == "":
+            raise runtime.TrainError("--out-dir is empty: give a folder or leave it out")
+        if len(set(args.options)) != len(args.options):
+            raise runtime.TrainError("--options: give each setting once")
         settings = {option: option_flags(option) for option in args.options}
         rows = []
         for option in args.options:

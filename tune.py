@@ -55,6 +55,16 @@ def search(args, train_flags):
     tokens, steps = (pick("batch_size") * pick("block_size"),
                      pick("lm_iters") + pick("finetune_iters"))
     best = dict(block=pick("block_size"), lr=given.lr, lm_iters=pick("lm_iters"))
+    if not any(tokens % b == 0 for b in WINDOWS):
+        raise runtime.TrainError(f"{tokens} tokens a step (--batch-size x --block-size) divide by "
+                                 f"none of the windows searched ({', '.join(map(str, WINDOWS))}): "
+                                 "give a batch of a multiple of 32 tokens")
+    if min(round(share * steps) for share in LM_SHARES) < 1 or steps - round(
+            max(LM_SHARES) * steps) < 1:
+        raise runtime.TrainError(f"{steps} LM steps (--lm-iters + --finetune-iters) leave a stage "
+                                 "of the search with none: give more")
+    if args.out_dir == "":
+        raise runtime.TrainError("--out-dir is empty: give a folder or leave it out")
     # rows: (decision, setting, seed) in the order met; results: by (name, seed)
     rows, results = [], {}
 

@@ -20,9 +20,11 @@ import eval as evaluation
 import explore
 import figures
 import mix
+import planners
 import runtime
 import sample as sampling
 import train
+import tune
 from conftest import TINY
 
 def one_line_error(call):
@@ -223,6 +225,12 @@ def test_a_run_is_never_replaced_silently(tiny_out):
     (bench.main, ["--pipeline", "0"], "--pipeline takes a number of tokens, at least 1M"),
     (bench.main, ["--pipeline", "300000"], "--pipeline takes a number of tokens, at least 1M"),
     (bench.main, ["--pipeline", "103X"], "--pipeline takes a number of tokens, at least 1M"),
+    (tune.main, ["--block-size", "16", "--batch-size", "1"], "divide by none of the windows"),
+    (tune.main, ["--lm-iters", "1", "--finetune-iters", "1"], "leave a stage of the search"),
+    (tune.main, ["--out-dir", ""], "--out-dir is empty"),
+    (planners.main, ["--options", "--seed 5"], "--seed is planners.py's own flag"),
+    (planners.main, ["--options", "", ""], "--options: give each setting once"),
+    (planners.main, ["--out-dir", ""], "--out-dir is empty"),
 ])
 def test_empty_or_zero_values_that_would_start_hours_of_work(main, argv, message):
     assert message in one_line_error(lambda: main(argv))
