@@ -246,7 +246,7 @@ def main(argv=None):
         if args.eval_windows:
             reports = [(int(w), rescored(args, reports[0][1], int(w)))
                        for w in args.eval_windows.split(",")]
-        if len(reports) > 1:
+        if len(reports) > 1 or args.eval_windows:  # one window is a table of its own too
             summarise_sweep(args, out, reports)
         print("\n" + spent())
 

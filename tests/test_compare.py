@@ -198,6 +198,10 @@ def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path
     assert [r["window"] for r in rescored["reports"][0][1]["val"]] == [8, 8]
     assert ("| plan reliance: another sentence's plan | oracle |"
             in (out / "block32" / "sweep.md").read_text())
+    # one window alone: its table too
+    compare.main(FAST + ["--out-dir", str(out / "block32"), "--data-dir", str(tmp_path / "data"),
+                         "--sample-docs", "0", "--eval-windows", "8", "--runs", "fixed,oracle"])
+    assert json.loads((out / "block32" / "sweep.json").read_text())["values"] == [8]
 
 
 def test_the_t_interval_and_the_verdicts():
