@@ -307,8 +307,12 @@ def what_holds(args):
                        if "reports" in found else [(str(d), found)])
             if not all(report["val"] and "seed" in report["val"][0] for _, report in reports):
                 raise ValueError("no val evaluations")
+            for _, report in reports:  # what the table reads, read now: a hand edit is one line
+                for _, a, b, _ in CLAIMS:
+                    paired_changes(report["val"], a, b)
+                reliance_rises(report)
             settings += reports
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise runtime.TrainError(f"--holds: {path} is no finished comparison ({e}): give the "
                                      f"--out-dir of a compare.py run, or its results.json or "
                                      f"sweep.json") from None

@@ -709,6 +709,15 @@ def test_loss_curves_of_logs_that_lost_a_record(tiny_out, tmp_path):
     plt.close(fig)
 
 
+@pytest.mark.parametrize("content", ['{"val": [{"seed": 0}]}',
+                                     '{"val": [{"seed": 0, "run": "s/none", "perplexity": 2}], '
+                                     '"reliance": 3}'])
+def test_holds_of_a_hand_edited_results_json(tmp_path, content):
+    (tmp_path / "results.json").write_text(content)
+    assert "is no finished comparison" in one_line_error(
+        lambda: compare.main(["--holds", str(tmp_path), "--out-dir", str(tmp_path / "holds")]))
+
+
 @pytest.mark.parametrize("content", ["{}", "not json", '{"val": [], "test": []}'])
 def test_figures_of_a_bad_results_json(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
