@@ -109,7 +109,7 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
 
 def print_samples(args):
     try:
-        force = [int(x) for x in args.force_labels.split(",") if x.strip()]
+        force = [int(x) for x in args.force_labels.split(",")] if args.force_labels else []
     except ValueError:
         raise EvalError(f"--force-labels takes comma-separated label numbers, got "
                         f"{args.force_labels!r}") from None

@@ -371,6 +371,8 @@ def test_sampling_errors(dirs):
                                      "there is no label 99"),
                                     ("soft-joint", ["--force-labels", "a,b"],
                                      "comma-separated label numbers"),
+                                    ("soft-joint", ["--force-labels", "1,,2"],
+                                     "comma-separated label numbers"),
                                     ("soft-joint", ["--prompt", "The river rises in the north."],
                                      "--prompt: this run's LM knows only the words of its corpus, "
                                      "not 'river', 'in'"),
