@@ -265,14 +265,21 @@ def bad_flag(args):
     """The first flag whose value would measure nothing (or trace back), as one line; else None."""
     if args.steps < 1 or args.warmup < 0:
         return f"--steps must be at least 1 and --warmup 0 or more, got {args.steps}, {args.warmup}"
-    if args.kmeans is not None and args.kmeans < 1:
-        return f"--kmeans N samples N sentences: give at least 1, got {args.kmeans}"
+    if args.n_labels < 1 or args.embed_dim < 1:
+        return (f"--n-labels and --embed-dim must be at least 1, got {args.n_labels}, "
+                f"{args.embed_dim}")
+    if args.kmeans is not None and args.kmeans < args.n_labels:
+        return (f"--kmeans N samples N sentences for {args.n_labels} labels: give at least "
+                f"{args.n_labels}, got {args.kmeans}")
     if args.pipeline is not None and pipeline_tokens(args.pipeline) is None:
         return (f"--pipeline takes a number of tokens, at least 1M, such as 103M or 5000000, "
                 f"got {args.pipeline!r}")
     if args.size is not None and not re.fullmatch(r"[1-9]\d*(,[1-9]\d*){3}", args.size):
         return (f"--size takes LAYERS,WIDTH,CONTEXT,BATCH as four positive numbers, "
                 f"got {args.size!r}")
+    if args.size is not None and (width := int(args.size.split(",")[1])) % max(1, width // 64):
+        return (f"--size: a width of {width} does not split into {width // 64} heads of 64: give "
+                "a multiple of 64 (or under 128)")
     return None
 
 
@@ -447,6 +454,9 @@ def kmeans_sample(args):
     corpus = data.load("wiki", args.n_labels, args.embed_dim)
     train, val = corpus.splits["train"].emb, torch.as_tensor(corpus.splits["val"].emb)
     rng = np.random.default_rng(0)
+    if args.kmeans > len(train):
+        raise TrainError(f"--kmeans {args.kmeans}: the wiki corpus has {len(train):,} training "
+                         "sentences: give at most that")
     for n in (args.kmeans, len(train)):
         t = time.perf_counter()
         fit_on = (train[np.sort(rng.choice(len(train), n, replace=False))] if n < len(train)

@@ -219,7 +219,9 @@ def test_a_run_is_never_replaced_silently(tiny_out):
 
 @pytest.mark.parametrize("main, argv, message", [
     (compare.main, ["--holds", ""], "--holds is empty: give the out-dirs"),
-    (bench.main, ["--kmeans", "0"], "--kmeans N samples N sentences: give at least 1"),
+    (bench.main, ["--kmeans", "0"], "--kmeans N samples N sentences for 64 labels: give at least"),
+    (bench.main, ["--kmeans", "500", "--n-labels", "0"], "--n-labels and --embed-dim must be at"),
+    (bench.main, ["--size", "1,200,32,2"], "a width of 200 does not split into 3 heads"),
     (bench.main, ["--steps", "0"], "--steps must be at least 1"),
     (bench.main, ["--size", "4,256"], "--size takes LAYERS,WIDTH,CONTEXT,BATCH"),
     (bench.main, ["--pipeline", "0"], "--pipeline takes a number of tokens, at least 1M"),
