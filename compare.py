@@ -66,6 +66,7 @@ work took.
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -173,7 +174,25 @@ def done(run_dir, argv=None):
             f"{', '.join(f'{k} {was}' for k, was, _ in other)}, not "
             f"{', '.join(f'{k} {now}' for k, _, now in other)}: give this comparison another "
             f"--out-dir")
+    if argv is not None and "tokens" in ck["identity"]:
+        args = train.get_args(argv)
+        if ck["identity"]["tokens"] != text_identity(
+                args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
+                args.synthetic_types, args.data_dir, args.synthetic_ambiguity):
+            raise runtime.TrainError(f"{run_dir} is a finished run trained on other text than "
+                                     f"--dataset {args.dataset} gives now (a corpus file "
+                                     f"changed?): restore it, or give this comparison another "
+                                     f"--out-dir")
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def text_identity(*source):
+    """The identity of the token streams the corpus gives now (read from the cache train.py
+    builds; its labels are what the flags say), once an invocation for each source."""
+    *source, ambiguity = source
+    return data.load(*source, quiet=True, synthetic_ambiguity=ambiguity).identity(
+        labels=False)["tokens"]
 
 
 def made_otherwise(saved, argv):
@@ -231,6 +250,7 @@ def main(argv=None):
                         "side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
     SPENT.clear()
+    text_identity.cache_clear()  # a corpus file may have changed since the last call
     with runtime.one_line_errors(evaluation.EvalError, data.DataError,
                                  interrupted="interrupted; what is finished is kept: run the same "
                                              "compare.py command to go on"):

@@ -2,11 +2,13 @@
 a sweep."""
 import argparse
 import json
+import types
 
 import numpy as np
 import pytest
 
 import compare
+import data
 import eval as evaluation
 import figures
 import runtime
@@ -81,6 +83,12 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
                                                   "lm")):
         with pytest.raises(SystemExit, match=message):
             compare.main(moved + other)
+    # the corpus changed under its name since: its finished runs are not this comparison's
+    monkeypatch.setattr(data, "load", lambda *a, **k: types.SimpleNamespace(
+        identity=lambda labels: {"tokens": "0123456789abcdef"}))
+    with pytest.raises(SystemExit, match="seed0/none is a finished run trained on other text than "
+                                         "--dataset synthetic gives now"):
+        compare.main(moved)
 
 
 @pytest.mark.parametrize("flags, message", [
