@@ -273,6 +273,9 @@ def main(argv=None):
 
 def refuse_flags(args, train_flags):
     """Flags that compare.py sets for every run itself, or that would compare nothing."""
+    if unknown := train.make_parser().parse_known_args(train_flags)[1]:
+        raise runtime.TrainError(f"{unknown[0]}: neither compare.py's flag nor train.py's (see "
+                                 "--help of each)")
     if own := [f for f in train_flags if f.split("=")[0] in ("--run", "--seed", "--resume",
                                                              "--overwrite")]:
         raise runtime.TrainError(f"{own[0]}: compare.py names, seeds and resumes every run itself "

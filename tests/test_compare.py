@@ -93,6 +93,7 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("flags, message", [
     (["--run", "foo"], "--run: compare.py names, seeds and resumes every run itself"),
+    (["--xyz", "3"], "--xyz: neither compare.py's flag nor train.py's"),
     (["--overwrite"], "--overwrite: compare.py names"),
     (["--seed", "5"], "--seed: compare.py names"),
     (["--sample-docs", "-1"], "--sample-docs must be 0 or more, got -1"),
