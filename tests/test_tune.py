@@ -65,6 +65,7 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
     tune.main(argv)
     assert (tmp_path / "tune" / "results.md").read_text() == md
     # other flags in the same folder: its finished runs are not reused
-    with pytest.raises(SystemExit, match="is a finished run made with --n-embd 16, not --n-embd 32"):
+    with pytest.raises(SystemExit,
+                       match="is a finished run made with --n-embd 16, not --n-embd 32"):
         tune.main([f if f != "16" or argv[i - 1] != "--n-embd" else "32"
                    for i, f in enumerate(argv)])
