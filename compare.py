@@ -174,16 +174,21 @@ def done(run_dir, argv=None):
             f"{', '.join(f'{k} {was}' for k, was, _ in other)}, not "
             f"{', '.join(f'{k} {now}' for k, _, now in other)}: give this comparison another "
             f"--out-dir")
-    if argv is not None and "tokens" in ck["identity"]:
-        args = train.get_args(argv)
-        if ck["identity"]["tokens"] != text_identity(
-                args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
-                args.synthetic_types, args.data_dir, args.synthetic_ambiguity):
-            raise runtime.TrainError(f"{run_dir} is a finished run trained on other text than "
-                                     f"--dataset {args.dataset} gives now (a corpus file "
-                                     f"changed?): restore it, or give this comparison another "
-                                     f"--out-dir")
     return True
+
+
+def refuse_other_text(run_dir, argv):
+    """A finished run set beside runs trained now must have read the text the corpus gives now."""
+    ck = runtime.load_checkpoint(run_dir / "ckpt.pt")
+    if "tokens" not in ck["identity"]:  # made before checkpoints kept it
+        return
+    args = train.get_args(argv)
+    if ck["identity"]["tokens"] != text_identity(
+            args.dataset, args.n_labels, args.embed_dim, args.seed, args.synthetic_docs,
+            args.synthetic_types, args.data_dir, args.synthetic_ambiguity):
+        raise runtime.TrainError(f"{run_dir} is a finished run trained on other text than "
+                                 f"--dataset {args.dataset} gives now (a corpus file changed?): "
+                                 f"restore it, or give this comparison another --out-dir")
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,7 +205,10 @@ def made_otherwise(saved, argv):
     the device's defaults, the planner's, the run's name; with --init-from, GPT-2's shape)."""
     parser = train.make_parser()
     asked, defaults = vars(parser.parse_known_args(argv)[0]), vars(parser.parse_args([]))
-    if runtime.resolve_device(asked["device"]) != "cuda":  # the CPU's defaults, as train.py
+    device = asked["device"] if asked["device"] != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if not any(str(d).startswith("cuda") for d in (device, saved.get("device"))):
+        # the CPU's defaults, as train.py fills them (a GPU's follow from the corpus)
         asked = {k: train.CPU_DEFAULTS[k] if v is None and k in train.CPU_DEFAULTS else v
                  for k, v in asked.items()}
     filled = {k for k, v in asked.items()
@@ -428,7 +436,7 @@ def train_runs(args, train_flags, out):
               in zip(everything, run_names(everything)) if name in wanted]
     picked += [("soft", "frozen", f"soft-frozen-truth{w:g}", ["--truth-weight", f"{w:g}"])
                for w in truth_weights(args)]
-    runs = []
+    runs = []  # (folder, train.py's flags, finished)
     for seed in map(int, args.seeds.split(",")):
         for mode, planner, name, flags in picked:
             run_dir = out / f"seed{seed}"
@@ -436,12 +444,16 @@ def train_runs(args, train_flags, out):
                                            "--out-dir", str(run_dir), "--device", args.device,
                                            "--mode", mode] +
                     (["--planner", planner] if planner else []))
-            # a run cut short continues from its last checkpoint
-            if not done(run_dir / name, argv):
-                argv += ["--resume"] if (run_dir / name / "ckpt.pt").exists() else []
-                timed("training runs", lambda: training(argv, "compare.py"))
-            runs.append(run_dir / name)
-    return runs
+            runs.append((run_dir / name, argv, done(run_dir / name, argv)))
+    if not all(finished for *_, finished in runs):  # new runs will be set beside the finished
+        for run, argv, finished in runs:
+            if finished:
+                refuse_other_text(run, argv)
+    for run, argv, finished in runs:
+        if not finished:  # a run cut short continues from its last checkpoint
+            argv = argv + (["--resume"] if (run / "ckpt.pt").exists() else [])
+            timed("training runs", lambda: training(argv, "compare.py"))
+    return [run for run, *_ in runs]
 
 
 def compare(args, train_flags, out):

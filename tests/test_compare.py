@@ -83,12 +83,12 @@ def test_compare_runs_every_mode_then_reuses_everything(tmp_path, monkeypatch, c
                                                   "lm")):
         with pytest.raises(SystemExit, match=message):
             compare.main(moved + other)
-    # the corpus changed under its name since: its finished runs are not this comparison's
+    # the corpus changed under its name since: its finished runs are not set beside new ones
     monkeypatch.setattr(data, "load", lambda *a, **k: types.SimpleNamespace(
         identity=lambda labels: {"tokens": "0123456789abcdef"}))
     with pytest.raises(SystemExit, match="seed0/none is a finished run trained on other text than "
                                          "--dataset synthetic gives now"):
-        compare.main(moved)
+        compare.main(moved + ["--seeds", "0,1"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -115,6 +115,8 @@ def test_a_default_left_out_is_compared_as_train_py_fills_it():
     saved = vars(train.get_args(["--device", "cpu", "--dropout", "0.1"]))
     assert compare.made_otherwise(saved, ["--device", "cpu"]) == [("--dropout", 0.1, 0.0)]
     assert compare.made_otherwise(saved, ["--device", "cpu", "--dropout", "0.1"]) == []
+    # made on a GPU, whose defaults follow from the corpus: not compared with the CPU's
+    assert compare.made_otherwise(dict(saved, device="cuda:0"), ["--device", "cpu"]) == []
 
 
 def test_a_run_cut_short_continues_from_its_checkpoint(tmp_path, monkeypatch):
