@@ -288,10 +288,7 @@ def refuse_flags(args, train_flags):
                                                              "--overwrite")]:
         raise runtime.TrainError(f"{own[0]}: compare.py names, seeds and resumes every run itself "
                                  "(--seeds; a rerun goes on where it stopped): drop it")
-    if args.sample_docs < 0:
-        raise runtime.TrainError(f"--sample-docs must be 0 or more, got {args.sample_docs}")
-    if args.out_dir == "":
-        raise runtime.TrainError("--out-dir is empty: give a folder or leave it out")
+    runtime.check_ranges(args, [(("sample_docs",), lambda v: v >= 0, "0 or more")])
     if args.ambiguities and args.dataset != "synthetic":
         raise runtime.TrainError("--ambiguities shapes the synthetic corpus only: add --dataset "
                                  "synthetic")

@@ -78,8 +78,7 @@ def main(argv=None):
     with runtime.one_line_errors(data.DataError, interrupted="interrupted; what is finished is "
                                  "kept: run the same planners.py command to go on"):
         seeds = seed_list(args.seeds)
-        if args.out_dir == "":
-            raise runtime.TrainError("--out-dir is empty: give a folder or leave it out")
+        runtime.check_paths(args)
         if len(set(args.options)) != len(args.options):
             raise runtime.TrainError("--options: give each setting once")
         settings = {option: option_flags(option) for option in args.options}

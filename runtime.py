@@ -150,12 +150,19 @@ FLAG_RANGES = [
 NOT_EMPTY = ("dataset", "data_dir", "out_dir", "pretrain_dir", "init_from", "run")
 
 
+def check_paths(args):
+    """Refuse a path flag given empty, with one line; a flag the command does not have is
+    skipped."""
+    for name in NOT_EMPTY:
+        if getattr(args, name, None) == "":
+            raise TrainError(f"--{name.replace('_', '-')} is empty: give a path or leave it out")
+
+
 def check_ranges(args, table, paths=True):
     """Refuse the first flag outside its range (NaN is outside every range), or (paths) a path flag
     given empty, with one line; a flag the command does not have is skipped."""
-    for name in NOT_EMPTY if paths else ():
-        if getattr(args, name, None) == "":
-            raise TrainError(f"--{name.replace('_', '-')} is empty: give a path or leave it out")
+    if paths:
+        check_paths(args)
     for names, ok, what in table:
         for name in names:
             value = getattr(args, name, None)

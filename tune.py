@@ -63,8 +63,7 @@ def search(args, train_flags):
             max(LM_SHARES) * steps) < 1:
         raise runtime.TrainError(f"{steps} LM steps (--lm-iters + --finetune-iters) leave a stage "
                                  "of the search with none: give more")
-    if args.out_dir == "":
-        raise runtime.TrainError("--out-dir is empty: give a folder or leave it out")
+    runtime.check_paths(args)
     # rows: (decision, setting, seed) in the order met; results: by (name, seed)
     rows, results = [], {}
 
