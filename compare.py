@@ -379,8 +379,15 @@ def sweep_settings(args, train_flags, out):
         raise runtime.TrainError("--ambiguities, --block-sizes, --label-counts, --eval-windows: "
                                  "sweep one at a time (an invocation each)")
     if args.eval_windows:  # scores the runs only once they are trained: checked now
-        sweep_values(args.eval_windows, "--eval-windows", int, lambda w: w >= 1,
-                     "windows of at least 1 token (e.g. 32,64,128)")
+        windows = sweep_values(args.eval_windows, "--eval-windows", int, lambda w: w >= 1,
+                               "windows of at least 1 token (e.g. 32,64,128)")
+        given = train.make_parser().parse_known_args(train_flags)[0]
+        block = given.block_size or (train.CPU_DEFAULTS["block_size"]  # a GPU's: the corpus'
+                                     if runtime.resolve_device(args.device) != "cuda" else None)
+        if block and max(windows) > block:
+            raise runtime.TrainError(f"--eval-windows {args.eval_windows}: the runs train on "
+                                     f"windows of {block} tokens (--block-size): score in windows "
+                                     f"of at most {block}")
     if args.label_counts:
         counts = sweep_values(args.label_counts, "--label-counts", int, lambda k: k >= 2,
                               "label counts of at least 2 (e.g. 16,64,256)")

@@ -5,6 +5,9 @@ dependency).
     python figures.py out/compare-wiki assets     # <name>-val-loss.png and <name>-perplexity.png
     python figures.py out/compare-sweep assets    # a sweep folder (sweep.json): <name>-sweep.png
 
+A comparison scored again with compare.py --eval-windows holds both: it gets the sweep's
+figure too.
+
 A comparison with --truth-weights also gets <name>-curve.png: how good a plan must be to pay.
 """
 
@@ -278,11 +281,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     with one_line_errors(EvalError):
         comparison = Path(args.comparison)
-        if (comparison / "sweep.json").exists() and not (comparison / "results.json").exists():
-            print(sweep_figure(comparison / "sweep.json",
-                               Path(args.out_dir) / f"{comparison.name}-sweep.png"))
-        else:
-            print(*figures(comparison, args.out_dir), sep="\n")
+        sweep = comparison / "sweep.json"
+        written = ([] if sweep.exists() and not (comparison / "results.json").exists()
+                   else figures(comparison, args.out_dir))
+        if sweep.exists():  # with results.json too: finished runs scored in other windows
+            written.append(sweep_figure(sweep, Path(args.out_dir) / f"{comparison.name}-sweep.png"))
+        print(*written, sep="\n")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,9 @@ def test_a_window_sweep_says_how_much_of_the_document_each_window_hides(tmp_path
     assert [r["window"] for r in rescored["reports"][0][1]["val"]] == [8, 8]
     assert ("| plan reliance: another sentence's plan | oracle |"
             in (out / "block32" / "sweep.md").read_text())
+    figures.main([str(out / "block32"), str(tmp_path / "figs")])  # the comparison's and the sweep's
+    assert {f.name for f in (tmp_path / "figs").iterdir()} == {
+        "block32-val-loss.png", "block32-perplexity.png", "block32-sweep.png"}
     # one window alone: its table too
     compare.main(FAST + ["--out-dir", str(out / "block32"), "--data-dir", str(tmp_path / "data"),
                          "--sample-docs", "0", "--eval-windows", "8", "--runs", "fixed,oracle"])
@@ -231,7 +234,7 @@ def test_the_t_interval_and_the_verdicts():
 
 def _settings(*argv):
     p = argparse.Namespace(runs="none", ambiguities=None, block_sizes=None, label_counts=None,
-                           eval_windows=None)
+                           eval_windows=None, device="cpu")
     for flag, value in zip(argv[::2], argv[1::2]):
         setattr(p, flag, value)
     return p
@@ -272,6 +275,13 @@ def test_a_seed_given_twice_is_refused():
 def test_a_sweep_list_is_checked_before_anything_trains(flag, value, message):
     with pytest.raises(train.TrainError, match=message):
         compare.sweep_settings(_settings(flag, value), [], "out")
+
+
+def test_eval_windows_above_the_block_are_refused_before_anything_trains():
+    with pytest.raises(train.TrainError, match="train on windows of 32 tokens .*at most 32"):
+        compare.sweep_settings(_settings("eval_windows", "8,64"), [], "out")  # the CPU's block
+    assert compare.sweep_settings(_settings("eval_windows", "8,64"), ["--block-size", "64"],
+                                  "out") == [("", None, [])]
 
 
 def test_a_cut_evaluation_cache_is_computed_again(tmp_path):
