@@ -12,8 +12,9 @@ would be 27 runs):
   2. the peak learning rate of pretraining (fine-tuning peaks at half of it, as in the defaults);
   3. how the LM's steps (550 with the defaults) are shared between pretraining and fine-tuning.
 Every run is train.py's, in out/tune/<setting>/seed<N>/; finished runs and their evaluations are
-skipped, so the search can be stopped and continued. The table so far goes to out/tune/results.md
-after every run.
+skipped, so the search can be stopped and continued (a finished run made with other flags, or on
+other text than the corpus gives now when a setting trains beside it, is refused). The table so far
+goes to out/tune/results.md after every run.
 """
 
 import argparse
@@ -42,6 +43,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default="out/tune")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     args, train_flags = p.parse_known_args(argv)
+    compare.text_identity.cache_clear()  # a corpus file may have changed since the last call
     with runtime.one_line_errors(evaluation.EvalError, data.DataError,
                                  interrupted="interrupted; what is finished is kept: run the same "
                                              "tune.py command to go on"):
@@ -64,13 +66,14 @@ def search(args, train_flags):
         raise runtime.TrainError(f"{steps} LM steps (--lm-iters + --finetune-iters) leave a stage "
                                  "of the search with none: give more")
     runtime.check_paths(args)
-    # rows: (decision, setting, seed) in the order met; results: by (name, seed)
-    rows, results = [], {}
+    # rows: (decision, setting, seed) in the order met; results: by (name, seed); met: see run
+    rows, results, met = [], {}, []
 
     def measure(decision, candidates, seed=0):
         for setting in candidates:
             if (name(setting), seed) not in results:
-                results[name(setting), seed] = run(args, train_flags, setting, tokens, steps, seed)
+                results[name(setting), seed] = run(args, train_flags, setting, tokens, steps, seed,
+                                                   met)
             rows.append((decision, setting, seed))
             # a search stopped here leaves its table so far
             write(table(rows, results, [], tokens, steps))
@@ -97,9 +100,9 @@ def name(setting):
     return f"block{setting['block']}-lr{setting['lr']:g}-lm{setting['lm_iters']}"
 
 
-def run(args, train_flags, setting, tokens, steps, seed):
+def run(args, train_flags, setting, tokens, steps, seed, met):
     """Train one setting (unless done) and evaluate it on val: -> {"perplexity", "seconds"} (of
-    training)."""
+    training). met: the settings met so far, (run, argv) when finished, None when trained."""
     run_dir = Path(args.out_dir) / name(setting) / f"seed{seed}"
     timing = run_dir / "seconds.json"
     argv = train_flags + [
@@ -108,7 +111,13 @@ def run(args, train_flags, setting, tokens, steps, seed):
         "--batch-size", str(tokens // setting["block"]), "--lr", str(setting["lr"]),
         "--finetune-lr", str(setting["lr"] / 2), "--lm-iters", str(setting["lm_iters"]),
         "--finetune-iters", str(steps - setting["lm_iters"])]
-    if not compare.done(run_dir / "soft-joint", argv):  # one made with other flags is refused
+    finished = compare.done(run_dir / "soft-joint", argv)  # one made with other flags is refused
+    met.append((run_dir / "soft-joint", argv) if finished else None)
+    if None in met:  # finished settings beside one trained now: they read the text it will read
+        for run_and_argv in filter(None, met):
+            compare.refuse_other_text(*run_and_argv)
+        met[:] = [None]
+    if not finished:
         start = time.perf_counter()
         resume = ["--resume"] if (run_dir / "soft-joint" / "ckpt.pt").exists() else []
         compare.training(argv + resume, "tune.py")

@@ -1,9 +1,12 @@
 """Tests for tune.py: the one-decision-at-a-time search, on a tiny synthetic setting, then a rerun
 that redoes nothing."""
 import json
+import shutil
+import types
 
 import pytest
 
+import data
 import eval as evaluation
 import runtime
 import train
@@ -62,8 +65,16 @@ def test_the_search_keeps_tokens_per_step_and_picks_by_val_perplexity(tmp_path, 
         raise AssertionError("a finished run or evaluation was redone")
     monkeypatch.setattr(train, "main", redone)
     monkeypatch.setattr(evaluation, "evaluate", redone)
+    # the corpus changed under its name since: a rerun that trains nothing still prints its table
+    monkeypatch.setattr(data, "load", lambda *a, **k: types.SimpleNamespace(
+        identity=lambda labels: {"tokens": "0123456789abcdef"}))
     tune.main(argv)
     assert (tmp_path / "tune" / "results.md").read_text() == md
+    # but no setting is trained beside finished ones that read other text
+    shutil.rmtree(next(r for r in runs if r.parent.name == "seed1").parent)  # one met last
+    with pytest.raises(SystemExit, match="seed0/soft-joint is a finished run trained on other "
+                                         "text than --dataset synthetic gives now"):
+        tune.main(argv)
     # other flags in the same folder: its finished runs are not reused
     with pytest.raises(SystemExit,
                        match="is a finished run made with --n-embd 16, not --n-embd 32"):
