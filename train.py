@@ -523,6 +523,8 @@ def load_data(args):
                                                           len(split.doc_sent) - 1,
                                                           Context.get().world, vars(args)))
         runtime.check_shapes(args, PlannerConfig.n_head)
+        if not args.init_from:  # GPT-2's shape is checked once its weights are read
+            check_adapters(args)
     runtime.check_split_sizes(corpus, args, {"train": 1 - data.VAL_FRAC - data.TEST_FRAC,
                                              "val": data.VAL_FRAC})
     return corpus, {k: SplitData(corpus, k, args.device) for k in corpus.splits}

@@ -672,6 +672,19 @@ def test_more_torchrun_processes_than_gpus(tmp_path, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+def test_the_shape_a_gpu_defaults_to_is_checked_too(tmp_path, monkeypatch):
+    """On a GPU the LM's shape follows from the corpus: an --adapter-from past its layers is refused
+    then, as on the CPU (else no plan reaches the LM and soft equals none)."""
+    monkeypatch.setattr(runtime, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(train, "SplitData", lambda corpus, split, device: None)  # no CUDA here
+    shapeless = [f for flag, value in zip(TINY[::2], TINY[1::2])
+                 if flag not in ("--n-layer", "--n-embd", "--n-head", "--device")
+                 for f in (flag, value)]
+    args = train.get_args(shapeless + ["--data-dir", str(tmp_path), "--adapter-from", "6"])
+    with pytest.raises(runtime.TrainError, match="--adapter-from 6: the LM has 6 layers"):
+        train.load_data(args)
+
+
 def test_a_path_that_is_not_utf8_is_printed_escaped(monkeypatch):
     """A run in a folder whose name is not valid UTF-8, printed by a command under a strict
     locale."""
