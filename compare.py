@@ -490,7 +490,8 @@ def compare(args, train_flags, out):
     if args.sample_docs:
         first = f"seed{args.seeds.split(',')[0]}"
         report["following"] = [cached(r, f"following-{args.sample_docs}.json",
-                                      lambda: following(r, args.sample_docs), "samplings")
+                                      lambda: following(r, args.sample_docs, args.device),
+                                      "samplings")
                                for r in runs
                                if r.parent.name == first and r.name not in CONSTANT_PLANS]
         tables.append(f"{title}, sampled sentences whose label is the one planned "
@@ -578,11 +579,12 @@ def truth_weights(args):
 
 
 @torch.no_grad()
-def plan_quality(run, split="val"):
+def plan_quality(run, device, split="val"):
     """How good a run's plans are as a distribution over the true labels of the split: top-1 and
     top-5 accuracy, and cross-entropy (nats). The oracle's: 1, 1, 0."""
-    net, _, corpus = evaluation.load_run(run)
-    sd = data.SplitData(corpus, split, "cpu")
+    device = runtime.resolve_device(device)
+    net, _, corpus = evaluation.load_run(run, device)
+    sd = data.SplitData(corpus, split, device)
     if net.plans.mode == "oracle":
         return {"plan_top1": 1.0, "plan_top5": 1.0, "plan_ce": 0.0}
     q = net.plans.distribution(sentence_logits(net.planner, sd), sd.labels)
@@ -604,7 +606,7 @@ def curve(args, runs, report):
                                     r.name, "fixed")
             points.append({"run": str(r), "name": r.name, "weight": weight[r.name],
                            "seed": seed_of(r), "vs_fixed": change[0] if change else None,
-                           **cached(r, "plans-val.json", lambda: plan_quality(r))})
+                           **cached(r, "plans-val.json", lambda: plan_quality(r, args.device))})
     return sorted(points, key=lambda p: (p["weight"], p["seed"]))
 
 
@@ -852,9 +854,9 @@ def reliance_table(report):
                        for name, r in reliance_rises(report).items()])
 
 
-def following(run_dir, n_docs):
+def following(run_dir, n_docs, device):
     """Plan following of one run, with random labels and (if it has a planner) the planner's."""
-    net, _, corpus = evaluation.load_run(run_dir)
+    net, _, corpus = evaluation.load_run(run_dir, runtime.resolve_device(device))
     row = {"run": str(run_dir),
            "forced": plan_following(net, corpus, n_docs, forced=True)}
     # a truth weight needs the true label of sentences not yet written: no planned labels then

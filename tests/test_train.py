@@ -297,6 +297,16 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
     assert [planned for planned, _, _ in rows] == [1, 2]
 
 
+def test_compare_samples_and_scores_plans_on_the_device_asked(dirs, monkeypatch):
+    _, root = dirs
+    real, asked = evaluation.load_run, []
+    monkeypatch.setattr(evaluation, "load_run", lambda run, device=None: asked.append(device)
+                        or real(run, device))
+    compare.following(root / "out" / "soft-joint", 1, "cpu")
+    compare.plan_quality(root / "out" / "soft-joint", "cpu")
+    assert asked == ["cpu", "cpu"]  # not the CPU whatever --device says
+
+
 def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
     rows = [(0, 0, ""), (0, 1, ""), (1, 1, ""), (1, 1, "")]  # planned 0,0,1,1; realised 0,1,1,1
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: rows)
