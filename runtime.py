@@ -792,7 +792,7 @@ class Run:
         self.bar = tqdm(range(self.done, self.iters), initial=self.done, total=self.iters,
                         desc=f"{self.stage} [{name}]", disable=None if self.ctx.master else True,
                         dynamic_ncols=True)
-        self.t0, self.first = time.time(), self.done
+        self.started, self.first, self.paused = time.time(), self.done, 0.0
         self.last_read = self.done
         with StopRequest() as self.stop:
             try:
@@ -836,9 +836,15 @@ class Run:
         self.last_read = step + 1
 
     def step_done(self, done, total):
-        """The progress bar: the loss where the loop reads it, the speed."""
-        self.done = done
-        self.rate = (done - self.first) * self.per_step / (time.time() - self.t0)
+        """The progress bar: the loss where the loop reads it, the speed. The speed is the steps'
+        alone: from the end of the first one (which warms up: allocations, kernels, compiling), not
+        counting validation and saving (record)."""
+        self.done, self.step_end = done, time.time()
+        if done == self.first + 1:
+            self.rate, self.t0 = self.per_step / (self.step_end - self.started), self.step_end
+        else:
+            self.rate = ((done - self.first - 1) * self.per_step
+                         / max(self.step_end - self.t0 - self.paused, 1e-9))
         if self.reads(done):
             self.bar.set_postfix(loss=f"{total.item():.3f}",
                                  ppl=f"{math.exp(min(total.item(), 50)):.1f}",
@@ -849,7 +855,7 @@ class Run:
         """After a validation (metrics): log, save, keep the best checkpoint."""
         args = self.args
         record = dict(step=done, train_loss=total.item(), lr=opt.param_groups[0]["lr"],
-                      per_s=round(self.rate, 1), seconds=round(time.time() - self.t0, 1),
+                      per_s=round(self.rate, 1), seconds=round(time.time() - self.started, 1),
                       **metrics)
         if bad := [f"{k} {v}" for k, v in record.items() if not math.isfinite(v)]:
             raise TrainError(f"{self.stage}: at step {done} {', '.join(bad)}; stopped without "
@@ -876,6 +882,7 @@ class Run:
                 with open(self.log, "a") as f:  # after the save: the log never runs ahead of it
                     f.write(json.dumps(dict(record, best_step=self.best[1])) + "\n")
             self.saved = done
+        self.paused += time.time() - self.step_end  # validation and saving: not the steps' speed
 
     def end(self, net, opt):
         """A stop: save what is done and say how to go on. Else go on from the best checkpoint by

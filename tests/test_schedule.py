@@ -2,6 +2,7 @@
 counts, and the GPU defaults follow from the corpus by arithmetic."""
 import argparse
 import json
+import time
 
 import pytest
 import torch
@@ -19,6 +20,28 @@ def test_each_stage_prints_tokens_per_step_and_passes(tiny_out, capsys):
     line = (f"finetune: 128 tokens a step x 6 steps = 768 tokens, {768 / corpus_tokens:.2f} passes "
             f"over the {corpus_tokens:,} training tokens")
     assert line in out
+
+
+def test_the_logged_speed_is_the_steps_alone(tiny_out, monkeypatch):
+    """per_s leaves out the first step (it warms up: on a GPU, kernels and compiling) and each
+    validation with its save: here each of those takes 100 s of a clock made late."""
+    flags, root = tiny_out
+    real_time, late = time.time, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real_time() + late[0])
+
+    def late_by_100_s(f, when):
+        def slowed(*a, **k):
+            if when(*a):
+                late[0] += 100
+            return f(*a, **k)
+        return slowed
+    monkeypatch.setattr(runtime, "save", late_by_100_s(runtime.save, lambda *a: True))
+    monkeypatch.setattr(train, "step_rng", late_by_100_s(train.step_rng,  # the first step's batch
+                                                         lambda seed, stage, step: step == 0))
+    train.main(flags + ["--mode", "none", "--run", "speed"])
+    log = runtime.read_log(root / "out" / "speed")
+    assert log[-1]["seconds"] > 250  # the first step and two saves before it; 6 steps of 128 tokens
+    assert all(r["per_s"] > 100 for r in log)  # else at most 6 x 128 tokens in 100 s
 
 
 def test_many_passes_warn_with_the_fix(tiny_out, capsys, monkeypatch, tmp_path):
