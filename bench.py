@@ -45,9 +45,10 @@ import data
 from mix import PlannedLM, Plans
 from model import GPT, GPTConfig
 from planner import Planner, PlannerConfig
-from runtime import (CUDA_MODELS, TrainError, atomic_write, autocast, autocast_dtype,
-                     one_line_errors, read_log, resolve_device)
-from train import CPU_DEFAULTS
+from runtime import (CUDA_MODELS, TrainError, allow_tf32, atomic_write, autocast,
+                     autocast_dtype, one_line_errors, read_log, resolve_device)
+from train import CPU_DEFAULTS, make_optimizer
+from train import make_parser as train_parser
 
 MODES = ["none", "fixed", "uniform", "oracle", "hard-frozen", "st-joint", "soft-frozen",
          "soft-joint", "gumbel-joint"]
@@ -159,7 +160,8 @@ def run_mode(args):
     net.lm.chunked_loss = not args.plain_loss
     if args.compiled:
         net.lm.compile()  # as train.py --compile: the LM only
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    allow_tf32(args.device)  # as train.py: its float32 matmuls, its optimizer (fused on a GPU)
+    opt = make_optimizer(net, 1e-4, train_parser().get_default("weight_decay"))
     batch = make_batch(cfg, batch_size, args.device, args.n_labels,
                        torch.Generator().manual_seed(0))
     dtype = autocast_dtype(args)
@@ -346,6 +348,7 @@ def measure(args, modes):
     n = 4096 if args.device != "cpu" else 2048
     # bf16 only where it is used: emulated on a CPU without native bf16, its matmul takes minutes
     dtypes = dict.fromkeys(["float32", str(autocast_dtype(args)).split(".")[-1]])
+    allow_tf32(args.device)  # float32 as train.py runs it
     peak = {dt: matmul_peak(args.device, getattr(torch, dt), n) for dt in dtypes}
     print(f"device {args.device} ({torch.get_num_threads()} threads); matmul peak measured now "
           f"({n}x{n}): "
@@ -410,6 +413,9 @@ def check(args):
     torch.compile works, then a short train.py run at the GPU defaults (wall time, tokens/s per
     stage)."""
     args.compile = args.compile or args.device.startswith("cuda")
+    # the short run's corpus is there (or downloaded) first: if not, a line now, not after minutes
+    given = train_parser().parse_known_args(args.check_train.split())[0]
+    corpora.source_files(given.dataset, given.data_dir)
     results = measure(args, ["none", "soft-joint"])
     sheet = datasheet_peak(args.device)
     for (mode, dtype, compiled), r in results.items():
@@ -443,8 +449,7 @@ def check(args):
               f"{'documents' if 'planner' in log.parent.name else 'tokens'}"
               f"/s, val loss {last.get('val_loss', last.get('planner_val_loss')):.3f} "
               f"at step {last['step']}")
-    print(*(line for line in stdout.splitlines()
-            if line.startswith(("val perplexity", "planner val accuracy"))), sep="\n")
+    print(*(line for line in stdout.splitlines() if line.startswith("val perplexity")), sep="\n")
 
 
 def kmeans_sample(args):

@@ -174,8 +174,8 @@ class Embedder:
         rows = np.repeat(np.arange(n), np.diff(crow))
         vals /= np.sqrt(np.bincount(rows, vals.astype(np.float64) ** 2,
                                     minlength=n))[rows].astype(np.float32)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the CPU's generator only: the SVD runs there
+            torch.random.default_generator.manual_seed(seed)
             _, _, v = torch.svd_lowrank(_csr(crow, cols, vals, VOCAB_SIZE), q=dim, niter=SVD_NITER)
         return cls(idf, v.numpy())
 

@@ -123,11 +123,12 @@ def evaluate(run, split="val", device="auto", window=None, replace_plans=None):
                         f"positions end there): give at most {block}")
     sd = SplitData(corpus, split, device)
     table = replace_plans(net, sd).to(net.lm.wte.weight.dtype) if replace_plans else None
-    tokens, nll = perplexity(net, sd, window or block, plan_table=table)
+    with runtime.exact_float32():  # not TF32, should a training in this process allow it
+        tokens, nll = perplexity(net, sd, window or block, plan_table=table)
+        acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     if not math.isfinite(nll):
         raise EvalError(f"{run}: the {split} NLL is {nll}, the run diverged: retrain it with a "
                         "lower learning rate")
-    acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
             "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"],
             "seed": ck["config"]["seed"], "planner_top1": acc.get("planner_top1"),

@@ -214,9 +214,26 @@ class Context:
                 else Context())
 
 
-def setup_distributed(args):
-    if args.device.startswith("cuda"):  # TF32 for what runs in float32 (the planner, evaluation)
+def allow_tf32(device):
+    """On a GPU, float32 matmuls in training (the planner, validation) round to TF32: several times
+    faster where the card has it. eval.py's figures do not (exact_float32)."""
+    if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """float32 matmuls at full precision inside, whatever a training in this process allowed."""
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def setup_distributed(args):
+    allow_tf32(args.device)
     if "RANK" not in os.environ:
         return
     local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun sets it; a bare launch may not

