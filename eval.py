@@ -131,24 +131,33 @@ def evaluate(run, split="val", device="auto", window=None, replace_plans=None):
                         "lower learning rate")
     return {"run": str(run), "mode": ck["mode"], "planner": ck["config"]["planner"], "split": split,
             "tokens": tokens, "nll": nll, "perplexity": math.exp(nll), "step": ck["step"],
-            "seed": ck["config"]["seed"], "planner_top1": acc.get("planner_top1"),
+            "seed": ck["config"]["seed"], "text": ck["identity"].get("tokens"),
+            "planner_top1": acc.get("planner_top1"),
             "planner_top5": acc.get("planner_top5"), "window": window or block}
 
 
 def table(results):
     """Markdown, a row per run: its perplexity, the change against the run of mode none and of mode
-    fixed of the same seed (fixed: one learned plan vector for every sentence, the same parameters
-    as any planned mode without the information), its planner's accuracy. Over several seeds,
-    compare.py sums up."""
+    fixed on the same text (corpus and seed; the first such run given), where fixed is one learned
+    plan vector for every sentence, the same parameters as any planned mode without the
+    information; its planner's accuracy. Over several seeds, compare.py sums up."""
+    text = lambda r: r.get("text", r["seed"])  # a result from before "text" was kept: its seed
     refs = [m for m in ("none", "fixed") if any(r["mode"] == m for r in results)]
-    base = {m: {r["seed"]: r["perplexity"] for r in results if r["mode"] == m} for m in refs}
-    rows = ["| run | mode | planner | seed | perplexity | "
-            + "".join(f"vs {m} | " for m in refs) + "planner top-1 | planner top-5 |",
-            "|---" * (7 + len(refs)) + "|"]
+    base = {m: {} for m in refs}
     for r in results:
-        cells = [run_name(r["run"]), r["mode"], r["planner"] or "", r["seed"],
-                 f"{r['perplexity']:.2f}"]
-        cells += [f"{r['perplexity'] / base[m][r['seed']] - 1:+.1%}" if r["seed"] in base[m]
+        if r["mode"] in base:
+            base[r["mode"]].setdefault(text(r), r["perplexity"])
+    names = [run_name(r["run"]) for r in results]
+    if len(set(zip(names, (r["seed"] for r in results)))) < len(names):  # their paths, then
+        names = [str(r["run"]) for r in results]
+    tokens = len({r.get("tokens") for r in results}) > 1  # a column only where they differ
+    rows = ["| run | mode | planner | seed | " + "tokens | " * tokens + "perplexity | "
+            + "".join(f"vs {m} | " for m in refs) + "planner top-1 | planner top-5 |",
+            "|---" * (7 + tokens + len(refs)) + "|"]
+    for name, r in zip(names, results):
+        cells = ([name, r["mode"], r["planner"] or "", r["seed"]]
+                 + ([f"{r['tokens']:,}"] if tokens else []) + [f"{r['perplexity']:.2f}"])
+        cells += [f"{r['perplexity'] / base[m][text(r)] - 1:+.1%}" if text(r) in base[m]
                   else "" for m in refs]
         cells += ["" if r[k] is None else f"{r[k]:.3f}" for k in ("planner_top1", "planner_top5")]
         rows.append("| " + " | ".join(map(str, cells)) + " |")
@@ -189,7 +198,9 @@ def main(argv=None):
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     else:
-        print(f"{args.split} split, {results[0]['tokens']:,} target tokens" +
+        counts = {r["tokens"] for r in results}  # one corpus and seed, or several
+        print(f"{args.split} split" + (f", {counts.pop():,} target tokens" if len(counts) == 1
+                                       else "") +
               (f", scored in windows of {args.window} tokens" if args.window else ""))
         print(table(results))
 

@@ -46,6 +46,21 @@ def test_eval_table_is_a_row_per_run_against_none_and_fixed_of_its_seed():
     assert evaluation.table(rows[3:]).splitlines()[0].count("vs ") == 0
 
 
+def test_eval_table_pairs_runs_on_the_same_text_and_tells_apart_runs_of_one_name():
+    """Runs of two corpora, seed 0 each: each is set against the none of its own text; two runs
+    named none are shown by their paths; the token counts differ, so each row has its own."""
+    rows = [dict(run=f"out/{corpus}/none", mode="none", planner=None, seed=0, perplexity=p,
+                 text=corpus, tokens=n, planner_top1=None, planner_top5=None)
+            for corpus, p, n in (("a", 100, 1000), ("b", 400, 2000))]
+    rows.append(dict(run="out/b/soft-joint", mode="soft", planner="joint", seed=0, perplexity=380,
+                     text="b", tokens=2000, planner_top1=0.5, planner_top5=0.9))
+    lines = evaluation.table(rows).splitlines()
+    assert lines[0].startswith("| run | mode | planner | seed | tokens | perplexity | vs none |")
+    assert lines[3] == "| out/b/none | none |  | 0 | 2,000 | 400.00 | +0.0% |  |  |"
+    assert lines[4] == ("| out/b/soft-joint | soft | joint | 0 | 2,000 | 380.00 | -5.0% | 0.500 "
+                        "| 0.900 |")
+
+
 def test_compare_table_pairs_seeds_against_none():
     rows = [dict(run=f"out/seed{s}/{name}", mode=name.split("-")[0],
                  planner=(name.split("-") + [None])[1], seed=s, perplexity=p,
