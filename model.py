@@ -158,17 +158,20 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, plan_fn=None,
-                 generator=None):
+                 generator=None, never=None):
         """Sample max_new_tokens after idx [B, T].
 
         plan_fn(idx) -> [B, T, plan_dim]: the plans for every position of idx, asked for again
         before each new token, so the caller can re-plan each time the last token ended a sentence.
+        never: a token that is not drawn (sample.py's <|endoftext|>: no new document).
         """
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             plan = plan_fn(idx)[:, -ctx.shape[1]:] if plan_fn else None
             # the head, most of the compute at this size, is needed at the last position only
             logits = self.lm_head(self.features(ctx, plan)[:, -1]) / max(temperature, 1e-6)
+            if never is not None:
+                logits[:, never] = -float("inf")
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, -float("inf"))

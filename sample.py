@@ -60,6 +60,13 @@ def plan_each(net, corpus, texts, then=False):
     return [(int(z.argmax()), plans(logits=z, labels=y)) for z, y in zip(logits, labels)]
 
 
+def prompt_sentences(prompt):
+    """-> (the prompt's finished sentences, its unfinished last one or ""), its whitespace made as
+    in the corpus's documents (one space)."""
+    given = data.split_sentences(" ".join(prompt.split())) if prompt.strip() else []
+    return (given[:-1], given[-1]) if given and not SENTENCE_END.search(given[-1]) else (given, "")
+
+
 @torch.no_grad()
 def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k=50, seed=0,
            max_tokens=60):
@@ -67,17 +74,22 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
 
     -> [(planned label or None, realised label, text)] per new sentence. Before each sentence the
     planner reads the sentences so far, embedded as the corpus was, and the run's estimator turns
-    its logits into the plan; force[i], if given, dictates the label of the i-th new sentence.
+    its logits into the plan; force[i], if given, dictates the label of the i-th new sentence. A
+    prompt that ends mid-sentence: the LM finishes that sentence first, as the first new one
+    (planned from the sentences before it; its text and label are the whole sentence's).
     """
     if len(force) < n_sentences and (net.plans.mode == "oracle" or net.plans.truth_weight):
         raise EvalError(f"this run's plans need the true label of a sentence not yet written: "
                         f"give --force-labels for all {n_sentences} sentences")
     device, block = net.lm.wte.weight.device, net.lm.config.block_size
     enc, g = data.tokenizer(), torch.Generator(device).manual_seed(seed)
-    given = data.split_sentences(prompt.strip()) if prompt.strip() else []
+    given, opened = prompt_sentences(prompt)
     given_tokens = [enc.encode_ordinary(text) for text in given]
+    opened_tokens = enc.encode_ordinary(opened)
     if corpus.vocab is not None:
-        corpora.refuse_unknown_tokens(corpus.vocab, enc, itertools.chain(*given_tokens))
+        corpora.refuse_unknown_tokens(corpus.vocab, enc,
+                                      itertools.chain(*given_tokens, opened_tokens))
+    eot = int(corpus.to_rows([data.EOT])[0])  # a new document is not what was asked for
     history, idx, plans, out = [], [data.EOT], [], []
 
     def add(token, vec):
@@ -91,14 +103,13 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
     for i in range(n_sentences):
         label, vec = next_plan(net, corpus, history, force[i] if i < len(force) else None)
         start = len(idx)
+        for token in opened_tokens if i == 0 else ():
+            add(token, vec)
         for _ in range(max_tokens):  # the LM sees the last block of tokens and their plans only
             plan_fn = None if vec is None else lambda _: torch.stack((plans + [vec])[-block:])[None]
             rows = torch.as_tensor(corpus.to_rows(idx[-block:]), device=device)[None]
-            row = net.lm.generate(rows, 1, temperature, top_k, plan_fn, g)[0, -1]
-            token = int(corpus.to_ids(int(row)))
-            if token == data.EOT:  # a new document is not what was asked for: draw again
-                continue
-            add(token, vec)
+            row = net.lm.generate(rows, 1, temperature, top_k, plan_fn, g, never=eot)[0, -1]
+            add(int(corpus.to_ids(int(row))), vec)
             if SENTENCE_END.search(enc.decode(idx[start:])):
                 break
         text = enc.decode(idx[start:])
@@ -120,7 +131,7 @@ def print_samples(args):
     net, _, corpus = load_run(args.run, runtime.resolve_device(args.device))
     rows = sample(net, corpus, sentences, args.prompt, force, args.temperature, args.top_k,
                   args.seed)
-    print(args.prompt)
+    print("".join(prompt_sentences(args.prompt)[0]))  # an unfinished sentence: in the first row
     for planned, realised, text in rows:
         print(f"[planned {'-' if planned is None else planned:>3} | realised {realised:>3}] "
               f"{text.strip()}")

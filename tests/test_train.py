@@ -242,15 +242,35 @@ def test_sampling_is_deterministic_and_follows_forced_labels(dirs, monkeypatch):
     assert all(planned is not None and 0 <= realised < 16 and text for planned, realised, text in a)
     seen, real = [], net.lm.generate
 
-    def spy(idx, n, temperature, top_k, plan_fn, generator):
+    def spy(idx, n, temperature, top_k, plan_fn, generator, never):
         seen.append(plan_fn(idx)[0, -1].clone())  # the plan that predicts the next token
-        return real(idx, n, temperature, top_k, plan_fn, generator)
+        return real(idx, n, temperature, top_k, plan_fn, generator, never)
     monkeypatch.setattr(net.lm, "generate", spy)
     rows = sampling.sample(net, corpus, 2, force=[5, 9], max_tokens=3)
     assert [planned for planned, _, _ in rows] == [5, 9]
     codebook = net.plans.codebook
     assert (all(torch.equal(v, codebook[5]) for v in seen[:3])
             and all(torch.equal(v, codebook[9]) for v in seen[3:]))
+
+
+def test_a_prompt_is_read_as_the_corpus_and_may_end_mid_sentence(dirs, monkeypatch):
+    _, root = dirs
+    net, _, corpus = evaluation.load_run(root / "out" / "soft-joint")
+    # whitespace as in the corpus's documents: one space
+    assert (sampling.sample(net, corpus, 2, prompt="Weak  arms\nhelped. ", seed=1)
+            == sampling.sample(net, corpus, 2, prompt="Weak arms helped.", seed=1))
+    # an unfinished sentence is the first one written: planned from the sentences before it, its
+    # text and label the whole sentence's
+    rows = sampling.sample(net, corpus, 2, prompt="Weak arms helped. Weak arms", seed=1)
+    assert rows[0][0] == sampling.next_plan(net, corpus, ["Weak arms helped."])[0]
+    assert rows[0][2].startswith(" Weak arms") and len(rows) == 2
+    # never a new document, even where the LM would rather end this one
+    eot = int(corpus.to_rows([data.EOT])[0])
+    head = net.lm.lm_head.forward
+    monkeypatch.setattr(net.lm.lm_head, "forward", lambda h: head(h).index_add(
+        1, torch.tensor([eot]), torch.full((len(h), 1), 100.0)))
+    rows = sampling.sample(net, corpus, 2, temperature=0, max_tokens=5)
+    assert all(text.strip() for _, _, text in rows)
 
 
 def test_forced_labels_are_realised_on_synthetic(dirs):
@@ -275,8 +295,8 @@ def test_a_long_prompt_is_planned_in_one_pass_and_read_a_block_at_a_time(dirs, m
     planner_forward, generate = type(net.planner).forward, type(net.lm).generate
     monkeypatch.setattr(type(net.planner), "forward", lambda self, emb: seen["planner"].append(
         emb.shape[1]) or planner_forward(self, emb))
-    monkeypatch.setattr(type(net.lm), "generate", lambda self, idx, *a: seen["lm"].append(
-        (idx.shape[1], a[3](idx).shape[1])) or generate(self, idx, *a))
+    monkeypatch.setattr(type(net.lm), "generate", lambda self, idx, *a, **k: seen["lm"].append(
+        (idx.shape[1], a[3](idx).shape[1])) or generate(self, idx, *a, **k))
     rows = sampling.sample(net, corpus, 2, prompt, seed=0)
     n = len(data.split_sentences(prompt))
     assert len(rows) == 2 and seen["planner"][:3] == [n, n + 1, n + 2]
