@@ -219,7 +219,9 @@ def made_otherwise(saved, argv):
                                   defaults)
 
 
-def main(argv=None):
+def main(argv=None, script="compare.py"):
+    """script: the command an interruption says to run again (demo.py is compare.py in a fixed
+    setting)."""
     # no abbreviations: train.py's --block-size must reach train.py, not become --block-sizes
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -257,11 +259,12 @@ def main(argv=None):
                         "nothing, sets every finding's verdict in each of their settings side by "
                         "side in <out-dir>/holds.md")
     args, train_flags = p.parse_known_args(argv)
+    args.script = script
     SPENT.clear()
     text_identity.cache_clear()  # a corpus file may have changed since the last call
     with runtime.one_line_errors(evaluation.EvalError, data.DataError,
-                                 interrupted="interrupted; what is finished is kept: run the same "
-                                             "compare.py command to go on"):
+                                 interrupted=f"interrupted; what is finished is kept: run the "
+                                             f"same {script} command to go on"):
         if args.holds is not None:
             return what_holds(args)
         seed_list(args.seeds)  # refused here, before hours of training
@@ -456,7 +459,7 @@ def train_runs(args, train_flags, out):
     for run, argv, finished in runs:
         if not finished:  # a run cut short continues from its last checkpoint
             argv = argv + (["--resume"] if (run / "ckpt.pt").exists() else [])
-            timed("training runs", lambda: training(argv, "compare.py"))
+            timed("training runs", lambda: training(argv, args.script))
     return [run for run, *_ in runs]
 
 

@@ -17,6 +17,7 @@ finished runs are kept in --out-dir and skipped when it runs again.
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,9 @@ SETTING = ["--dataset", "synthetic", "--synthetic-ambiguity", "0.5", "--syntheti
            "--eval-iters", "8", "--lr", "3e-3", "--planner-lr", "3e-3", "--finetune-lr", "3e-3",
            "--warmup-iters", "20", "--runs", "none,fixed,hard-frozen,soft-joint,oracle",
            "--sample-docs", "0"]
+# what makes it the demo (sizes and schedules may still be given, e.g. to try it faster)
+SETTING_FLAGS = ("--dataset", "--synthetic-ambiguity", "--runs", "--ambiguities", "--block-sizes",
+                 "--label-counts", "--eval-windows", "--truth-weights", "--holds")
 # What each finding means, in the words of the method: (A, B, the claim, why it can hold here).
 READINGS = [
     ("soft-joint", "hard-frozen", "soft beats hard",
@@ -47,9 +51,12 @@ def main(argv=None):
     p.add_argument("--out-dir", default="out/demo")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     args, train_flags = p.parse_known_args(argv)
+    if setting := [f for f in train_flags if f.split("=")[0] in SETTING_FLAGS]:
+        sys.exit(f"error: {setting[0]}: demo.py is one fixed comparison, the ambiguity testbed "
+                 "(other runs, corpora or sweeps: compare.py)")
     t0 = time.time()
     compare.main(SETTING + train_flags + ["--seeds", args.seeds, "--out-dir", args.out_dir,
-                                          "--device", args.device])
+                                          "--device", args.device], script="demo.py")
     results = json.loads((Path(args.out_dir) / "results.json").read_text())["val"]
     print(f"\nWhat it means (val perplexity of A against B of the same seed, 95% interval over "
           f"{len(args.seeds.split(','))} seeds; {time.time() - t0:.0f} s):")
