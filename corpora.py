@@ -135,7 +135,7 @@ def text_files(path):
                         "file or a folder of .txt files")
     if p.is_file():
         return [p]
-    found = sorted(p.rglob("*.txt"))
+    found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".txt")  # .TXT too
     files = [f for f in found if f.is_file()]
     if len(files) < len(found):  # folders named x.txt, dangling links, FIFOs, devices
         others = [f for f in found if not f.is_file()]

@@ -358,7 +358,9 @@ def test_path_corpus_file_and_folder(tmp_path):
     folder.mkdir()
     (folder / "a.txt").write_text("Alpha.\n\nStill alpha.")
     (folder / "b.txt").write_text("Beta.")
-    assert corpora.path_documents(folder) == ["Alpha. Still alpha.", "Beta."]
+    (folder / "c.TXT").write_text("Gamma.")  # a name made on another system: read too
+    (folder / "d.md").write_text("Not a document.")
+    assert corpora.path_documents(folder) == ["Alpha. Still alpha.", "Beta.", "Gamma."]
 
 
 WIKITEXT_FIXTURE = """
