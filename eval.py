@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import corpora
 import data
 import runtime
 from data import SplitData
@@ -45,6 +46,11 @@ def load_run(run, device="cpu"):
         runtime.check_ranges(argparse.Namespace(**c), runtime.FLAG_RANGES, paths=False)
         if not isinstance(c["dataset"], str):
             raise TypeError(f"dataset {c['dataset']!r} is not a corpus name or path")
+    if c["dataset"] not in corpora.DATASETS and not Path(c["dataset"]).exists():
+        raise EvalError(f"{run} was trained on --dataset {c['dataset']}, which is not there"
+                        + (" (a path from the folder train.py ran in)"
+                           if not Path(c["dataset"]).is_absolute() else "")
+                        + ": run this from that folder, or put the corpus back")
     corpus = data.load(c["dataset"], c["n_labels"], c["embed_dim"], c["seed"],
                        c["synthetic_docs"], c["synthetic_types"], c["data_dir"], quiet=True,
                        synthetic_ambiguity=c.get("synthetic_ambiguity", 0.0))

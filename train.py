@@ -27,6 +27,7 @@ so differences come from the estimator alone. Then compare runs with
 import argparse
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -152,6 +153,8 @@ def add_model_and_schedule_args(p):
 def get_args(argv=None):
     args = make_parser().parse_args(argv)
     args.device = runtime.resolve_device(args.device)
+    # kept in the checkpoint: eval.py, sample.py, explore.py find the cache from any folder
+    args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else args.data_dir
     if args.init_from and (given := [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head",
                                                                           "n_embd")
                                      if getattr(args, k) is not None] + ["--bias"] * args.bias):

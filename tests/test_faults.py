@@ -697,6 +697,24 @@ def test_a_path_that_is_not_utf8_is_printed_escaped(monkeypatch):
     assert raw.getvalue() == b"run /tmp/out-\\udcff\n"
 
 
+def test_a_run_is_found_from_another_folder_or_says_where_its_corpus_was(tiny_out, tmp_path,
+                                                                          monkeypatch):
+    """The data folder is kept whole in the checkpoint; a corpus path given relative to where
+    train.py ran is named as such."""
+    flags, root = tiny_out
+    monkeypatch.chdir(tmp_path)
+    train.main([f if f != str(root / "data") else os.path.relpath(root / "data")
+                for f in flags] + ["--mode", "none", "--run", "relative"])
+    ck = runtime.load_checkpoint(root / "out" / "relative" / "ckpt.pt")
+    assert ck["config"]["data_dir"] == str(root / "data")
+    ck["config"]["dataset"] = "corpora/mine.txt"  # as a run trained on that path would hold
+    runtime.save(ck, tmp_path / "moved.pt")
+    message = one_line_error(lambda: evaluation.main([str(tmp_path / "moved.pt")]))
+    assert message == (f"error: {tmp_path / 'moved.pt'} was trained on --dataset corpora/mine.txt, "
+                       "which is not there (a path from the folder train.py ran in): run this from "
+                       "that folder, or put the corpus back")
+
+
 def test_a_missing_checkpoint_is_not_called_damaged(tmp_path):
     with pytest.raises(runtime.TrainError) as e:
         runtime.load_checkpoint(tmp_path / "moved" / "ckpt.pt")
