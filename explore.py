@@ -10,7 +10,7 @@ planner guesses for each sentence of a held-out document.
     python explore.py out/soft-joint --plans mean  # val perplexity with every plan replaced
     python explore.py out/soft-joint --plans shuffled  # each plan replaced by another sentence's
 
-With a RUN the corpus is the one it was trained on, and the data flags are not used.
+With a RUN the corpus is the one it was trained on: the data flags and --seed are refused.
 """
 
 import argparse
@@ -196,9 +196,16 @@ def plan_reliance(run, how, split):
 
 
 def main(argv=None):
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     with runtime.one_line_errors(evaluation.EvalError, data.DataError):
         runtime.check_ranges(args, FLAG_RANGES)
+        if args.run and (given := [k for k in ("dataset", "n_labels", "embed_dim", "seed",
+                                               "synthetic_docs", "synthetic_types",
+                                               "synthetic_ambiguity", "data_dir")
+                                   if getattr(args, k) != parser.get_default(k)]):
+            raise evaluation.EvalError(f"--{given[0].replace('_', '-')}: with a RUN the corpus is "
+                                       "the one it was trained on: drop the data flags")
         if (args.browse is not None or args.plans) and args.run is None:
             raise evaluation.EvalError("--browse and --plans need a RUN: e.g. python explore.py "
                                        "out/soft-joint --browse 4")

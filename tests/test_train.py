@@ -377,7 +377,10 @@ def test_browse_guesses_match_planner_accuracy(dirs, capsys):
     for run_dir, flags, message in [("none", ["--browse", "0"],
                                      "mode none has no planner to browse"),
                                     ("soft-joint", ["--browse", "999"],
-                                     "the val split has documents 0..")]:
+                                     "the val split has documents 0.."),
+                                    ("soft-joint", ["--labels", "2", "--seed", "3"],
+                                     "--seed: with a RUN the corpus is the one it was trained "
+                                     "on: drop the data flags")]:
         with pytest.raises(SystemExit, match=message):
             explore.main([str(root / "out" / run_dir), *flags])
 
