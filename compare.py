@@ -522,7 +522,7 @@ def mean_std(values, fmt):
 
 def table(results):
     """Markdown comparison, one row per run name (its mode and planner), mean ± std over the seeds
-    given (eval.py's table grouped by seed).
+    given (what eval.py's table shows of one seed).
 
     'vs none' is the change in perplexity against the run of mode none with the same seed;
     'vs fixed' (when there are fixed runs) against fixed, one learned plan vector for every
@@ -590,7 +590,8 @@ def plan_quality(run, device, split="val"):
     sd = data.SplitData(corpus, split, device)
     if net.plans.mode == "oracle":
         return {"plan_top1": 1.0, "plan_top5": 1.0, "plan_ce": 0.0}
-    q = net.plans.distribution(sentence_logits(net.planner, sd), sd.labels)
+    with runtime.exact_float32():  # as eval.py: not TF32, should a training here allow it
+        q = net.plans.distribution(sentence_logits(net.planner, sd), sd.labels)
     top = q.topk(min(5, q.shape[1]), -1).indices
     return {"plan_top1": (top[:, 0] == sd.labels).float().mean().item(),
             "plan_top5": (top == sd.labels[:, None]).any(-1).float().mean().item(),
@@ -860,11 +861,12 @@ def reliance_table(report):
 def following(run_dir, n_docs, device):
     """Plan following of one run, with random labels and (if it has a planner) the planner's."""
     net, _, corpus = evaluation.load_run(run_dir, runtime.resolve_device(device))
-    row = {"run": str(run_dir),
-           "forced": plan_following(net, corpus, n_docs, forced=True)}
-    # a truth weight needs the true label of sentences not yet written: no planned labels then
-    if net.planner is not None and not net.plans.truth_weight:
-        row["planned"] = plan_following(net, corpus, n_docs)
+    with runtime.exact_float32():  # as eval.py: not TF32, should a training here allow it
+        row = {"run": str(run_dir),
+               "forced": plan_following(net, corpus, n_docs, forced=True)}
+        # a truth weight needs the true label of sentences not yet written: no planned labels
+        if net.planner is not None and not net.plans.truth_weight:
+            row["planned"] = plan_following(net, corpus, n_docs)
     return row
 
 

@@ -128,8 +128,8 @@ def evaluate(run, split="val", device="auto", window=None, replace_plans=None):
         raise EvalError(f"--window {window}: {run} was trained on windows of {block} tokens (its "
                         f"positions end there): give at most {block}")
     sd = SplitData(corpus, split, device)
-    table = replace_plans(net, sd).to(net.lm.wte.weight.dtype) if replace_plans else None
     with runtime.exact_float32():  # not TF32, should a training in this process allow it
+        table = replace_plans(net, sd).to(net.lm.wte.weight.dtype) if replace_plans else None
         tokens, nll = perplexity(net, sd, window or block, plan_table=table)
         acc = planner_metrics(net.planner, sd) if net.planner is not None else {}
     if not math.isfinite(nll):
@@ -147,7 +147,9 @@ def table(results):
     fixed on the same text (corpus and seed; the first such run given), where fixed is one learned
     plan vector for every sentence, the same parameters as any planned mode without the
     information; its planner's accuracy. Over several seeds, compare.py sums up."""
-    text = lambda r: r.get("text", r["seed"])  # a result from before "text" was kept: its seed
+    # by the seed alone where a run's checkpoint predates the identity of its text
+    by_text = all(r.get("text") for r in results)
+    text = lambda r: r["text"] if by_text else r["seed"]
     refs = [m for m in ("none", "fixed") if any(r["mode"] == m for r in results)]
     base = {m: {} for m in refs}
     for r in results:

@@ -46,6 +46,15 @@ def test_eval_table_is_a_row_per_run_against_none_and_fixed_of_its_seed():
     assert evaluation.table(rows[3:]).splitlines()[0].count("vs ") == 0
 
 
+def test_runs_from_before_the_text_was_kept_are_paired_by_seed():
+    rows = [dict(run=f"out/seed{s}/{mode}", mode=mode, planner=None, seed=s, perplexity=p,
+                 text=None, planner_top1=None, planner_top5=None)
+            for s, mode, p in ((0, "none", 100), (0, "fixed", 90), (1, "none", 200),
+                               (1, "fixed", 190))]
+    assert (evaluation.table(rows).splitlines()[5]
+            == "| fixed | fixed |  | 1 | 190.00 | -5.0% | +0.0% |  |  |")
+
+
 def test_eval_table_pairs_runs_on_the_same_text_and_tells_apart_runs_of_one_name():
     """Runs of two corpora, seed 0 each: each is set against the none of its own text; two runs
     named none are shown by their paths; the token counts differ, so each row has its own."""
@@ -56,6 +65,7 @@ def test_eval_table_pairs_runs_on_the_same_text_and_tells_apart_runs_of_one_name
                      text="b", tokens=2000, planner_top1=0.5, planner_top5=0.9))
     lines = evaluation.table(rows).splitlines()
     assert lines[0].startswith("| run | mode | planner | seed | tokens | perplexity | vs none |")
+    assert lines[2] == "| out/a/none | none |  | 0 | 1,000 | 100.00 | +0.0% |  |  |"
     assert lines[3] == "| out/b/none | none |  | 0 | 2,000 | 400.00 | +0.0% |  |  |"
     assert lines[4] == ("| out/b/soft-joint | soft | joint | 0 | 2,000 | 380.00 | -5.0% | 0.500 "
                         "| 0.900 |")

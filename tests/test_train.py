@@ -336,9 +336,14 @@ def test_eval_scores_in_exact_float32_whatever_a_training_allowed(dirs, monkeypa
     real, during = evaluation.perplexity, []
     monkeypatch.setattr(evaluation, "perplexity", lambda *a, **k: during.append(
         torch.backends.cuda.matmul.allow_tf32) or real(*a, **k))
+    for module, name in ((compare, "sentence_logits"), (compare, "plan_following")):
+        monkeypatch.setattr(module, name, lambda *a, real=getattr(module, name), **k: during.append(
+            torch.backends.cuda.matmul.allow_tf32) or real(*a, **k))
     runtime.allow_tf32("cuda")  # as train.py on a GPU
     evaluation.evaluate(root / "out" / "none")
-    assert during == [False] and torch.backends.cuda.matmul.allow_tf32
+    compare.plan_quality(root / "out" / "soft-joint", "cpu")  # the curve's plans, compare's
+    compare.following(root / "out" / "soft-joint", 1, "cpu")  # samplings
+    assert during == [False] * 4 and torch.backends.cuda.matmul.allow_tf32
 
 
 def test_plan_following_chance_is_agreement_of_independent_labels(monkeypatch):
