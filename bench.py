@@ -241,9 +241,10 @@ def write_wikitext_like(path, tokens, seed=0):
 
 
 def timed_process(argv):
-    """Run argv in a fresh process -> (wall seconds, peak RSS in bytes, stdout)."""
+    """Run argv in a fresh process, in this one's folder (its paths mean what they mean here) ->
+    (wall seconds, peak RSS in bytes, stdout)."""
     t = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=data.ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -306,7 +307,7 @@ def pipeline(args):
     else:
         print(f"using the archive already at {archive} (delete it to write one of another size)")
     shutil.rmtree(root / "cache", ignore_errors=True)
-    cmd = [sys.executable, "explore.py", "--dataset", "wikitext103", "--data-dir", str(root),
+    cmd = [sys.executable, str(data.ROOT / "explore.py"), "--dataset", "wikitext103", "--data-dir", str(root),
            "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
     for what in ("build from nothing", "load from the cache"):
         seconds, rss, out = timed_process(cmd)
@@ -352,7 +353,8 @@ def measure(args, modes):
     peak = {dt: matmul_peak(args.device, getattr(torch, dt), n) for dt in dtypes}
     print(f"device {args.device} ({torch.get_num_threads()} threads); matmul peak measured now "
           f"({n}x{n}): "
-          + ", ".join(f"{dt} {p / 1e9:,.0f} GFLOP/s" for dt, p in peak.items()))
+          + ", ".join(f"{dt} {p / 1e9:,.0f} GFLOP/s" for dt, p in peak.items())
+          + (" (float32 as TF32, as train.py runs it)" if args.device.startswith("cuda") else ""))
     base = (["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
              "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
             + (["--size", args.size] if args.size else []) + ["--gpt2"] * args.gpt2
@@ -439,8 +441,8 @@ def check(args):
                 print(f"MFU {mode} ({dtype}): {r['flops'] / sheet[1]:.1%} of the data sheet")
     out = Path(args.data_dir) / "check-run"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "train.py", "--device", args.device, "--out-dir", str(out),
-           *args.check_train.split()]
+    cmd = [sys.executable, str(data.ROOT / "train.py"), "--device", args.device,
+           "--out-dir", str(out), *args.check_train.split()]
     seconds, rss, stdout = timed_process(cmd)
     print(f"train.py {' '.join(cmd[2:])}: {seconds:.0f} s wall")
     for log in sorted(out.glob("*/*/log.jsonl")) + sorted(out.glob("*/log.jsonl")):

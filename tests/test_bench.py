@@ -12,11 +12,12 @@ import data
 from conftest import TINY
 
 
-def test_the_gpu_check_runs_reduced_on_the_cpu(tmp_path, capsys):
-    tiny_train = TINY[:TINY.index("--device")] + ["--data-dir", str(tmp_path / "data")]
+def test_the_gpu_check_runs_reduced_on_the_cpu(tmp_path, capsys, monkeypatch):
+    tiny_train = TINY[:TINY.index("--device")] + ["--data-dir", "data"]
+    monkeypatch.chdir(tmp_path)  # relative paths are this folder's, for bench and its train.py
     bench.main(["--check", "--device", "cpu", "--dtype", "float32", "--size", "1,32,32,2",
                 "--steps", "1", "--warmup", "1",
-                "--data-dir", str(tmp_path), "--check-train", " ".join(tiny_train)])
+                "--data-dir", "bench", "--check-train", " ".join(tiny_train)])
     out = capsys.readouterr().out
     for mode in ("none", "soft-joint"):
         assert f"{mode:22s} float32  model 1x32 batch 2x32:" in out
