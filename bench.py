@@ -307,8 +307,9 @@ def pipeline(args):
     else:
         print(f"using the archive already at {archive} (delete it to write one of another size)")
     shutil.rmtree(root / "cache", ignore_errors=True)
-    cmd = [sys.executable, str(data.ROOT / "explore.py"), "--dataset", "wikitext103", "--data-dir", str(root),
-           "--n-labels", str(args.n_labels), "--embed-dim", str(args.embed_dim)]
+    cmd = [sys.executable, str(data.ROOT / "explore.py"), "--dataset", "wikitext103",
+           "--data-dir", str(root), "--n-labels", str(args.n_labels),
+           "--embed-dim", str(args.embed_dim)]
     for what in ("build from nothing", "load from the cache"):
         seconds, rss, out = timed_process(cmd)
         print(f"python explore.py, {what}: {seconds:.1f} s wall, peak RSS {rss / 2**30:.2f} GiB")
