@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import compare
+import train
 
 SETTING = ["--dataset", "synthetic", "--synthetic-ambiguity", "0.5", "--synthetic-docs", "4000",
            "--n-labels", "16", "--embed-dim", "32", "--n-layer", "2", "--n-embd", "64",
@@ -30,9 +31,10 @@ SETTING = ["--dataset", "synthetic", "--synthetic-ambiguity", "0.5", "--syntheti
            "--eval-iters", "8", "--lr", "3e-3", "--planner-lr", "3e-3", "--finetune-lr", "3e-3",
            "--warmup-iters", "20", "--runs", "none,fixed,hard-frozen,soft-joint,oracle",
            "--sample-docs", "0"]
-# what makes it the demo (sizes and schedules may still be given, e.g. to try it faster)
-SETTING_FLAGS = ("--dataset", "--synthetic-ambiguity", "--runs", "--ambiguities", "--block-sizes",
-                 "--label-counts", "--eval-windows", "--truth-weights", "--holds")
+# compare.py's flags that would make another comparison (train.py's --dataset and
+# --synthetic-ambiguity too; sizes and schedules may be given, e.g. to try it faster)
+SETTING_FLAGS = ("--runs", "--ambiguities", "--block-sizes", "--label-counts", "--eval-windows",
+                 "--truth-weights", "--holds")
 # What each finding means, in the words of the method: (A, B, the claim, why it can hold here).
 READINGS = [
     ("soft-joint", "hard-frozen", "soft beats hard",
@@ -45,13 +47,18 @@ READINGS = [
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,  # --seed is train.py's, not --seeds
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--out-dir", default="out/demo")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     args, train_flags = p.parse_known_args(argv)
-    if setting := [f for f in train_flags if f.split("=")[0] in SETTING_FLAGS]:
+    given = train.make_parser().parse_known_args(  # in any spelling train.py reads
+        train_flags, argparse.Namespace(dataset=None, synthetic_ambiguity=None))[0]
+    if setting := ([f for f in train_flags if f.split("=")[0] in SETTING_FLAGS]
+                   + [f"--{k.replace('_', '-')}" for k in ("dataset", "synthetic_ambiguity")
+                      if getattr(given, k) is not None]):
         sys.exit(f"error: {setting[0]}: demo.py is one fixed comparison, the ambiguity testbed "
                  "(other runs, corpora or sweeps: compare.py)")
     t0 = time.time()

@@ -20,10 +20,13 @@ def test_the_demo_says_what_each_finding_means(tmp_path, capsys):
         assert line.startswith(f"- {claim}: {a} vs {b} ") and "%" in line
 
 
-@pytest.mark.parametrize("flag", ["--runs", "--dataset", "--synthetic-ambiguity=0.25"])
-def test_the_demo_setting_is_not_changed_by_a_flag(flag, tmp_path):
-    with pytest.raises(SystemExit, match=f"error: {flag}: demo.py is one fixed comparison"):
-        demo.main([flag, "x", "--out-dir", str(tmp_path)])
+@pytest.mark.parametrize("flags, named", [(["--runs", "none"], "--runs"),
+                                          (["--dataset", "wiki"], "--dataset"),
+                                          (["--synthetic-ambiguity=0.25"], "--synthetic-ambiguity"),
+                                          (["--synthetic-a", "0.25"], "--synthetic-ambiguity")])
+def test_the_demo_setting_is_not_changed_by_a_flag(flags, named, tmp_path):
+    with pytest.raises(SystemExit, match=f"error: {named}: demo.py is one fixed comparison"):
+        demo.main(flags + ["--out-dir", str(tmp_path)])
 
 
 def test_an_interrupted_demo_says_to_run_the_demo_again(tmp_path, monkeypatch):
