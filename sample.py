@@ -22,7 +22,7 @@ import data
 import runtime
 from eval import EvalError, load_run
 
-SENTENCE_END = re.compile(r"""[.!?]["'”’)\]]*\s*$""")
+SENTENCE_END = re.compile(r"""([.!?]|…)["'”’»)\]]*\s*$""")  # as corpora's sentence ends
 
 
 def next_plan(net, corpus, history, forced=None):
@@ -60,10 +60,11 @@ def plan_each(net, corpus, texts, then=False):
     return [(int(z.argmax()), plans(logits=z, labels=y)) for z, y in zip(logits, labels)]
 
 
-def prompt_sentences(prompt):
-    """-> (the prompt's finished sentences, its unfinished last one or ""), its whitespace made as
-    in the corpus's documents (one space)."""
-    given = data.split_sentences(" ".join(prompt.split())) if prompt.strip() else []
+def prompt_sentences(prompt, one_space):
+    """-> (the prompt's finished sentences, its unfinished last one or ""); one_space: its
+    whitespace made one space, as in a closed vocabulary's corpus (the synthetic one)."""
+    prompt = " ".join(prompt.split()) if one_space else prompt.strip()
+    given = data.split_sentences(prompt) if prompt else []
     return (given[:-1], given[-1]) if given and not SENTENCE_END.search(given[-1]) else (given, "")
 
 
@@ -83,7 +84,7 @@ def sample(net, corpus, n_sentences, prompt="", force=(), temperature=0.8, top_k
                         f"give --force-labels for all {n_sentences} sentences")
     device, block = net.lm.wte.weight.device, net.lm.config.block_size
     enc, g = data.tokenizer(), torch.Generator(device).manual_seed(seed)
-    given, opened = prompt_sentences(prompt)
+    given, opened = prompt_sentences(prompt, one_space=corpus.vocab is not None)
     given_tokens = [enc.encode_ordinary(text) for text in given]
     opened_tokens = enc.encode_ordinary(opened)
     if corpus.vocab is not None:
@@ -131,7 +132,8 @@ def print_samples(args):
     net, _, corpus = load_run(args.run, runtime.resolve_device(args.device))
     rows = sample(net, corpus, sentences, args.prompt, force, args.temperature, args.top_k,
                   args.seed)
-    print("".join(prompt_sentences(args.prompt)[0]))  # an unfinished sentence: in the first row
+    # an unfinished sentence of the prompt is in the first row
+    print("".join(prompt_sentences(args.prompt, one_space=corpus.vocab is not None)[0]))
     for planned, realised, text in rows:
         print(f"[planned {'-' if planned is None else planned:>3} | realised {realised:>3}] "
               f"{text.strip()}")

@@ -259,6 +259,8 @@ def test_a_prompt_is_read_as_the_corpus_and_may_end_mid_sentence(dirs, monkeypat
     # whitespace as in the corpus's documents: one space
     assert (sampling.sample(net, corpus, 2, prompt="Weak  arms\nhelped. ", seed=1)
             == sampling.sample(net, corpus, 2, prompt="Weak arms helped.", seed=1))
+    assert sampling.prompt_sentences("He waited… Then “he left.”", one_space=False) == (
+        ["He waited…", " Then “he left.”"], "")  # sentence ends as the corpus's
     # an unfinished sentence is the first one written: planned from the sentences before it, its
     # text and label the whole sentence's
     rows = sampling.sample(net, corpus, 2, prompt="Weak arms helped. Weak arms", seed=1)
