@@ -854,8 +854,8 @@ class Run:
 
     def step_done(self, done, total):
         """The progress bar: the loss where the loop reads it, the speed. The speed is the steps'
-        alone: from the end of the first one (which warms up: allocations, kernels, compiling), not
-        counting validation and saving (record)."""
+        alone: from the end of the first one (which warms up: allocations, kernels, compiling; a
+        validation right after it logs its speed), not counting validation and saving (record)."""
         self.done, self.step_end = done, time.time()
         if done == self.first + 1:
             self.rate, self.t0 = self.per_step / (self.step_end - self.started), self.step_end

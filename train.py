@@ -168,8 +168,8 @@ def get_args(argv=None):
                          "synthetic")
     if args.n_embd is not None and args.n_head is not None:
         runtime.check_shapes(args, PlannerConfig.n_head)
-    if args.n_layer is not None and not args.init_from:
-        check_adapters(args)
+    if args.n_layer is not None and args.n_embd is not None and not args.init_from:
+        check_adapters(args)  # on a GPU, once the corpus sets the shape (load_data)
     check_method(args)
     return args
 

@@ -683,6 +683,8 @@ def test_the_shape_a_gpu_defaults_to_is_checked_too(tmp_path, monkeypatch):
     args = train.get_args(shapeless + ["--data-dir", str(tmp_path), "--adapter-from", "6"])
     with pytest.raises(runtime.TrainError, match="--adapter-from 6: the LM has 6 layers"):
         train.load_data(args)
+    # a shape given in part waits for the rest too (its width was compared with None)
+    assert train.get_args(shapeless + ["--n-layer", "4", "--embedder", "lm"]).n_embd is None
 
 
 def test_a_path_that_is_not_utf8_is_printed_escaped(monkeypatch):
