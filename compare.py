@@ -205,8 +205,7 @@ def made_otherwise(saved, argv):
     the device's defaults, the planner's, the run's name; with --init-from, GPT-2's shape)."""
     parser = train.make_parser()
     asked, defaults = vars(parser.parse_known_args(argv)[0]), vars(parser.parse_args([]))
-    device = asked["device"] if asked["device"] != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = runtime.resolve_device(asked["device"])
     if not any(str(d).startswith("cuda") for d in (device, saved.get("device"))):
         # the CPU's defaults, as train.py fills them (a GPU's follow from the corpus)
         asked = {k: train.CPU_DEFAULTS[k] if v is None and k in train.CPU_DEFAULTS else v
@@ -381,10 +380,10 @@ def sweep_settings(args, train_flags, out):
                       args.eval_windows))) > 1:
         raise runtime.TrainError("--ambiguities, --block-sizes, --label-counts, --eval-windows: "
                                  "sweep one at a time (an invocation each)")
+    given = train.make_parser().parse_known_args(train_flags)[0]
     if args.eval_windows:  # scores the runs only once they are trained: checked now
         windows = sweep_values(args.eval_windows, "--eval-windows", int, lambda w: w >= 1,
                                "windows of at least 1 token (e.g. 32,64,128)")
-        given = train.make_parser().parse_known_args(train_flags)[0]
         block = given.block_size or (train.CPU_DEFAULTS["block_size"]  # a GPU's: the corpus'
                                      if runtime.resolve_device(args.device) != "cuda" else None)
         if block and max(windows) > block:
@@ -402,7 +401,6 @@ def sweep_settings(args, train_flags, out):
                                       lambda a: 0 <= a <= 1, "ambiguities from 0 to 1 "
                                       "(e.g. 0,0.25,0.5)")]
     if args.block_sizes:
-        given = train.make_parser().parse_known_args(train_flags)[0]
         tokens = ((given.batch_size or train.CPU_DEFAULTS["batch_size"])
                   * (given.block_size or train.CPU_DEFAULTS["block_size"]))
         blocks = sweep_values(args.block_sizes, "--block-sizes", int, lambda b: b >= 1,
